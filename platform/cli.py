@@ -1,0 +1,89 @@
+"""The `ctplatform` command.
+
+Each sub-command lives in its stage's `command` module, which defines `HELP`, `add_arguments(parser)`
+and `run(args, cfg) -> int`, and imports nothing heavy at module level so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from types import ModuleType
+
+from ctplatform.config import Config, load_config
+from ctplatform.runtime import setup_logging
+
+#: (sub-command, module) in the order a pipeline runs them.
+COMMANDS: list[tuple[str, str]] = []
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("configuration")
+    g.add_argument("--config", metavar="FILE", help="YAML configuration (see configs/); defaults apply otherwise")
+    g.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="override one setting, e.g. --set train.lambda_mask=0 (repeatable)",
+    )
+    g.add_argument("--workdir", metavar="DIR", help="root for the default store, MLflow database and runs")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return common
+
+
+def _load(module: str) -> ModuleType:
+    return importlib.import_module(module)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctplatform",
+        description=(
+            "Explainable multi-abnormality classification of chest CT on Ray: ingest scans into a "
+            "Zarr store, segment organs and label reports (PARTITION), train AxialNet with the "
+            "HiResCAM mask loss, sweep variants, evaluate AUROC and OrganIoU in MLflow."
+        ),
+        epilog="Run `ctplatform <command> --help` for a command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    common = _common_options()
+    for name, module in COMMANDS:
+        mod = _load(module)
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=mod.HELP.splitlines()[0],
+            description=mod.HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        mod.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "workdir", None):
+        overrides.append(f"workdir={args.workdir}")
+    if getattr(args, "store", None):
+        overrides.append(f"store={args.store}")
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        parser.exit(2, f"ctplatform {args.command}: configuration error: {e}\n")
+    return int(_load(args._module).run(args, cfg) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""One typed configuration for every stage: loaded from YAML, overridable from the command line.
+
+    cfg = load_config("configs/demo.yaml", overrides=["train.lambda_mask=0", "ingest.spacing_mm=[2,2,2]"])
+
+Each stage reads its own section; the model geometry (`model`) is shared by PARTITION (grid masks),
+training and evaluation, so the feature grid is defined once.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ctplatform.geometry import ModelGeometry
+
+GRID_METHODS: tuple[str, ...] = ("nearest", "trilinear", "area")
+GRID_VARIANTS: tuple[str, ...] = tuple(
+    f"{m}{suffix}" for m in GRID_METHODS for suffix in ("", "-dilated")
+)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None, description="Ray cluster address; None: RAY_ADDRESS if set, else a local Ray on this machine"
+    )
+    num_cpus: int | None = Field(None, description="CPUs of a local Ray (None: all)")
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = Field(
+        None, description="None: MLFLOW_TRACKING_URI if set, else sqlite:///<workdir>/mlflow.db"
+    )
+    experiment: str = "ctplatform"
+
+
+class IngestConfig(Section):
+    spacing_mm: tuple[float, float, float] = Field(
+        (0.8, 0.8, 0.8), description="Target voxel spacing [z, y, x] in mm"
+    )
+    hu_range: tuple[int, int] = Field((-1024, 3071), description="HU clip range before int16 storage")
+    interpolation: Literal["trilinear", "nearest"] = "trilinear"
+    chunk_slices: int = Field(24, description="Axial slices per chunk (multiple of 3: slice groups)")
+    cpus_per_task: float = 1.0
+    memory_per_task_gb: float = Field(4.0, description="Ray memory request per ingest task")
+    fail_fraction: float = Field(
+        1.0,
+        description="Exit non-zero when more than this fraction of scans failed (1.0: only when all failed)",
+    )
+
+    @field_validator("chunk_slices")
+    @classmethod
+    def _multiple_of_three(cls, v: int) -> int:
+        if v % 3:
+            raise ValueError("chunk_slices must be a multiple of 3 (whole slice groups)")
+        return v
+
+
+class PartitionConfig(Section):
+    method: Literal["reference", "improved"] = Field(
+        "improved", description="reference: the published algorithm exactly; improved: see docs"
+    )
+    hu_threshold: float = -300.0
+    min_lung_voxels_at_0p8mm: int = 1_000_000
+    variants: list[str] = Field(default_factory=lambda: list(GRID_VARIANTS))
+    cpus_per_task: float = 1.0
+    memory_per_task_gb: float = 4.0
+
+    @field_validator("variants")
+    @classmethod
+    def _known_variants(cls, v: list[str]) -> list[str]:
+        bad = sorted(set(v) - set(GRID_VARIANTS))
+        if bad:
+            raise ValueError(f"unknown grid variants {bad}; choose from {list(GRID_VARIANTS)}")
+        return v
+
+
+class ModelConfig(Section):
+    input_shape: tuple[int, int, int] = Field(
+        (405, 420, 420), description="[Z, Y, X] after pad/centre-crop (paper: 405 x 420 x 420)"
+    )
+    slices_per_group: int = 3
+    custom_conv_padding: Literal[0, 1] = Field(
+        0, description="0: the paper's valid 3x3 custom convs; 1: size-preserving (small geometries)"
+    )
+    pretrained_weights: Path | None = Field(
+        None, description="Local ResNet-18 ImageNet state_dict; None: random initialisation"
+    )
+
+    @property
+    def geometry(self) -> ModelGeometry:
+        return ModelGeometry(
+            input_shape=tuple(self.input_shape),
+            slices_per_group=self.slices_per_group,
+            custom_conv_padding=self.custom_conv_padding,
+        )
+
+    @model_validator(mode="after")
+    def _valid_geometry(self) -> "ModelConfig":
+        self.geometry  # raises with a clear message when the crop cannot produce a grid
+        return self
+
+
+class TrainConfig(Section):
+    lambda_mask: float = Field(1 / 3, description="Mask-loss weight; 0 is the class-only baseline")
+    mask_loss: Literal["mean_softplus", "sum_neglog"] = Field(
+        "mean_softplus", description="published code's mean softplus(a) or the paper's sum -log(1-a)"
+    )
+    grid_variant: str = "nearest"
+    hu_clip: tuple[float, float] = (-1000.0, 800.0)
+    center: float = Field(0.449, description="subtracted after scaling to [0, 1] (published code)")
+    augment: bool = True
+    lr: float = 1e-3
+    momentum: float = 0.99
+    epochs: int = 10
+    batch_size: int = 1
+    early_stopping_patience: int = 3
+    seed: int = 0
+    num_workers: int = Field(1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool | Literal["auto"] = "auto"
+    cpus_per_worker: float = 1.0
+    loader_workers: int = Field(1, description="torch DataLoader worker processes per rank")
+    storage_path: str | None = Field(None, description="Ray Train storage (local, NFS or s3://); None: <workdir>/ray_results")
+    max_failures: int = Field(1, description="worker-failure recoveries (FailureConfig)")
+    splits: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "valid": "valid", "test": "test"},
+        description="manifest split names used for training, validation and test",
+    )
+
+    @field_validator("grid_variant")
+    @classmethod
+    def _known_variant(cls, v: str) -> str:
+        if v not in GRID_VARIANTS:
+            raise ValueError(f"unknown grid variant {v!r}; choose from {list(GRID_VARIANTS)}")
+        return v
+
+
+class TuneConfig(Section):
+    lambdas: list[float] = Field(default_factory=lambda: [0.0, 1 / 3])
+    variants: list[str] = Field(default_factory=lambda: list(GRID_VARIANTS))
+    lrs: list[float] | None = None
+    seeds: list[int] | None = None
+    search: Literal["grid", "random"] = "grid"
+    num_samples: int = 1
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    asha: bool = True
+    max_concurrent_trials: int | None = None
+    trial_cpus: float = 1.0
+    trial_gpus: float = 0.0
+    max_trial_retries: int = 1
+
+
+class EvalConfig(Section):
+    split: str = "test"
+    bootstrap: int = 1000
+    seed: int = 0
+    figure_scans: int = 4
+
+
+class Config(Section):
+    workdir: Path = Field(Path("ctplatform-work"), description="Default root for store, MLflow and runs")
+    store: str | None = Field(None, description="Store path (local, NFS or s3://); None: <workdir>/store")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @property
+    def store_path(self) -> str:
+        return self.store if self.store is not None else str(self.workdir / "store")
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: config, then MLFLOW_TRACKING_URI, then a local SQLite file."""
+        if self.mlflow.tracking_uri:
+            return self.mlflow.tracking_uri
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        if env:
+            return env
+        return f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set {dotted!r}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read YAML (optional) and apply `section.key=value` overrides (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        tree = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ValueError(f"config file {p} must hold a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return Config.model_validate(tree)
