@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from tests.conftest import SHARED
 from ctplatform import labels as L
 
 

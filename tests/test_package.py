@@ -8,7 +8,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import REPO
+from tests.conftest import REPO
 
 STDLIB_PLATFORM = str(Path(sysconfig.get_paths()["stdlib"]) / "platform.py")
 
