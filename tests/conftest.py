@@ -26,6 +26,12 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            object_store_memory=1_000_000_000,  # rows are ids and paths; arrays never travel through it
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     yield ray
     ray.shutdown()
