@@ -45,6 +45,7 @@ ALLOWED_ATTRS: frozenset[str] = frozenset(
         "source_sha256",
         "hu_range",
         "interpolation",
+        "affine",  # 4x4 voxel -> world (RAS+, mm) of the stored array: aligns exports with the source scan
         "method",  # partition method
         "geometry",
         "input_shape",
