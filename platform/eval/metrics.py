@@ -16,6 +16,9 @@ scores 0 in both. `convention="published"` reproduces the published numbers.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -86,7 +89,7 @@ def bootstrap_auroc(
     for b in range(n_boot):  # one vectorised AUROC over all labels per resample
         idx = rng.integers(0, n, n)
         boots[b] = auroc_per_label(y[idx], s[idx])
-    with np.errstate(all="ignore"), _quiet_nan_warnings():
+    with np.errstate(all="ignore"), quiet_nan_warnings():
         med = np.nanmedian(boots, axis=1)
         mean = np.nanmean(boots, axis=1)
         q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
@@ -103,18 +106,12 @@ def bootstrap_auroc(
     }
 
 
-class _quiet_nan_warnings:
-    """Silence numpy's all-NaN-slice warnings (labels absent from a split are expected)."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._ctx = warnings.catch_warnings()
-        self._ctx.__enter__()
+@contextmanager
+def quiet_nan_warnings() -> Iterator[None]:
+    """Silence numpy's empty/all-NaN slice warnings (labels absent from a split are expected)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
+        yield
 
 
 # --------------------------------------------------------------------------- OrganIoU
@@ -239,7 +236,7 @@ def choose_thresholds(iou: np.ndarray) -> np.ndarray:
     iou float [N, L, T] with NaN for non-positive (scan, label) pairs (validation split). Labels
     with no positive scan get -1. Ties go to the lowest threshold (the published code's strict >).
     """
-    with _quiet_nan_warnings():
+    with quiet_nan_warnings():
         mean = np.nanmean(iou, axis=0)  # [L, T]
     best = np.full(mean.shape[0], -1, dtype=np.int64)
     has = np.isfinite(mean).any(axis=1)
