@@ -54,6 +54,19 @@ class IngestConfig(Section):
         1.0,
         description="Exit non-zero when more than this fraction of scans failed (1.0: only when all failed)",
     )
+    spacing_limits_mm: tuple[float, float] = Field(
+        (0.1, 20.0), description="Source voxel sizes outside this range are rejected as absurd"
+    )
+    air_hu: float = Field(-500.0, description="Non-CT check: HU below which a voxel counts as air/lung")
+    min_air_fraction: float = Field(
+        0.001, description="Non-CT check: minimum fraction of voxels below air_hu (0 disables the check)"
+    )
+    ctrate_metadata: str | None = Field(
+        None, description="CT-RATE metadata CSV (None: metadata/<split>_metadata.csv found above each file)"
+    )
+    max_tasks_in_flight: int | None = Field(
+        None, description="Ray tasks at once (None: as many as CPUs and memory_per_task_gb allow)"
+    )
 
     @field_validator("chunk_slices")
     @classmethod
