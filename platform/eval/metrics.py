@@ -159,13 +159,11 @@ def binarized_counts(
     for start in range(0, n_maps, step):
         stop = min(n_maps, start + step)
         # number of thresholds strictly below the value = how many thresholds it exceeds
-        k = np.searchsorted(thr, flat[start:stop].astype(np.float64), side="left")
-        key = (np.arange(stop - start)[:, None] * (t + 1) + k).ravel()
+        k = np.searchsorted(thr, flat[start:stop], side="left")  # exact: float64 thresholds
+        key = np.arange(stop - start)[:, None] * (t + 1) + k
         size = (stop - start) * (t + 1)
-        total[start:stop] = np.bincount(key, minlength=size).reshape(-1, t + 1)
-        inside[start:stop] = np.bincount(key, weights=gflat[start:stop].ravel(), minlength=size).reshape(
-            -1, t + 1
-        ).astype(np.int64)
+        total[start:stop] = np.bincount(key.ravel(), minlength=size).reshape(-1, t + 1)
+        inside[start:stop] = np.bincount(key[gflat[start:stop]], minlength=size).reshape(-1, t + 1)
     # above[:, j] = cells exceeding threshold j = cells in bins j+1..T
     above_total = np.cumsum(total[:, ::-1], axis=1)[:, ::-1][:, 1:]
     above_inside = np.cumsum(inside[:, ::-1], axis=1)[:, ::-1][:, 1:]
