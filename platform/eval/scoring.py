@@ -1,0 +1,182 @@
+"""Score one batch of scans with a trained AxialNet: the pure per-item layer of `ctplatform evaluate`.
+
+For each scan the model gives probabilities, the per-slice score matrix C, and both explanations
+(HiResCAM and Grad-CAM, from one pass through the backbone). What leaves the worker is small:
+- probabilities and labels [80];
+- per positive label and method, the cells above each of the 53 thresholds inside / outside the
+  allowed region (OrganIoU at any threshold follows, on the driver, once thresholds are chosen on
+  the validation split);
+- the top slice group per positive label (for the pictures);
+- sums of C over scans with / without each label (per-slice curves aggregate additively);
+- when true lesion masks are given (phantoms): lesion IoU/Dice per threshold, pointing-game hit,
+  Localization Utility, and the share of attention on a confounder region;
+- when a randomised model is given: the rank correlation of its HiResCAM maps with the trained one's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ctplatform.eval.localization import (
+    attention_share,
+    lesion_overlap,
+    localization_utility,
+    map_rank_correlation,
+    pointing_game,
+)
+from ctplatform.eval.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
+from ctplatform.labels import N_LABELS
+
+METHODS: tuple[str, ...] = ("hirescam", "gradcam")
+
+
+@dataclass
+class LesionScores:
+    """Localization against true lesion masks for the positive labels that have lesion cells."""
+
+    labels: np.ndarray  # int16 [Q]
+    iou: dict[str, np.ndarray]  # method -> float32 [Q, T]
+    dice: dict[str, np.ndarray]  # method -> float32 [Q, T]
+    hit: dict[str, np.ndarray]  # method -> float32 [Q]
+    utility: dict[str, np.ndarray]  # method -> float32 [Q]
+
+
+@dataclass
+class ScanScores:
+    """Everything evaluation keeps about one scan (no arrays of volume size)."""
+
+    volume_id: str
+    split: str
+    prob: np.ndarray  # float32 [80]
+    y: np.ndarray  # uint8 [80]
+    positives: np.ndarray  # int16 [P] positive label indices
+    organ: dict[str, np.ndarray]  # method -> int16 [2, P, T]: cells above threshold inside / outside G_true
+    top_group: np.ndarray  # int16 [P] slice group with the highest C for each positive label
+    sanity_rho: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [P] or empty
+    lesion: LesionScores | None = None
+    confounder_share: dict[str, np.ndarray] | None = None  # method -> float32 [P]
+
+
+@dataclass
+class SliceSums:
+    """Sufficient statistics of the per-slice scores C for scans with / without each label."""
+
+    sum_pos: np.ndarray  # float64 [80, H]
+    sq_pos: np.ndarray
+    n_pos: np.ndarray  # int64 [80]
+    sum_neg: np.ndarray
+    sq_neg: np.ndarray
+    n_neg: np.ndarray
+
+    @classmethod
+    def zeros(cls, h: int) -> "SliceSums":
+        z = np.zeros((N_LABELS, h))
+        n = np.zeros(N_LABELS, np.int64)
+        return cls(z.copy(), z.copy(), n.copy(), z.copy(), z.copy(), n.copy())
+
+    def add(self, c: np.ndarray, y: np.ndarray) -> None:
+        """Add one batch: C [B, 80, H], y [B, 80]."""
+        pos = as_numpy(y).astype(bool)[..., None]
+        c = as_numpy(c).astype(np.float64)
+        self.sum_pos += np.where(pos, c, 0).sum(axis=0)
+        self.sq_pos += np.where(pos, c * c, 0).sum(axis=0)
+        self.n_pos += pos[..., 0].sum(axis=0)
+        self.sum_neg += np.where(~pos, c, 0).sum(axis=0)
+        self.sq_neg += np.where(~pos, c * c, 0).sum(axis=0)
+        self.n_neg += (~pos[..., 0]).sum(axis=0)
+
+    def merge(self, other: "SliceSums") -> "SliceSums":
+        for name in ("sum_pos", "sq_pos", "n_pos", "sum_neg", "sq_neg", "n_neg"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
+
+
+def explain(model: Any, x: Any) -> dict[str, np.ndarray]:
+    """One forward pass: probabilities, C and both raw explanation maps for slice groups x [B, H, 3, Y, X]."""
+    import torch
+
+    from ctplatform.train.model import gradcam_from_features, hirescam_from_features
+
+    with torch.no_grad():
+        z = model.forward_features(x)
+        logits, c = model.head(z)
+        w = model.fc.weight
+        return {
+            "prob": torch.sigmoid(logits).float().cpu().numpy(),
+            "slice_scores": c.float().cpu().numpy(),
+            "hirescam": hirescam_from_features(z, w).float().cpu().numpy(),
+            "gradcam": gradcam_from_features(z, w).float().cpu().numpy(),
+        }
+
+
+def score_outputs(
+    volume_ids: list[str],
+    splits: list[str],
+    outputs: dict[str, np.ndarray],
+    y: np.ndarray,
+    g_true: np.ndarray,
+    thresholds: np.ndarray = ORGAN_IOU_THRESHOLDS,
+    random_hirescam: np.ndarray | None = None,
+    lesions: list[np.ndarray | None] | None = None,
+    confounders: list[np.ndarray | None] | None = None,
+) -> list[ScanScores]:
+    """Per-scan scores from model outputs (see `explain`) of a batch.
+
+    y [B, 80]; g_true bool [B, 80, H, D1, D2]; random_hirescam [B, 80, H, D1, D2] from a model with
+    randomised weights (sanity check) or None; lesions[b] bool [80, H, D1, D2] (the true lesion cells
+    of each label on the feature grid) or None; confounders[b] bool [H, D1, D2] or None.
+    """
+    y = as_numpy(y)
+    g_true = as_numpy(g_true).astype(bool)
+    out: list[ScanScores] = []
+    for b, vid in enumerate(volume_ids):
+        pos = np.nonzero(y[b] > 0.5)[0]
+        norm = {m: normalize_attention(outputs[m][b, pos]) for m in METHODS}
+        organ = {}
+        for m in METHODS:
+            inside, outside = binarized_counts(norm[m], g_true[b, pos], thresholds)
+            organ[m] = np.stack([inside, outside]).astype(np.int16)
+        c = outputs["slice_scores"][b, pos]
+        scan = ScanScores(
+            volume_id=vid,
+            split=splits[b],
+            prob=outputs["prob"][b].astype(np.float32),
+            y=(y[b] > 0.5).astype(np.uint8),
+            positives=pos.astype(np.int16),
+            organ=organ,
+            top_group=(np.argmax(c, axis=1) if pos.size else np.zeros(0)).astype(np.int16),
+        )
+        if random_hirescam is not None and pos.size:
+            scan.sanity_rho = map_rank_correlation(outputs["hirescam"][b, pos], random_hirescam[b, pos]).astype(
+                np.float32
+            )
+        if lesions is not None and lesions[b] is not None and pos.size:
+            scan.lesion = _lesion_scores(outputs, b, pos, lesions[b], thresholds)
+        if confounders is not None and confounders[b] is not None and pos.size:
+            region = np.broadcast_to(confounders[b], outputs["hirescam"][b, pos].shape)
+            scan.confounder_share = {
+                m: attention_share(outputs[m][b, pos], region).astype(np.float32) for m in METHODS
+            }
+        out.append(scan)
+    return out
+
+
+def _lesion_scores(
+    outputs: dict[str, np.ndarray], b: int, pos: np.ndarray, lesion: np.ndarray, thresholds: np.ndarray
+) -> LesionScores | None:
+    lesion = np.asarray(lesion, dtype=bool)
+    has = pos[lesion[pos].reshape(pos.size, -1).any(axis=1)]
+    if not has.size:
+        return None
+    scores = LesionScores(labels=has.astype(np.int16), iou={}, dice={}, hit={}, utility={})
+    for m in METHODS:
+        maps = outputs[m][b, has]
+        iou, dice = lesion_overlap(maps, lesion[has], thresholds)
+        scores.iou[m] = iou.astype(np.float32)
+        scores.dice[m] = dice.astype(np.float32)
+        scores.hit[m] = pointing_game(maps, lesion[has]).astype(np.float32)
+        scores.utility[m] = localization_utility(maps, lesion[has]).astype(np.float32)
+    return scores
