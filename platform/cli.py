@@ -15,7 +15,9 @@ from ctplatform.config import Config, load_config
 from ctplatform.runtime import setup_logging
 
 #: (sub-command, module) in the order a pipeline runs them.
-COMMANDS: list[tuple[str, str]] = []
+COMMANDS: list[tuple[str, str]] = [
+    ("ingest", "ctplatform.ingest.command"),
+]
 
 
 def _common_options() -> argparse.ArgumentParser:

@@ -261,28 +261,40 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
-def read_ctrate(path: str | Path, metadata: str | Path | Mapping[str, Any] | None = None) -> Scan:
-    """A CT-RATE volume: raw stored values rescaled and placed with its metadata CSV row."""
+def ctrate_metadata_row(path: str | Path, metadata: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The geometry/rescale columns of a CT-RATE volume's metadata row.
+
+    `metadata`: the metadata CSV, or the row itself; None looks for metadata/<split>_metadata.csv
+    above the file (the dataset's layout).
+    """
     path = Path(path)
-    if metadata is None or isinstance(metadata, (str, Path)):
-        csv = Path(metadata) if metadata is not None else find_ctrate_metadata(path)
+    if metadata is not None and not isinstance(metadata, (str, Path)):
+        row = dict(metadata)
+    else:
+        csv = Path(metadata) if metadata else find_ctrate_metadata(path)
         if csv is None or not csv.is_file():
             raise ScanError(
                 f"{path.name}: CT-RATE metadata CSV not found (looked for metadata/<split>_metadata.csv above "
                 "the file); set ingest.ctrate_metadata or a 'metadata' column in the listing"
             )
-        row = _ctrate_table(str(csv.resolve()), csv.stat().st_mtime).get(path.name)
-        if row is None:
+        found = _ctrate_table(str(csv.resolve()), csv.stat().st_mtime).get(path.name)
+        if found is None:
             raise ScanError(f"{path.name} has no row in CT-RATE metadata {csv.name} (column VolumeName)")
-    else:
-        row = dict(metadata)
+        row = dict(found)
     for column in ("RescaleSlope", "RescaleIntercept", "XYSpacing", "ZSpacing"):
         if not _present(row.get(column)):
             raise ScanError(f"{path.name}: CT-RATE metadata has no {column}")
+    keep = set(CTRATE_COLUMNS) | set(CTRATE_GEOMETRY_COLUMNS)
+    return {k: v for k, v in row.items() if k in keep and _present(v)}
+
+
+def read_ctrate(path: str | Path, metadata: str | Path | Mapping[str, Any] | None = None) -> Scan:
+    """A CT-RATE volume: raw stored values rescaled and placed with its metadata CSV row."""
+    path = Path(path)
+    row = ctrate_metadata_row(path, metadata)
     _, raw = _load_nifti(path)
     raw = _squeeze_to_3d(raw, path.name)
     # The dataset card's values are the DICOM rescale of the stored integers.
     hu = _scaled(raw, float(row["RescaleSlope"]), float(row["RescaleIntercept"]))
     del raw
-    scan = _from_array(hu, ctrate_affine(row), "ctrate")
-    return scan
+    return _from_array(hu, ctrate_affine(row), "ctrate")

@@ -1,0 +1,275 @@
+"""The ingest job: `ingest_one` (one scan, no Ray) and `run_ingest` (Ray Data over all scans).
+
+Rows travel through Ray as ids and paths; each task reads, preprocesses and writes its own Zarr
+array atomically, and returns a small status row. The driver upserts those rows into
+manifest.parquet as they arrive (every `MANIFEST_EVERY` rows and at the end), so a killed job keeps
+the rows it had and a re-run skips every finished volume whose source sha256 and settings match.
+
+Memory per task: the source as float32 (4 B/voxel) plus the int16 result (2 B/output voxel) plus
+the decoded source (DICOM slices/NIfTI data, freed once converted) plus slabs of a few MB: about
+1 GB for a 512 x 512 x 700 source resampled to 0.8 mm. Each task requests
+`ingest.memory_per_task_gb` from Ray, so Ray never runs more tasks on a node than its memory holds,
+and a scan whose result would not fit the budget is refused before allocating it.
+
+Exit status (`exit_status`): 0 when every scan is ok, or when some failed but the failed fraction is
+at most `ingest.fail_fraction` and at least one scan is ok; 1 otherwise (in particular when every
+scan failed). The default fail_fraction 1.0 fails a run only when nothing could be ingested, so a
+few bad scans among 36,000 do not fail a `ray job submit` run; their reasons are in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ctplatform.config import Config, IngestConfig
+from ctplatform.ingest.scan import ScanError
+
+log = logging.getLogger("ctplatform.ingest")
+
+MANIFEST_EVERY = 200
+MANIFEST_SECONDS = 60.0
+#: Manifest columns, in order (the store contract's columns first).
+MANIFEST_COLUMNS = [
+    "volume_id",
+    "source",
+    "format",
+    "status",
+    "error",
+    "shape",
+    "spacing",
+    "sha256",
+    "split",
+    "original_shape",
+    "original_spacing",
+    "original_orientation",
+    "skipped",
+    "seconds",
+]
+_BUF = 1 << 20
+
+
+def _hash_file(h: "hashlib._Hash", path: Path) -> None:
+    with open(path, "rb") as f:
+        while chunk := f.read(_BUF):
+            h.update(chunk)
+
+
+def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = None) -> str:
+    """sha256 of what the volume is made from: the file, every file of a DICOM series (with its
+    name), and for CT-RATE the metadata values used."""
+    from ctplatform.ingest.dicom import series_files
+
+    path = Path(path)
+    h = hashlib.sha256()
+    if fmt == "dicom":
+        for f in series_files(path):
+            h.update(f.name.encode() + b"\0")
+            _hash_file(h, f)
+    else:
+        _hash_file(h, path)
+    if extra:
+        h.update(json.dumps(extra, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def _status(row: dict, **fields: Any) -> dict:
+    out = {
+        "volume_id": row["volume_id"],
+        "source": row["path"],
+        "format": row.get("format") or "",
+        "status": "failed",
+        "error": "",
+        "shape": [],
+        "spacing": [],
+        "sha256": "",
+        "split": row.get("split") or "",
+        "original_shape": [],
+        "original_spacing": [],
+        "original_orientation": "",
+        "skipped": False,
+        "seconds": 0.0,
+    }
+    out.update(fields)
+    return out
+
+
+def _settings_match(attrs: Any, cfg: IngestConfig) -> bool:
+    return (
+        np.allclose(attrs.get("spacing_mm", []), cfg.spacing_mm)
+        and list(attrs.get("hu_range", [])) == list(cfg.hu_range)
+        and attrs.get("interpolation") == cfg.interpolation
+    )
+
+
+def _geometry_fields(attrs: Any, shape: tuple[int, ...]) -> dict:
+    return {
+        "shape": [int(n) for n in shape],
+        "spacing": [float(s) for s in attrs.get("spacing_mm", [])],
+        "original_shape": [int(n) for n in attrs.get("original_shape", [])],
+        "original_spacing": [float(s) for s in attrs.get("original_spacing_mm", [])],
+        "original_orientation": str(attrs.get("original_orientation", "")),
+    }
+
+
+def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: bool = False) -> dict:
+    """Ingest one scan into the store and return its manifest row; never raises for bad input.
+
+    Skips (status ok, skipped True) when a finished volume made from the same source sha256 with the
+    same spacing/HU range/interpolation exists, unless `overwrite`.
+    """
+    from ctplatform.ingest.preprocess import to_store
+    from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
+    from ctplatform.store import IncompleteItemError, Store
+
+    start = time.perf_counter()
+    fmt = row.get("format") or ""
+    try:
+        if row.get("error"):
+            return _status(row, error=row["error"])
+        cfg = IngestConfig.model_validate(ingest_cfg_dict)
+        path = Path(row["path"])
+        if not path.exists():
+            raise ScanError(f"{path} does not exist")
+        fmt = fmt or detect_format(path)
+        metadata: Any = None
+        if fmt == "ctrate":
+            metadata = ctrate_metadata_row(path, row.get("metadata") or cfg.ctrate_metadata)
+        sha = source_sha256(path, fmt, metadata)
+        store = Store(store_root)
+        if not overwrite:
+            try:
+                arr = store.volume(row["volume_id"])
+                if arr.attrs.get("source_sha256") == sha and _settings_match(arr.attrs, cfg):
+                    return _status(
+                        row,
+                        format=fmt,
+                        status="ok",
+                        sha256=sha,
+                        skipped=True,
+                        seconds=time.perf_counter() - start,
+                        **_geometry_fields(arr.attrs, arr.shape),
+                    )
+            except IncompleteItemError:
+                pass  # absent or half-written by a killed run: (re)do it
+        scan = read_scan(path, fmt, metadata)
+        hu16, attrs = to_store(scan, cfg)
+        del scan
+        attrs["source_sha256"] = sha
+        store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices)
+        return _status(
+            row,
+            format=fmt,
+            status="ok",
+            sha256=sha,
+            seconds=time.perf_counter() - start,
+            **_geometry_fields(attrs, hu16.shape),
+        )
+    except ScanError as e:
+        error = str(e)
+    except MemoryError:
+        error = "out of memory while ingesting; raise ingest.memory_per_task_gb or use a coarser spacing"
+    except PermissionError as e:
+        error = f"permission denied: {e.filename or row['path']}; fix its permissions and re-run"
+    except Exception as e:  # a bug or an unforeseen file problem: the job must go on
+        # DICOM library messages may quote header values: only the exception type leaves the task.
+        detail = type(e).__name__ if fmt == "dicom" else f"{type(e).__name__}: {str(e)[:300]}"
+        error = f"unexpected error ({detail}); please report it with the file's format"
+    log.debug("ingest %s failed", row.get("volume_id"))
+    return _status(row, format=fmt, error=error, seconds=time.perf_counter() - start)
+
+
+def exit_status(results: pd.DataFrame, fail_fraction: float) -> int:
+    """0 or 1 by the exit policy in the module docstring."""
+    n = len(results)
+    if n == 0:
+        return 1
+    failed = int((results["status"] != "ok").sum())
+    if failed == 0:
+        return 0
+    if failed == n or failed / n > fail_fraction:
+        return 1
+    return 0
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def _check_memory_request(request: float) -> None:
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    largest = max((n.get("Resources", {}).get("memory", 0.0) for n in nodes), default=0.0)
+    if largest and request > largest:
+        raise ValueError(
+            f"ingest.memory_per_task_gb={request / 1e9:.1f} exceeds the memory of the largest Ray node "
+            f"({largest / 1e9:.1f} GB): no task could ever be scheduled; lower it"
+        )
+
+
+def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> pd.DataFrame:
+    """Ingest every scan found at `input_path` into `cfg.store_path`; returns this run's rows.
+
+    manifest.parquet receives every row (upsert by volume_id).
+    """
+    import ray
+
+    from ctplatform.ingest.discover import discover
+    from ctplatform.runtime import init_ray
+    from ctplatform.store import Store
+
+    rows = discover(input_path)
+    store = Store(cfg.store_path)
+    store.group  # create the store once here, not concurrently in the tasks
+    if not rows:
+        log.warning("no scans found at %s", input_path)
+        return _frame([])
+    ingest_dict = cfg.ingest.model_dump(mode="json")
+    results = [ingest_one(r, store.root, ingest_dict, overwrite) for r in rows if r["error"]]
+    todo = [r for r in rows if not r["error"]]
+    log.info("ingest: %d scans found (%d refused at discovery) -> %s", len(rows), len(results), store.root)
+    if todo:
+        init_ray(cfg)
+        request = cfg.ingest.memory_per_task_gb * 1e9
+        _check_memory_request(request)
+        ctx = ray.data.DataContext.get_current()
+        previous = ctx.max_errored_blocks
+        # One row per block: a worker killed (e.g. by the OOM killer) loses only its own scan.
+        ctx.max_errored_blocks = len(todo)
+        try:
+            ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
+                ingest_one,
+                fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
+                compute=ray.data.TaskPoolStrategy(size=cfg.ingest.max_tasks_in_flight),
+                num_cpus=cfg.ingest.cpus_per_task,
+                memory=request,
+            )
+            pending: list[dict] = []
+            last = time.monotonic()
+            for out in ds.iter_rows():
+                out = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+                results.append(out)
+                pending.append(out)
+                if len(pending) >= MANIFEST_EVERY or time.monotonic() - last > MANIFEST_SECONDS:
+                    store.upsert_table("manifest", _frame(pending))
+                    pending, last = [], time.monotonic()
+        finally:
+            ctx.max_errored_blocks = previous
+        done = {r["volume_id"] for r in results}
+        for r in todo:
+            if r["volume_id"] not in done:  # its task died after Ray's retries
+                results.append(
+                    _status(r, error="the ingest task died (out of memory, or a crash in a decoder); see the Ray "
+                            "logs, raise ingest.memory_per_task_gb if needed, and re-run")
+                )
+    df = _frame(results)
+    store.upsert_table("manifest", df)
+    return df.sort_values("volume_id", kind="stable").reset_index(drop=True)
