@@ -1,0 +1,172 @@
+"""Radiology-style reports written from the drawn lesions, so every assertion is true by construction.
+
+Rules that keep the text parseable by a rule-based labeller (SARLE) and exactly consistent with the
+labels:
+- every positive label is asserted at least once, with its side ("right", "left") or lobe, and
+  nothing absent is asserted; a negated mention ("No pleural effusion.") never counts;
+- one sentence only joins findings at the same location (an effusion with the atelectasis beside
+  it, cardiomegaly with pericardial fluid), or negated ones ("No pleural effusion or pneumothorax.");
+- hedged findings ("Probable ...", "likely ...") are present findings;
+- vocabulary that would make a labeller find a label the phantom does not draw is never used
+  (e.g. "opacity", "density", "plaque", "scattered", "lesion", "linear", "dilated", "disease").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ctplatform.phantom.lesions import Lesion
+
+LOBE_WORDS = {"RUL": "right upper lobe", "RML": "right middle lobe", "RLL": "right lower lobe",
+              "LUL": "left upper lobe", "LLL": "left lower lobe"}
+
+
+def _size_word(depth_mm: float) -> str:
+    return "small" if depth_mm < 22 else ("moderate" if depth_mm < 34 else "large")
+
+
+def _cap(s: str) -> str:
+    return s[0].upper() + s[1:]
+
+
+def _both(words: list[str]) -> str:
+    return " and ".join(words) if len(words) <= 2 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def write_report(lesions: list[Lesion], cardiomegaly: bool, pericardial_mm: float, rng: np.random.Generator) -> str:
+    """FINDINGS and IMPRESSION sections for one scan."""
+    c = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
+    by = {les.kind: [x for x in lesions if x.kind == les.kind] for les in lesions}
+    lung_kinds = ("nodule", "mass", "consolidation", "groundglass", "emphysema", "atelectasis", "effusion", "pneumothorax")
+    findings: list[str] = []
+    impression: list[str] = []
+
+    # lungs ------------------------------------------------------------------------------------
+    if not any(k in by for k in lung_kinds):
+        findings.append(c(["The lungs are clear.", "Lungs are clear bilaterally.", "The lungs are well aerated and clear."]))
+    for les in by.get("emphysema", []):
+        bullae = any(r[0] >= 9.0 for _, r, _ in les.blobs)
+        s = c(["Centrilobular emphysema, most pronounced in the upper lobes.",
+               "Moderate centrilobular emphysema with upper lobe predominance.",
+               "Emphysematous changes are present in the upper lobes."])
+        if bullae:
+            s = s[:-1] + c([", with apical bullae.", ". Paraseptal bullae are seen at the apices."])
+        findings.append(s)
+        impression.append("Emphysema.")
+    for les in sorted(by.get("nodule", []), key=lambda x: -x.size_mm):
+        d, lobe = int(les.size_mm), LOBE_WORDS[les.lobe]
+        findings.append(c([f"There is a {d} mm nodule in the {lobe}.",
+                           f"A {d} mm solid nodule is present in the {lobe}.",
+                           f"{_cap(lobe)} nodule measuring {d} mm.",
+                           f"A {d / 10:.1f} cm pulmonary nodule is seen in the {lobe}." if d > 10 else f"Small {d} mm nodule in the {lobe}."]))
+        if d > 10:
+            impression.append(f"{d} mm {lobe} nodule.")
+    if "nodule" in by and all(les.size_mm <= 10 for les in by["nodule"]):
+        impression.append(c(["Small pulmonary nodule(s), see findings.", "Subcentimeter pulmonary nodule, see above."]))
+    for les in by.get("mass", []):
+        cm, lobe = les.size_mm / 10.0, LOBE_WORDS[les.lobe]
+        findings.append(c([f"There is a {cm:.1f} cm mass in the {lobe}.",
+                           f"A lobulated mass in the {lobe} measures {cm:.1f} cm.",
+                           f"{_cap(lobe)} mass measuring {cm:.1f} cm."]))
+        impression.append(f"{cm:.1f} cm {lobe} mass.")
+    if "nodule" not in by and "mass" not in by and any(k in by for k in lung_kinds):
+        findings.append(c(["No pulmonary nodules.", "No suspicious pulmonary nodule or mass."]))
+    for les in by.get("consolidation", []):
+        lobe = LOBE_WORDS[les.lobe]
+        findings.append(c([f"Consolidation in the {lobe} with air bronchograms.",
+                           f"There is consolidation of the {lobe}.",
+                           f"Probable consolidation in the {lobe}."]))
+        impression.append(f"{_cap(lobe)} consolidation.")
+    if "consolidation" not in by and any(k in by for k in lung_kinds):
+        findings.append(c(["No focal consolidation.", "There is no consolidation."]))
+    for les in by.get("groundglass", []):
+        where = _both([LOBE_WORDS[lb] for lb in les.params["lobes"]])
+        findings.append(c([f"Patchy ground-glass attenuation in the {where}.",
+                           f"Areas of ground-glass attenuation are seen in the {where}.",
+                           f"There is ground-glass attenuation in the {where}."]))
+        impression.append(f"Ground-glass attenuation in the {where}.")
+
+    effusions = by.get("effusion", [])
+    atel = by.get("atelectasis", [])
+    eff_sides = {s: les.params["depth"][s] for les in effusions for s in les.sides}
+    atel_sides = [s for les in atel for s in les.sides]
+    joined: set[str] = set()
+    for side, depth in eff_sides.items():
+        size = _size_word(depth)
+        if side in atel_sides and rng.random() < 0.6:
+            findings.append(c([f"{_cap(size)} {side} pleural effusion with adjacent compressive atelectasis.",
+                               f"There is a {size} {side} pleural effusion with associated atelectasis."]))
+            joined.add(side)
+        else:
+            findings.append(c([f"{_cap(size)} {side} pleural effusion.", f"There is a {size} {side} pleural effusion.",
+                               f"Probable {size} {side} pleural effusion."]))
+        impression.append(f"{_cap(size)} {side} pleural effusion.")
+    rest = [s for s in atel_sides if s not in joined]
+    if len(rest) == 2:
+        findings.append(c(["Dependent atelectasis in the right and left lower lobes.",
+                           "Atelectasis at the right and left lung bases."]))
+    elif rest:
+        findings.append(c([f"Dependent atelectasis in the {rest[0]} lower lobe.",
+                           f"Subsegmental atelectasis at the {rest[0]} lung base.",
+                           f"Findings likely represent atelectasis in the {rest[0]} lower lobe."]))
+    for les in by.get("pneumothorax", []):
+        size = "small" if les.size_mm < 18 else "moderate"
+        findings.append(c([f"{_cap(size)} {les.side} pneumothorax.", f"There is a {size} {les.side} pneumothorax.",
+                           f"A {size} pneumothorax is present on the {les.side}."]))
+        impression.append(f"{_cap(size)} {les.side} pneumothorax.")
+    if not effusions and "pneumothorax" not in by:
+        findings.append(c(["No pleural effusion or pneumothorax.", "There is no pleural effusion or pneumothorax."]))
+    elif not effusions:
+        findings.append("No pleural effusion.")
+    elif "pneumothorax" not in by:
+        findings.append("No pneumothorax.")
+
+    # heart and great vessels ------------------------------------------------------------------
+    peri_size = "small" if pericardial_mm < 11 else "moderate"
+    if cardiomegaly and pericardial_mm > 0:
+        findings.append(c([f"Cardiomegaly with a {peri_size} pericardial effusion.",
+                           f"The heart is enlarged, with a {peri_size} pericardial effusion."]))
+    elif cardiomegaly:
+        findings.append(c(["Cardiomegaly without pericardial effusion.", "The heart is enlarged. No pericardial effusion.",
+                           "Mild cardiomegaly. No pericardial effusion."]))
+    elif pericardial_mm > 0:
+        findings.append(c([f"Heart size is normal. {_cap(peri_size)} pericardial effusion.",
+                           f"There is a {peri_size} pericardial effusion. The heart is normal in size."]))
+    else:
+        findings.append(c(["The heart is normal in size without pericardial effusion.",
+                           "Heart size is normal. No pericardial effusion."]))
+    if cardiomegaly:
+        impression.append("Cardiomegaly.")
+    if pericardial_mm > 0:
+        impression.append(f"{_cap(peri_size)} pericardial effusion.")
+    if "plaque" in by:
+        findings.append(c(["Atherosclerotic calcification of the thoracic aorta.",
+                           "Moderate atherosclerotic calcifications of the aortic arch and descending aorta.",
+                           "Atherosclerosis of the thoracic aorta with mural calcifications."]))
+        impression.append("Aortic atherosclerosis.")
+    elif "calcification" in by:
+        findings.append(c(["Mild calcification of the aortic arch.", "A few calcifications in the descending aorta.",
+                           "Calcification of the thoracic aorta."]))
+    else:
+        findings.append(c(["The thoracic aorta is normal in caliber without calcification.",
+                           "The aorta is normal in caliber. No aortic calcification."]))
+
+    # mediastinum ------------------------------------------------------------------------------
+    for les in by.get("nodes", []):
+        largest = int(np.argmax(les.params["sizes"]))
+        st, d = les.params["stations"][largest], les.params["sizes"][largest]
+        findings.append(c([f"Mediastinal lymphadenopathy, the largest a {d} mm {st} lymph node.",
+                           f"Enlarged mediastinal lymph nodes, including a {st} node measuring {d} mm.",
+                           f"There is mediastinal lymphadenopathy with a {d} mm {st} lymph node."]))
+        impression.append("Mediastinal lymphadenopathy.")
+    if "nodes" not in by:
+        findings.append(c(["No mediastinal lymphadenopathy.", "No enlarged mediastinal or hilar lymph nodes."]))
+
+    findings.append(c(["The central airways are patent.", "The trachea and main bronchi are patent."]))
+    findings.append(c(["Osseous structures are unremarkable.", "No acute osseous abnormality.",
+                       "The visualized upper abdomen is unremarkable."]))
+    if not impression:
+        impression.append(c(["No acute cardiopulmonary abnormality.", "Normal CT of the chest."]))
+    lines = ["FINDINGS:", " ".join(findings), "", "IMPRESSION:"]
+    lines += [f"{i}. {s}" for i, s in enumerate(impression, 1)]
+    return "\n".join(lines)
