@@ -17,6 +17,9 @@ from ctplatform.runtime import setup_logging
 #: (sub-command, module) in the order a pipeline runs them.
 COMMANDS: list[tuple[str, str]] = [
     ("ingest", "ctplatform.ingest.command"),
+    ("partition", "ctplatform.partition.command"),
+    ("evaluate", "ctplatform.eval.command"),
+    ("compare", "ctplatform.eval.compare_command"),
 ]
 
 

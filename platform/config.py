@@ -76,6 +76,17 @@ class IngestConfig(Section):
         return v
 
 
+class PartitionQCConfig(Section):
+    """Lung plausibility limits (partition/qc.py explains each flag)."""
+
+    min_lung_ml: float = Field(100.0, description="a lung (or lung piece in a crop) below this is missing")
+    min_lung_height_mm: float = Field(30.0, description="a lung shorter than this apex to base is missing")
+    max_total_lung_ml: float = Field(10_000.0, description="more lung than any adult has: air outside the lungs was taken")
+    min_lung_mean_hu: float = Field(-970.0, description="mean lung HU below this is gas (bowel, outside air), not parenchyma")
+    min_lungs_width_mm: float = Field(100.0, description="both lungs together narrower than this left to right")
+    min_complete_lungs_ml: float = Field(1_500.0, description="complete lungs below this get the informational flag")
+
+
 class PartitionConfig(Section):
     method: Literal["reference", "improved"] = Field(
         "improved", description="reference: the published algorithm exactly; improved: see docs"
@@ -85,6 +96,14 @@ class PartitionConfig(Section):
     variants: list[str] = Field(default_factory=lambda: list(GRID_VARIANTS))
     cpus_per_task: float = 1.0
     memory_per_task_gb: float = 4.0
+    exterior_air_hu: float = Field(
+        -950.0, description="improved: a border-touching air component is outside air when its median HU is below this"
+    )
+    airway_hu: float = Field(-950.0, description="improved: airway lumen threshold for removing the trachea and bronchi")
+    max_airway_ml: float = Field(250.0, description="improved: a grown airway tree larger than this is a leak into lung")
+    threads: int = Field(1, ge=1, description="threads labelling slabs inside one task (1 under Ray: one CPU per task)")
+    max_concurrent_tasks: int | None = Field(None, description="Ray tasks at once (None: as many as CPUs allow)")
+    qc: PartitionQCConfig = Field(default_factory=lambda: PartitionQCConfig())
 
     @field_validator("variants")
     @classmethod
