@@ -18,8 +18,6 @@ from ctplatform.runtime import setup_logging
 COMMANDS: list[tuple[str, str]] = [
     ("ingest", "ctplatform.ingest.command"),
     ("partition", "ctplatform.partition.command"),
-    ("evaluate", "ctplatform.eval.command"),
-    ("compare", "ctplatform.eval.compare_command"),
 ]
 
 
