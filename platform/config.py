@@ -165,6 +165,15 @@ class TrainConfig(Section):
         default_factory=lambda: {"train": "train", "valid": "valid", "test": "test"},
         description="manifest split names used for training, validation and test",
     )
+    amp: bool = Field(True, description="bf16 autocast on GPU (CPU always runs float32)")
+    steps_per_epoch: int | None = Field(None, description="cap on optimizer steps per epoch (None: the whole split)")
+    checkpoints_to_keep: int = Field(2, ge=1, description="Ray Train checkpoints kept in storage (the latest ones)")
+    explode_factor: float = Field(
+        1000.0, gt=1, description="stop when a step's loss exceeds this times the run's first loss (or 1)"
+    )
+    organ_iou_threshold: float = Field(
+        0.5, gt=0, lt=1, description="fixed threshold of the validation OrganIoU (normalised attention > t)"
+    )
 
     @field_validator("grid_variant")
     @classmethod

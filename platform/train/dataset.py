@@ -1,0 +1,291 @@
+"""A torch Dataset over the store: model input, grid masks and label targets of one scan.
+
+One item (pure functions, tested without Ray or a DataLoader):
+    volume int16 [z, y, x] --read only the crop window, pad with the block's minimum--> input_shape
+      --augment (same draw for the grid masks)--> clip HU to train.hu_clip, scale to [0, 1],
+      subtract train.center --> slice groups x float32 [H, 3, Y, X]
+    grid/<geometry>/<variant>/<id> bool [3, H, D1, D2]   (augmented like the volume)
+    labels.parquet rows --labels.encode_volume_labels--> y float32 [80], region_bits uint8 [80]
+
+Arrays are opened lazily inside each loader process (the Store is re-created there), and the
+DataLoader uses the `forkserver` start method: zarr-python 3 can deadlock in a forked child.
+Padding uses the minimum of the block actually read (the crop window), not of the whole volume: the
+two differ only if the scan's minimum lies outside the window, and both are clipped to hu_clip[0].
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from ctplatform.geometry import ModelGeometry, center_crop_or_pad, crop_or_pad_slices
+from ctplatform.labels import N_LABELS, encode_volume_labels
+from ctplatform.store import IncompleteItemError, Store
+from ctplatform.train.augment import (
+    NO_AUGMENTATION,
+    apply_to_grid,
+    apply_to_volume,
+    augmentation_rng,
+    draw_augmentation,
+)
+
+if TYPE_CHECKING:
+    from ctplatform.config import Config
+
+log = logging.getLogger("ctplatform.train")
+
+#: Start method of DataLoader worker processes (zarr 3 + fork can deadlock).
+LOADER_CONTEXT = "forkserver"
+
+
+class MissingGridMaskError(FileNotFoundError):
+    """A scan has no grid mask for the model's geometry and the configured variant."""
+
+
+def missing_grid_message(store_root: str, geometry: str, variant: str, ids: list[str]) -> str:
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    return (
+        f"grid masks grid/{geometry}/{variant} are missing in {store_root} for {len(ids)} volume(s): "
+        f"{shown}. Build them with `ctplatform partition --store {store_root} --config FILE` using the same "
+        f"model section (feature grid {geometry}) and partition.variants containing {variant!r}"
+    )
+
+
+# ------------------------------------------------------------------------------ splits and labels
+@dataclass(frozen=True)
+class SplitIndex:
+    """The scans of one split with their label targets."""
+
+    ids: list[str]
+    y: np.ndarray  # float32 [N, 80]
+    region_bits: np.ndarray  # uint8 [N, 80]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_split(store: Store, split: str) -> SplitIndex:
+    """Scans of `split` (manifest status ok) that have labels; others are skipped with a warning."""
+    manifest = store.read_table("manifest")
+    if manifest is None:
+        raise FileNotFoundError(f"{store.root} has no manifest.parquet: run `ctplatform ingest` first")
+    labels = store.read_table("labels")
+    if labels is None:
+        raise FileNotFoundError(
+            f"{store.root} has no labels.parquet: label the reports first (`ctplatform partition`)"
+        )
+    for col in ("volume_id", "status", "split"):
+        if col not in manifest.columns:
+            raise ValueError(f"manifest.parquet in {store.root} has no {col!r} column")
+    rows = manifest[(manifest["status"] == "ok") & (manifest["split"] == split)]
+    ids = sorted(rows["volume_id"].astype(str).unique())
+    by_volume = {
+        vid: g for vid, g in labels[labels["volume_id"].isin(ids)].groupby("volume_id", sort=False)
+    }
+    kept, ys, bits = [], [], []
+    for vid in ids:
+        g = by_volume.get(vid)
+        if g is None:
+            continue
+        y, b = encode_volume_labels(list(zip(g["abnormality"], g["location"], g["value"].astype(int))))
+        kept.append(vid)
+        ys.append(y)
+        bits.append(b)
+    if len(kept) < len(ids):
+        log.warning(
+            "%d of %d %r scans have no rows in labels.parquet and are skipped", len(ids) - len(kept), len(ids), split
+        )
+    return SplitIndex(
+        kept,
+        np.stack(ys) if ys else np.zeros((0, N_LABELS), np.float32),
+        np.stack(bits) if bits else np.zeros((0, N_LABELS), np.uint8),
+    )
+
+
+def check_grid_masks(store: Store, geometry: ModelGeometry, variant: str, ids: list[str]) -> None:
+    """Raise MissingGridMaskError naming the scans that lack the grid mask training needs."""
+    have = set(store.grid_ids(geometry.name, variant))
+    missing = [i for i in ids if i not in have]
+    if missing:
+        raise MissingGridMaskError(missing_grid_message(store.root, geometry.name, variant, missing))
+
+
+# ------------------------------------------------------------------------------ one item
+def read_crop(volume: Any, input_shape: tuple[int, int, int]) -> np.ndarray:
+    """Centre crop / pad of a [z, y, x] array (zarr or numpy) to input_shape, reading only the window."""
+    src = tuple(slice(a, b) for a, b, _, _ in crop_or_pad_slices(tuple(volume.shape), input_shape))
+    block = np.asarray(volume[src])
+    return center_crop_or_pad(block, input_shape, fill=block.min() if block.size else 0)
+
+
+def normalize_hu(volume: np.ndarray, hu_clip: tuple[float, float], center: float) -> np.ndarray:
+    """Clip HU, scale to [0, 1], subtract `center`: float32."""
+    lo, hi = hu_clip
+    out = np.clip(volume.astype(np.float32), lo, hi)
+    out -= lo
+    out *= 1.0 / (hi - lo)
+    out -= center
+    return out
+
+
+def to_slice_groups(volume: np.ndarray, slices_per_group: int = 3) -> np.ndarray:
+    """[Z, Y, X] -> [H, slices_per_group, Y, X] (consecutive axial slices form one group)."""
+    z, y, x = volume.shape
+    if z % slices_per_group:
+        raise ValueError(f"depth {z} is not a multiple of {slices_per_group}")
+    return volume.reshape(z // slices_per_group, slices_per_group, y, x)
+
+
+class StoreDataset(Dataset):
+    """Items of one split; a key is an index, or (epoch, index) to draw that epoch's augmentation."""
+
+    def __init__(
+        self,
+        store_root: str,
+        index: SplitIndex,
+        geometry: ModelGeometry,
+        variant: str,
+        hu_clip: tuple[float, float] = (-1000.0, 800.0),
+        center: float = 0.449,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.store_root = store_root
+        self.index = index
+        self.geometry = geometry
+        self.variant = variant
+        self.hu_clip = tuple(hu_clip)
+        self.center = center
+        self.augment = augment
+        self.seed = seed
+        self._store: Store | None = None
+
+    @classmethod
+    def from_config(cls, cfg: "Config", index: SplitIndex, augment: bool) -> "StoreDataset":
+        return cls(
+            cfg.store_path,
+            index,
+            cfg.model.geometry,
+            cfg.train.grid_variant,
+            hu_clip=cfg.train.hu_clip,
+            center=cfg.train.center,
+            augment=augment and cfg.train.augment,
+            seed=cfg.train.seed,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Loader processes open their own store (and zarr handles) lazily.
+        return {**self.__dict__, "_store": None}
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.store_root)
+        return self._store
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def read_grid(self, volume_id: str) -> np.ndarray:
+        try:
+            grid = self.store.read_grid(self.geometry.name, self.variant, volume_id)
+        except IncompleteItemError:
+            raise MissingGridMaskError(
+                missing_grid_message(self.store_root, self.geometry.name, self.variant, [volume_id])
+            ) from None
+        want = (3, *self.geometry.grid)
+        if grid.shape != want:
+            raise ValueError(
+                f"grid mask of {volume_id} has shape {grid.shape}, but the model's feature grid needs {want}; "
+                "re-run `ctplatform partition` with this config's model section"
+            )
+        return grid
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        volume_id = self.index.ids[i]
+        try:
+            hu = read_crop(self.store.volume(volume_id), self.geometry.input_shape)
+        except IncompleteItemError:
+            raise FileNotFoundError(
+                f"volume {volume_id} is not (completely) in {self.store_root}: re-run `ctplatform ingest`"
+            ) from None
+        grid = self.read_grid(volume_id)
+        aug = NO_AUGMENTATION
+        if self.augment:
+            _, y, x = self.geometry.input_shape
+            aug = draw_augmentation(augmentation_rng(self.seed, epoch, i), square=y == x)
+        hu = apply_to_volume(hu, aug)
+        grid = apply_to_grid(grid, aug)
+        x_in = to_slice_groups(normalize_hu(hu, self.hu_clip, self.center), self.geometry.slices_per_group)
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(x_in)),
+            "grid": torch.from_numpy(np.ascontiguousarray(grid)),
+            "y": torch.from_numpy(self.index.y[i].copy()),
+            "region_bits": torch.from_numpy(self.index.region_bits[i].copy()),
+            "index": i,
+        }
+
+
+# ------------------------------------------------------------------------------ sampling and loading
+class EpochSampler(Sampler):
+    """This rank's shard of the training indices, shuffled per epoch, yielded as (epoch, index).
+
+    Wraps DistributedSampler (every rank gets the same number of items, padding by repetition, so
+    DDP ranks take the same number of steps); carrying the epoch in the key lets persistent loader
+    processes draw that epoch's augmentation.
+    """
+
+    def __init__(self, n: int, rank: int, world_size: int, seed: int, shuffle: bool = True) -> None:
+        self.inner = DistributedSampler(
+            range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.inner.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+class ShardSampler(Sampler):
+    """Indices rank, rank + world_size, ... : a disjoint shard without padding (validation)."""
+
+    def __init__(self, n: int, rank: int, world_size: int) -> None:
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def make_loader(dataset: StoreDataset, sampler: Sampler, batch_size: int, workers: int) -> DataLoader:
+    """DataLoader with `workers` forkserver processes (0: load in the training process)."""
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs = {
+            "multiprocessing_context": LOADER_CONTEXT,
+            "persistent_workers": True,
+            "prefetch_factor": 2,
+        }
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),  # faster host-to-GPU copies; a no-op on CPU machines
+        **kwargs,
+    )
