@@ -16,6 +16,7 @@ from ctplatform.runtime import setup_logging
 
 #: (sub-command, module) in the order a pipeline runs them.
 COMMANDS: list[tuple[str, str]] = [
+    ("phantom", "ctplatform.phantom.command"),
     ("ingest", "ctplatform.ingest.command"),
     ("partition", "ctplatform.partition.command"),
 ]
