@@ -15,12 +15,12 @@ scikit-image loop voxel for voxel (tests and benchmarks/partition.py assert it).
 label arrays cache-sized and are independent, so `threads > 1` labels them concurrently (scipy
 releases the GIL while labelling). Step 4 labels only the bounding box of what steps 1-3 kept.
 
-`clear="exterior"` (the improved method) removes a border-touching component only when it is
-outside air: at least half its voxels below `exterior_air_hu` (-950), i.e. its median is pure air.
-Lungs that touch the edge of a tight crop are parenchyma (median about -800 HU, with vessels) and
-survive, while the air around the body (median about -1000 HU) is cleared as before. Only severe
-emphysema (half the lung below -950 HU) cut by a crop edge would still be cleared, as in the
-reference.
+`clear="exterior"` (the improved method) keeps a border-touching component only when it is not
+pure air (fewer than half its voxels below `exterior_air_hu`, -950: lung parenchyma has a median
+near -800 HU, outside air near -1000) and at least half its voxels are enclosed by the body
+(body.py: a foam pad or carbon table under the patient is not). Lungs that touch the edge of a
+tight crop therefore survive, while the air around the body is cleared as before. Severe emphysema
+(half the lung below -950 HU) cut by a crop edge is still cleared, as in the reference.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from typing import Literal
 
 import numpy as np
 from scipy import ndimage
+
+from ctplatform.partition.body import BodyExtent, body_extent
 
 #: 8-connectivity within an axial slice and no neighbours across slices: labels every slice at once.
 SLICE_8 = np.zeros((3, 3, 3), dtype=bool)
@@ -81,11 +83,12 @@ def keep_two_largest(area: np.ndarray, slice_of: np.ndarray, candidate: np.ndarr
 def _candidates_slab(
     hu: np.ndarray,
     out: np.ndarray,
+    z0: int,
     hu_threshold: float,
-    clear: str,
     exterior_air_hu: float,
+    body: BodyExtent | None,
 ) -> None:
-    """Steps 1-3 on a slab of slices, written into `out` (a view of the same slab)."""
+    """Steps 1-3 on a slab of slices starting at z0, written into `out` (a view of the same slab)."""
     labels = np.empty(hu.shape, dtype=np.int32)
     n = ndimage.label(hu < hu_threshold, structure=SLICE_8, output=labels)
     # scipy numbers components in raster order of first appearance and none spans two slices,
@@ -95,13 +98,21 @@ def _candidates_slab(
     touch = np.zeros(n + 1, dtype=bool)
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         touch[edge.ravel()] = True
+    touch[0] = False
     flat = labels.ravel()
     area = np.bincount(flat, minlength=n + 1)
-    if clear == "exterior":
-        # Outside air is mostly pure air (its median is below exterior_air_hu); the mean would be
-        # pulled up by the partial-volume rim along the skin and the table at coarse spacing.
+    if body is not None and touch.any():
+        # Outside air is mostly pure air (median below exterior_air_hu); the mean would be pulled
+        # up by the partial-volume rim along the skin and the table at coarse spacing.
         pure = np.bincount(flat, weights=(hu < exterior_air_hu).ravel(), minlength=n + 1)
-        touch &= pure >= 0.5 * area
+        doubtful = np.flatnonzero(touch & (pure < 0.5 * area))
+        if doubtful.size:
+            # Not pure air (a cut lung, or a foam pad/table): keep it only when mostly inside the body.
+            sel = np.isin(labels, doubtful)
+            zz, yy, xx = np.nonzero(sel)
+            inside = np.bincount(labels[sel], weights=body.enclosed(zz + z0, yy, xx), minlength=n + 1)
+            keep = doubtful[inside[doubtful] >= 0.5 * area[doubtful]]
+            touch[keep] = False
     touch[0] = True  # label 0 is tissue, never a candidate
     out[...] = keep_two_largest(area, slice_of, ~touch)[labels]
 
@@ -111,25 +122,35 @@ def lung_candidates(
     hu_threshold: float = -300.0,
     clear: Literal["border", "exterior"] = "border",
     exterior_air_hu: float = -950.0,
+    spacing_mm: tuple[float, float, float] | None = None,
     threads: int = 1,
 ) -> np.ndarray:
-    """Steps 1-3 for every axial slice: air, border clearing, the two largest components per slice."""
+    """Steps 1-3 for every axial slice: air, border clearing, the two largest components per slice.
+
+    clear="exterior" needs `spacing_mm` (the body is found on a grid of about 4 mm).
+    """
     if clear not in ("border", "exterior"):
         raise ValueError(f"clear must be 'border' or 'exterior', not {clear!r}")
     if hu.ndim != 3:
         raise ValueError(f"expected a volume [z, y, x]; got shape {hu.shape}")
+    body = None
+    if clear == "exterior":
+        if spacing_mm is None:
+            raise ValueError("clear='exterior' needs spacing_mm")
+        body = body_extent(hu, spacing_mm, hu_threshold)
     out = np.zeros(hu.shape, dtype=bool)
-    slabs = [slice(z, min(z + SLAB_SLICES, hu.shape[0])) for z in range(0, hu.shape[0], SLAB_SLICES)]
+    starts = range(0, hu.shape[0], SLAB_SLICES)
 
-    def work(s: slice) -> None:
-        _candidates_slab(hu[s], out[s], hu_threshold, clear, exterior_air_hu)
+    def work(z0: int) -> None:
+        s = slice(z0, min(z0 + SLAB_SLICES, hu.shape[0]))
+        _candidates_slab(hu[s], out[s], z0, hu_threshold, exterior_air_hu, body)
 
     if threads > 1:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, slabs))
+            list(pool.map(work, starts))
     else:
-        for s in slabs:
-            work(s)
+        for z0 in starts:
+            work(z0)
     return out
 
 
