@@ -201,9 +201,29 @@ class TuneConfig(Section):
 
 class EvalConfig(Section):
     split: str = "test"
-    bootstrap: int = 1000
+    valid_split: str | None = Field(
+        None, description="split whose scans choose the OrganIoU thresholds; None: the run's train.splits['valid']"
+    )
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for AUROC CIs (0: none)")
     seed: int = 0
-    figure_scans: int = 4
+    figure_scans: int = Field(4, ge=0, description="scans drawn as HiResCAM vs Grad-CAM panels (with NIfTI heatmaps)")
+    figure_labels_per_scan: int = Field(3, ge=1)
+    curve_labels: list[str] | None = Field(
+        None, description="labels of the per-slice score plot; None: the 9 with the most balanced presence"
+    )
+    organ_iou_convention: Literal["ours", "published"] = Field(
+        "ours", description="ours: a map wholly inside the allowed region scores 1; published: 0"
+    )
+    sanity_scans: int = Field(8, ge=0, description="scans whose HiResCAM is compared with a randomised model's")
+    nifti: bool = Field(True, description="export figure heatmaps as NIfTI aligned with the source scan")
+    scans_per_task: int = Field(8, ge=1, description="volumes per Ray task")
+    forward_batch: int = Field(1, ge=1, description="volumes per forward pass inside a task")
+    cpus_per_task: float = 1.0
+    memory_per_task_gb: float = 4.0
+    output_dir: str | None = Field(None, description="local folder for the files; None: <workdir>/eval")
+    truth_dir: str | None = Field(
+        None, description="phantom cohort folder with truth/<id> masks; None: <store>/../truth if present"
+    )
 
 
 class Config(Section):

@@ -138,7 +138,16 @@ def plot_explanations(rows: list[ExplanationSlice], path: str | Path, alpha: flo
                 ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", vmin=0, vmax=1, alpha=alpha,
                           interpolation="bilinear")
                 if row.allowed.any():
-                    ax.contour(row.allowed.astype(float), levels=[0.5], colors="white", linewidths=1.4)
+                    # pad with "not allowed" so a region touching the image edge is still closed
+                    ny, nx = row.allowed.shape
+                    padded = np.pad(row.allowed.astype(float), 1)
+                    ax.contour(np.arange(-1, nx + 1), np.arange(-1, ny + 1), padded, levels=[0.5],
+                               colors="white", linewidths=1.4)
+                    ax.set_xlim(-0.5, nx - 0.5)
+                    ax.set_ylim(ny - 0.5, -0.5)
+                if heat.max() < 0.05:  # say so, rather than leave the reader guessing
+                    ax.text(0.5, 0.04, "no positive attention on this slice", color="yellow", fontsize=8,
+                            ha="center", transform=ax.transAxes)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name if c else f"{row.title}", fontsize=10, loc="left" if not c else "center")

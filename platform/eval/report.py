@@ -52,13 +52,12 @@ def html_table(df: pd.DataFrame, digits: int = 3) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def headline_table(ev: Evaluation) -> pd.DataFrame:
-    """The run's main numbers in paper order: AUROC, OrganIoU per method and group, localization."""
-    m = ev.metrics
+def headline_table(m: dict[str, float]) -> pd.DataFrame:
+    """A run's main numbers in paper order: AUROC, OrganIoU per method and group, localization."""
     rows: list[tuple[str, str, object, str]] = [
         ("AUROC", "median over labels", m.get("auroc_median"), _ci(m, "auroc_median")),
         ("AUROC", "mean over labels", m.get("auroc_mean"), _ci(m, "auroc_mean")),
-        ("AUROC", "labels with both classes", m.get("auroc_labels"), ""),
+        ("AUROC", "labels with both classes", int(m.get("auroc_labels", 0)), f"{int(m.get('scans', 0))} scans"),
     ]
     for meth in METHODS:
         for g in ("overall",) + GROUPS:
@@ -105,7 +104,7 @@ def per_label_view(ev: Evaluation) -> pd.DataFrame:
 def write_summary(ev: Evaluation, out_dir: Path, title: str, context: dict[str, str]) -> dict[str, Path]:
     """summary.md, summary.html, per_label.csv and thresholds.csv in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    head = headline_table(ev)
+    head = headline_table(ev.metrics)
     labels = per_label_view(ev)
     ctx = "\n".join(f"- {k}: {v}" for k, v in context.items())
     notes = "\n".join(f"- {n}" for n in ev.notes)

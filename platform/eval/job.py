@@ -1,0 +1,348 @@
+"""The Ray job behind `ctplatform evaluate`: score a trained run over a split, aggregate, draw, log.
+
+    driver: load the run (MLflow) -> ids of the validation and evaluated splits
+      -> one Ray task per `eval.scans_per_task` volumes (model weights shared once via ray.put; each
+         task reads its volumes from the store and returns small per-scan scores; a scan that fails
+         is reported and skipped, the job goes on)
+      -> aggregate on the driver (summary.evaluate_scores), per-slice curves
+      -> one Ray task per figure scan (Figure 4 panel + NIfTI heatmaps, written by the task)
+      -> summary tables, predictions keyed by hash -> MLflow (an evaluation run nested under the
+         training run; headline metrics also on the training run).
+
+Re-running an evaluation recomputes it (scores are not cached): it writes a new evaluation run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctplatform.config import Config
+from ctplatform.eval.scoring import ScanScores, SliceSums
+
+log = logging.getLogger("ctplatform.eval")
+
+
+@dataclass
+class EvalOutcome:
+    run_id: str
+    eval_run_id: str | None
+    split: str
+    out_dir: Path
+    metrics: dict[str, float]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (volume_id, error), console only
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ worker side
+def _build(state: dict, cfg_json: dict, threads: int):
+    import torch
+
+    from ctplatform.train.model import AxialNet
+
+    torch.set_num_threads(max(1, threads))
+    run_cfg = Config.model_validate(cfg_json)
+    model = AxialNet(run_cfg.model.geometry, pretrained_weights=None)
+    model.load_state_dict(state)
+    return model.eval(), run_cfg
+
+
+def _dataset(run_cfg: Config, store_root: str, ids: list[str], y: np.ndarray, bits: np.ndarray):
+    from ctplatform.train.dataset import SplitIndex, StoreDataset
+
+    return StoreDataset(
+        store_root,
+        SplitIndex(list(ids), y, bits),
+        run_cfg.model.geometry,
+        run_cfg.train.grid_variant,
+        hu_clip=run_cfg.train.hu_clip,
+        center=run_cfg.train.center,
+        augment=False,
+    )
+
+
+def score_volumes(
+    state: dict,
+    cfg_json: dict,
+    store_root: str,
+    split: str,
+    ids: list[str],
+    y: np.ndarray,
+    bits: np.ndarray,
+    sanity: np.ndarray,
+    truth_root: str | None,
+    forward_batch: int = 1,
+    seed: int = 0,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
+
+    Pure with respect to Ray (called inside a task, or directly in tests).
+    """
+    import torch
+
+    from ctplatform.eval.scoring import explain, score_outputs
+    from ctplatform.partition.allowed_regions import allowed_regions
+    from ctplatform.train.model import AxialNet
+
+    model, run_cfg = _build(state, cfg_json, threads)
+    geometry = run_cfg.model.geometry
+    dataset = _dataset(run_cfg, store_root, ids, y, bits)
+    truth = None
+    if truth_root:
+        from ctplatform.eval.truth import TruthReader
+
+        truth = TruthReader(truth_root, store_root, run_cfg)
+    random_model = None
+    if np.any(sanity):
+        torch.manual_seed(seed)  # every task draws the same randomised model
+        random_model = AxialNet(geometry, pretrained_weights=None).eval()
+    sums = SliceSums.zeros(geometry.grid[0])
+    scans: list[ScanScores] = []
+    errors: list[tuple[str, str]] = []
+    items: list[dict] = []
+
+    def flush() -> None:
+        if not items:
+            return
+        x = torch.stack([it["x"] for it in items])
+        yb = torch.stack([it["y"] for it in items])
+        out = explain(model, x)
+        g_true = allowed_regions(torch.stack([it["region_bits"] for it in items]), torch.stack([it["grid"] for it in items]))
+        rand = None
+        if random_model is not None and any(sanity[it["index"]] for it in items):
+            rand = explain(random_model, x)["hirescam"]
+        lesions = confounders = None
+        if truth is not None:
+            found = [truth.grid_truth(ids[it["index"]]) for it in items]
+            lesions = [f.lesions if f else None for f in found]
+            confounders = [f.confounder if f else None for f in found]
+        scans.extend(
+            score_outputs(
+                [ids[it["index"]] for it in items],
+                [split] * len(items),
+                out,
+                yb.numpy(),
+                g_true.numpy(),
+                random_hirescam=rand,
+                lesions=lesions,
+                confounders=confounders,
+            )
+        )
+        sums.add(out["slice_scores"], yb.numpy())
+        items.clear()
+
+    for i, vid in enumerate(ids):
+        try:
+            items.append(dataset[i])
+        except Exception as e:  # one bad scan must not sink the batch: report it, go on
+            errors.append((vid, f"{type(e).__name__}: {e}"))
+            continue
+        if len(items) >= forward_batch:
+            flush()
+    flush()
+    return {"scans": scans, "sums": sums, "errors": errors}
+
+
+def render_volume(
+    state: dict,
+    cfg_json: dict,
+    store_root: str,
+    volume_id: str,
+    y: np.ndarray,
+    bits: np.ndarray,
+    labels: list[int],
+    out_png: str,
+    heatmap_dir: str | None,
+    key: str,
+    threads: int = 1,
+) -> list[str]:
+    """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
+    import torch
+
+    from ctplatform.eval.figures import render_scan
+    from ctplatform.eval.scoring import explain
+    from ctplatform.partition.allowed_regions import allowed_regions
+    from ctplatform.store import Store
+    from ctplatform.train.dataset import read_crop
+
+    model, run_cfg = _build(state, cfg_json, threads)
+    geometry = run_cfg.model.geometry
+    item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]
+    out = explain(model, item["x"][None])
+    g_true = allowed_regions(item["region_bits"][None], item["grid"][None])[0].numpy()
+    vol = Store(store_root).volume(volume_id)
+    hu = read_crop(vol, geometry.input_shape)
+    affine = vol.attrs.get("affine")
+    paths = render_scan(
+        out,
+        hu,
+        g_true,
+        labels,
+        Path(out_png),
+        Path(heatmap_dir) if heatmap_dir and affine is not None else None,
+        key=key,
+        stored_shape=tuple(vol.shape),
+        affine=affine,
+    )
+    return [str(p) for p in paths]
+
+
+# ------------------------------------------------------------------------------ driver side
+def _gather(refs: list, desc: str) -> list:
+    """Results of Ray tasks in submission order, with a progress bar as they finish."""
+    import ray
+    from tqdm import tqdm
+
+    done: dict = {}
+    pending = list(refs)
+    with tqdm(total=len(refs), desc=desc, unit="task") as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for r in ready:
+                done[r] = ray.get(r)
+                bar.update(1)
+    return [done[r] for r in refs]
+
+
+def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOutcome:
+    """Evaluate MLflow run `run_id` on `split` (default cfg.eval.split); see the module docstring."""
+    import ray
+
+    from ctplatform.eval.figures import choose_figure_scans, curve_labels_from_counts, curves_from_sums
+    from ctplatform.eval.plots import plot_slice_scores
+    from ctplatform.eval.report import predictions_frame, scan_key, write_summary
+    from ctplatform.eval.summary import evaluate_scores
+    from ctplatform.eval.tracking import log_evaluation
+    from ctplatform.eval.truth import find_truth_root
+    from ctplatform.labels import label_by_name
+    from ctplatform.runtime import init_ray, setup_mlflow
+    from ctplatform.store import Store
+    from ctplatform.train.dataset import check_grid_masks, load_split
+    from ctplatform.train.model import load_from_run
+
+    e = cfg.eval
+    split = split or e.split
+    setup_mlflow(cfg)
+    model, run_cfg = load_from_run(run_id, cfg.tracking_uri)
+    store_root = cfg.store if cfg.store is not None else run_cfg.store_path
+    store = Store(store_root)
+    if not store.exists():
+        raise FileNotFoundError(f"no store at {store_root}: pass --store (the store the run was trained on)")
+    geometry = run_cfg.model.geometry
+    valid_split = e.valid_split or run_cfg.train.splits.get("valid", "valid")
+    test_index = load_split(store, split)
+    if not len(test_index):
+        raise ValueError(f"split {split!r} of {store_root} has no labelled scans with status ok")
+    valid_index = load_split(store, valid_split) if valid_split != split else None
+    check_grid_masks(store, geometry, run_cfg.train.grid_variant, test_index.ids)
+    if valid_index is not None and len(valid_index):
+        check_grid_masks(store, geometry, run_cfg.train.grid_variant, valid_index.ids)
+    truth_root = find_truth_root(e.truth_dir, store_root)
+
+    init_ray(cfg)
+    state_ref = ray.put({k: v.cpu() for k, v in model.state_dict().items()})
+    cfg_json = run_cfg.model_dump(mode="json")
+    threads = max(1, int(e.cpus_per_task))
+    score = ray.remote(score_volumes).options(
+        num_cpus=e.cpus_per_task, memory=int(e.memory_per_task_gb * 2**30), max_retries=2
+    )
+    refs, kinds = [], []
+    for name, index in [(split, test_index), (valid_split, valid_index)]:
+        if index is None or not len(index):
+            continue
+        sanity = np.zeros(len(index), bool)
+        if name == split:
+            sanity[: e.sanity_scans] = True
+        for s in range(0, len(index), e.scans_per_task):
+            sl = slice(s, s + e.scans_per_task)
+            refs.append(
+                score.remote(
+                    state_ref, cfg_json, store_root, name, index.ids[sl], index.y[sl], index.region_bits[sl],
+                    sanity[sl], truth_root, e.forward_batch, e.seed, threads,
+                )
+            )
+            kinds.append(name)
+    t0 = time.perf_counter()
+    results = _gather(refs, f"evaluate {split}")
+    log.info("scored %d tasks in %.1f s", len(refs), time.perf_counter() - t0)
+
+    test_scans: list[ScanScores] = []
+    valid_scans: list[ScanScores] = []
+    sums = SliceSums.zeros(geometry.grid[0])
+    failed: list[tuple[str, str]] = []
+    for kind, res in zip(kinds, results):
+        failed += res["errors"]
+        if kind == split:
+            test_scans += res["scans"]
+            sums.merge(res["sums"])
+        else:
+            valid_scans += res["scans"]
+    for vid, msg in failed:
+        log.error("scan %s could not be evaluated and is left out: %s", vid, msg)
+    if not test_scans:
+        raise RuntimeError(f"every scan of split {split!r} failed; see the errors above")
+
+    ev = evaluate_scores(test_scans, valid_scans, n_boot=e.bootstrap, seed=e.seed, convention=e.organ_iou_convention)
+    if failed:
+        ev.notes.append(f"{len(failed)} scan(s) failed and were left out (see the job log)")
+
+    out_dir = Path(e.output_dir or (cfg.workdir / "eval")) / run_id / split
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    labels = (
+        [label_by_name(n).index for n in e.curve_labels] if e.curve_labels else curve_labels_from_counts(sums)
+    )
+    files: list[Path] = []
+    if labels:
+        files.append(
+            plot_slice_scores(
+                curves_from_sums(sums, labels),
+                fig_dir / "slice_scores.png",
+                title=f"Per-slice scores C on {split}: mean and 95% interval, with (orange) / without (blue)",
+            )
+        )
+    # Figure 4 panels: one task per scan, each writes its own files.
+    render = ray.remote(render_volume).options(num_cpus=e.cpus_per_task, memory=int(e.memory_per_task_gb * 2**30))
+    picks = choose_figure_scans(test_scans, e.figure_scans, e.figure_labels_per_scan)
+    pos_of = {vid: i for i, vid in enumerate(test_index.ids)}
+    fig_refs = []
+    for n, (i, labs) in enumerate(picks):
+        vid = test_scans[i].volume_id
+        j = pos_of[vid]
+        key = scan_key(vid)
+        fig_refs.append(
+            render.remote(
+                state_ref, cfg_json, store_root, vid, test_index.y[j], test_index.region_bits[j], labs,
+                str(fig_dir / f"explanations_{n + 1}_{key}.png"),
+                str(out_dir / "heatmaps") if e.nifti else None, key, threads,
+            )
+        )
+    for paths in _gather(fig_refs, "figures") if fig_refs else []:
+        files += [Path(p) for p in paths]
+    if e.nifti and picks and not (out_dir / "heatmaps").exists():
+        ev.notes.append("no NIfTI heatmaps: the stored volumes carry no `affine` attribute (re-ingest to add it)")
+
+    context = {
+        "training run": run_id,
+        "split": f"{split} ({len(test_scans)} scans)",
+        "validation split": f"{valid_split} ({len(valid_scans)} scans)",
+        "model geometry": f"{geometry.name} from input {'x'.join(map(str, geometry.input_shape))}",
+        "OrganIoU convention": e.organ_iou_convention,
+    }
+    summary = write_summary(ev, out_dir, f"Evaluation on {split}", context)
+    pred_path = out_dir / "predictions.parquet"
+    predictions_frame(test_scans + valid_scans).to_parquet(pred_path, index=False)
+    # volume id -> key map stays on local disk only (never logged): lets a person find the scan.
+    import pandas as pd
+
+    pd.DataFrame(
+        {"scan_key": [scan_key(s.volume_id) for s in test_scans], "volume_id": [s.volume_id for s in test_scans]}
+    ).to_csv(out_dir / "scan_keys.local.csv", index=False)
+    eval_run_id = log_evaluation(cfg, run_id, split, ev, out_dir, exclude=["scan_keys.local.csv"])
+    return EvalOutcome(run_id, eval_run_id, split, out_dir, ev.metrics, failed, ev.notes)

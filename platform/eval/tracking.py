@@ -1,0 +1,130 @@
+"""MLflow for evaluation: an evaluation run nested under the training run, holding every metric,
+table and picture; the headline metrics are also written onto the training run, so the MLflow UI's
+run list shows them beside the training metrics.
+
+Metric names are prefixed by the split (`test_auroc_median`, `test_organ_iou_hirescam_overall`).
+Only label-level aggregates and hashed scan keys are logged: no volume ids, no report text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from ctplatform.config import Config
+from ctplatform.eval.summary import Evaluation
+
+log = logging.getLogger("ctplatform.eval")
+
+STAGE_TAG = "ctplatform.stage"
+EVALUATED_RUN_TAG = "ctplatform.evaluated_run"
+SPLIT_TAG = "ctplatform.split"
+#: Metrics copied onto the training run (without their `_n` counts).
+HEADLINE = (
+    "auroc_median",
+    "auroc_mean",
+    "organ_iou_hirescam_overall",
+    "organ_iou_gradcam_overall",
+    "lesion_iou_hirescam",
+    "pointing_hit_rate_hirescam",
+    "loc_utility_hirescam",
+    "confounder_share_hirescam",
+    "sanity_rank_corr_mean",
+)
+
+
+def _finite(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(f):
+            out[f"{prefix}{k}"] = f
+    return out
+
+
+def log_evaluation(
+    cfg: Config, run_id: str, split: str, ev: Evaluation, out_dir: Path, exclude: list[str] | None = None
+) -> str:
+    """Create the evaluation run, log metrics, params and the files of out_dir; return its id."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from ctplatform.runtime import setup_mlflow
+
+    setup_mlflow(cfg)
+    client = MlflowClient()
+    parent = client.get_run(run_id)
+    tags = {
+        STAGE_TAG: "evaluate",
+        EVALUATED_RUN_TAG: run_id,
+        SPLIT_TAG: split,
+        "mlflow.parentRunId": run_id,
+    }
+    run = client.create_run(parent.info.experiment_id, run_name=f"evaluate-{split}", tags=tags)
+    eval_id = run.info.run_id
+    now = int(1000 * time.time())
+    metrics = _finite(ev.metrics, f"{split}_")
+    params = {
+        "split": split,
+        "organ_iou_threshold_source": ev.threshold_source,
+        "organ_iou_convention": cfg.eval.organ_iou_convention,
+        "bootstrap": cfg.eval.bootstrap,
+        "evaluated_run": run_id,
+    }
+    client.log_batch(
+        eval_id,
+        metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
+    skip = set(exclude or [])
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_file() and path.name not in skip:
+            rel = path.parent.relative_to(out_dir)
+            client.log_artifact(eval_id, str(path), artifact_path=None if str(rel) == "." else str(rel))
+    client.set_terminated(eval_id)
+    # Headline numbers on the training run too (a finished run still accepts metrics).
+    head = {f"{split}_{k}": metrics[f"{split}_{k}"] for k in HEADLINE if f"{split}_{k}" in metrics}
+    try:
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in head.items()])
+        client.set_tag(run_id, f"ctplatform.evaluation.{split}", eval_id)
+    except Exception as e:  # the evaluation run holds everything; this is a convenience
+        log.warning("could not copy headline metrics onto training run %s: %s", run_id, type(e).__name__)
+    log.info("logged evaluation run %s (nested under %s) at %s", eval_id, run_id, mlflow.get_tracking_uri())
+    return eval_id
+
+
+def find_evaluation_run(cfg: Config, run_id: str, split: str) -> str:
+    """The latest finished evaluation run of `run_id` on `split` (or run_id itself if it is one)."""
+    from mlflow import MlflowClient
+
+    from ctplatform.runtime import setup_mlflow
+
+    setup_mlflow(cfg)
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise FileNotFoundError(f"MLflow run {run_id} not found at {cfg.tracking_uri}") from None
+    if run.data.tags.get(STAGE_TAG) == "evaluate":
+        return run_id
+    found = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=(
+            f"tags.`{EVALUATED_RUN_TAG}` = '{run_id}' and tags.`{SPLIT_TAG}` = '{split}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not found:
+        raise FileNotFoundError(
+            f"run {run_id} has no evaluation on split {split!r}: run "
+            f"`ctplatform evaluate --run-id {run_id} --split {split}` first"
+        )
+    return found[0].info.run_id
