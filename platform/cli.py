@@ -19,6 +19,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("phantom", "ctplatform.phantom.command"),
     ("ingest", "ctplatform.ingest.command"),
     ("partition", "ctplatform.partition.command"),
+    ("evaluate", "ctplatform.eval.command"),
+    ("compare", "ctplatform.eval.compare_command"),
 ]
 
 
