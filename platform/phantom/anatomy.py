@@ -94,9 +94,7 @@ class Patient:
     x_mid: float
     y_table: float
     table_curve: float
-    heart_center: Point
-    heart_radii: Point
-    heart_rotation: np.ndarray
+    heart_parts: list[tuple[Point, Point, np.ndarray | None]]  # ventricles, atria: centre, radii, rotation
     epicardial_fat: float
     pericardial_effusion_mm: float
     vessels: list[Tube]
@@ -178,10 +176,11 @@ def sample_patient(
     def P(h: float, v: float, u: float) -> Point:  # (z, y, x) in units of (L, B, A)
         return (h * L, v * B, u * A)
 
-    heart_center = P(0.66, -0.22, 0.14)
     heart_axis = (0.45, -0.45, 0.77)  # base (right, posterior, superior) -> apex (left, anterior, inferior)
-    heart_radii = (60.0 * s * hs, 46.0 * s * hs, 40.0 * s * hs)
-    rot = rotation_from_axis(heart_axis, helper=(1.0, 0.0, 0.0))
+    heart_parts = [
+        (P(0.68, -0.22, 0.16), (58.0 * s * hs, 44.0 * s * hs, 38.0 * s * hs), rotation_from_axis(heart_axis, helper=(1.0, 0.0, 0.0))),
+        (P(0.57, 0.02, -0.04), (30.0 * s * hs, 30.0 * s * hs, 42.0 * s * hs), None),  # atria: the right heart border
+    ]
 
     j = lambda: float(rng.normal(0.0, 0.02))  # noqa: E731 - small per-patient jitter of landmarks
     aorta_pts = [
@@ -222,7 +221,7 @@ def sample_patient(
     p = Patient(
         L=L, A=A, B=B, scale=s, rib_t=11.0 * s, muscle=float(rng.uniform(8.0, 14.0)) * s, fat_mm=fat, skin=2.0,
         x_mid=3.0 * s, y_table=0.0, table_curve=0.0007,
-        heart_center=heart_center, heart_radii=heart_radii, heart_rotation=rot,
+        heart_parts=heart_parts,
         epicardial_fat=3.0 * s, pericardial_effusion_mm=float(pericardial_effusion_mm),
         vessels=vessels, airways=airways, nodes=nodes, carina=carina, hila=hila,
     )
@@ -414,11 +413,27 @@ def heart_layers(p: Patient) -> list[tuple[float, float, str]]:
     return layers
 
 
+def heart_mask(p: Patient, grid: Grid, grow: float):
+    """Box and mask of the heart's parts, each grown by `grow` mm (None when off the grid)."""
+    lo = np.min([np.asarray(c) - max(r) - grow - 1.0 for c, r, _ in p.heart_parts], axis=0)
+    hi = np.max([np.asarray(c) + max(r) + grow + 1.0 for c, r, _ in p.heart_parts], axis=0)
+    box = grid.box(tuple(lo), tuple(hi))
+    if box is None:
+        return None, None
+    z, y, x = grid.box_coords(box)
+    m = np.zeros(tuple(sl.stop - sl.start for sl in box), dtype=bool)
+    for c, r, rot in p.heart_parts:
+        m |= ellipsoid_value(z, y, x, c, tuple(v + grow for v in r), rot) < 1.0
+    return box, m
+
+
 def _paint_heart(p: Patient, grid: Grid, hu, org) -> None:
     for grow, value, name in heart_layers(p):
-        radii = tuple(r + grow for r in p.heart_radii)
+        box, m = heart_mask(p, grid, grow)
+        if box is None:
+            continue
         code = ORGAN_CODES["mediastinum"] if name == "paracardial fat" else ORGAN_CODES["heart"]
-        _paint_ellipsoid(grid, hu, org, p.heart_center, radii, value, code, p.heart_rotation)  # type: ignore[arg-type]
+        _paint(hu[box], org[box], m, value, code)
 
 
 def _paint_lung_tree(p: Patient, grid: Grid, hu, org) -> None:

@@ -241,15 +241,27 @@ def render(p: Patient, lesions: list[Lesion], grid: Grid, scanner: ScannerModel,
 
 
 def _ensure_visible(p: Patient, lesions: list[Lesion], grid: Grid, hu, organs, masks) -> None:
-    """A lesion smaller than a voxel can miss every voxel centre: give it its nearest voxel.
+    """A lesion smaller than a voxel can miss every voxel centre: give it the nearest voxel of its organ.
 
     Keeps "positive iff the mask is non-empty" exact on coarse grids (the `tiny` size).
     """
     for les in lesions:
         if not les.blobs or all(lab in masks for lab in les.labels):
             continue
+        if les.labels[0].startswith("lung_"):
+            allowed = [ORGAN_CODES[f"{s}_lung"] for s in les.sides]
+        else:
+            allowed = [ORGAN_CODES[k] for k in ("heart", "great_vessels", "mediastinum")]
         c = np.asarray(les.blobs[0][0])
-        idx = tuple(int(np.clip(np.rint((c[a] - grid.origin[a]) / grid.spacing[a]), 0, grid.shape[a] - 1)) for a in range(3))
+        centre = np.rint((c - np.asarray(grid.origin)) / np.asarray(grid.spacing)).astype(int)
+        lo = np.clip(centre - 2, 0, np.asarray(grid.shape) - 1)
+        hi = np.clip(centre + 3, 1, np.asarray(grid.shape))
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        cand = np.argwhere(np.isin(organs[box], allowed)) + lo
+        if len(cand) == 0:
+            continue  # reported below as a finding without voxels
+        mm = np.asarray(grid.origin) + cand * np.asarray(grid.spacing)
+        idx = tuple(int(v) for v in cand[np.argmin(((mm - c) ** 2).sum(axis=1))])
         for lab in les.labels:
             if lab not in masks:
                 masks[lab] = np.zeros(grid.shape, dtype=bool)

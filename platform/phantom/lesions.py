@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.phantom.anatomy import HU, ORGAN_CODES, Patient
+from ctplatform.phantom.anatomy import HU, ORGAN_CODES, Patient, heart_mask
 from ctplatform.phantom.grid import Grid, Point, ellipsoid_value, rotation_from_axis, segment_distance
 from ctplatform.phantom.planning import Plan
 
@@ -164,9 +164,9 @@ def place_emphysema(p: Patient, plan: Plan, rng, spec: dict[str, Any]) -> Lesion
     pts = plan.points(upper)
     if len(pts) == 0:
         raise PlacementError("no upper-lung room for emphysema")
-    n = int(spec.get("count", rng.integers(70, 140)))
+    n = int(spec.get("count", rng.integers(90, 170)))
     pick = pts[rng.integers(len(pts), size=n)] + rng.uniform(-2, 2, (n, 3))
-    blobs: list[Blob] = [(tuple(q), (r, r, r), None) for q, r in zip(pick, rng.uniform(2.5, 5.0, n) * p.scale)]
+    blobs: list[Blob] = [(tuple(q), (r, r, r), None) for q, r in zip(pick, rng.uniform(3.0, 6.0, n) * p.scale)]
     for _ in range(int(rng.integers(0, 3))):  # subpleural bullae near the apices
         cand = lung & (plan.grid.coords()[0] < 0.35 * p.L) & (plan.depth >= 8.0) & (plan.depth <= 14.0)
         if cand.any():
@@ -211,7 +211,8 @@ def place_aortic(p: Patient, rng, spec: dict[str, Any], athero: bool) -> Lesion:
     n_pts = len(aorta.points)
     n = int(spec.get("count", rng.integers(6, 13) if athero else rng.integers(1, 4)))
     blobs: list[Blob] = []
-    for i in rng.integers(int(0.3 * n_pts), n_pts - 3, size=n):
+    thoracic = [i for i in range(int(0.3 * n_pts), n_pts - 1) if aorta.points[i][0] < 0.85 * p.L]
+    for i in rng.choice(thoracic, size=n):
         p0, p1 = np.asarray(aorta.points[i]), np.asarray(aorta.points[i + 1])
         rot = rotation_from_axis(tuple(p1 - p0))
         th = rng.uniform(0, 2 * np.pi)
@@ -415,17 +416,15 @@ def _draw_nodes(p, les: Lesion, grid, hu, org, add) -> None:
 
 
 def _pericardial_fluid(p: Patient, grid: Grid) -> np.ndarray:
-    inner = tuple(r + p.epicardial_fat for r in p.heart_radii)
-    outer = tuple(r + p.epicardial_fat + p.pericardial_effusion_mm for r in p.heart_radii)
     out = np.zeros(grid.shape, dtype=bool)
-    rmax = max(outer) + 1.0
-    box = grid.box(tuple(c - rmax for c in p.heart_center), tuple(c + rmax for c in p.heart_center))
+    box, outer = heart_mask(p, grid, p.epicardial_fat + p.pericardial_effusion_mm)
     if box is None:
         return out
-    z, y, x = grid.box_coords(box)
-    out[box] = (ellipsoid_value(z, y, x, p.heart_center, outer, p.heart_rotation) < 1.0) & (
-        ellipsoid_value(z, y, x, p.heart_center, inner, p.heart_rotation) >= 1.0
-    )
+    inner = np.zeros(grid.shape, dtype=bool)
+    b2, m2 = heart_mask(p, grid, p.epicardial_fat)
+    if b2 is not None:
+        inner[b2] = m2
+    out[box] = outer & ~inner[box]
     return out
 
 

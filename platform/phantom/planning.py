@@ -51,14 +51,17 @@ def make_plan(p: Patient) -> Plan:
     _, org = render_anatomy(p, grid, trees=False)
     z, y, x = grid.coords()
     lobes = np.where((org == 1) | (org == 2), p.lobe(z, y, x), 0).astype(np.uint8)
+    # one distance transform for both lungs: the mediastinum keeps the sides apart
+    lung = (org == ORGAN_CODES["right_lung"]) | (org == ORGAN_CODES["left_lung"])
     depth = np.zeros(org.shape, dtype=np.float32)
-    for code in (ORGAN_CODES["right_lung"], ORGAN_CODES["left_lung"]):
-        m = org == code
-        depth = np.where(m, ndimage.distance_transform_edt(m, sampling=grid.spacing), depth).astype(np.float32)
+    box = ndimage.find_objects(lung.astype(np.uint8))
+    if box:
+        sl = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box[0])
+        depth[sl] = ndimage.distance_transform_edt(lung[sl], sampling=grid.spacing)
     return Plan(grid, org, lobes, depth)
 
 
-def grow_lung_trees(p: Patient, plan: Plan, rng: np.random.Generator, min_radius: float = 0.8) -> None:
+def grow_lung_trees(p: Patient, plan: Plan, rng: np.random.Generator, min_radius: float = 1.0, n_twigs: int = 600) -> None:
     """Fill `p.lung_tree` with pulmonary arteries + bronchi (paired) and veins, branching from the hila."""
     s = p.scale
     segs: list[tuple[Point, Point, float, int]] = []
@@ -78,7 +81,32 @@ def grow_lung_trees(p: Patient, plan: Plan, rng: np.random.Generator, min_radius
             d = np.asarray(d) + rng.normal(0, 0.15, 3)
             d = d / np.linalg.norm(d)
             _grow(segs, vhil, d, 5.0 * s, 34.0 * s, 0, code, plan, rng, min_radius, kind=0)
+    segs += _peripheral_vessels(p, plan, rng, n_twigs)
     p.lung_tree = segs
+
+
+def _peripheral_vessels(p: Patient, plan: Plan, rng: np.random.Generator, n: int) -> list[tuple[Point, Point, float, int]]:
+    """Short vessels spread through the parenchyma, pointing away from the hilum, thinner with distance.
+
+    They stand in for the branches a tree of finite depth cannot reach, so every part of the lung has
+    the vessel texture of a real scan.
+    """
+    out: list[tuple[Point, Point, float, int]] = []
+    for side, code in (("right", ORGAN_CODES["right_lung"]), ("left", ORGAN_CODES["left_lung"])):
+        pts = plan.points((plan.organs == code) & (plan.depth >= 3.0))
+        if len(pts) == 0:
+            continue
+        q = pts[rng.integers(len(pts), size=n)] + rng.uniform(-2.0, 2.0, (n, 3))
+        hil = np.asarray(p.hila[side])
+        d = q - hil
+        dist = np.linalg.norm(d, axis=1, keepdims=True)
+        u = d / np.maximum(dist, 1e-6) + rng.normal(0.0, 0.35, (n, 3))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        half = rng.uniform(4.0, 10.0, (n, 1)) * p.scale
+        r = np.clip(0.45 + 2.0 * np.exp(-dist[:, 0] / (60.0 * p.scale)), 0.45, 2.4) * rng.uniform(0.8, 1.2, n)
+        for a, b, rr in zip(q - u * half, q + u * half, r):
+            out.append((tuple(map(float, a)), tuple(map(float, b)), float(rr), 0))
+    return out
 
 
 def _grow(segs, p0, d, r, length, gen, code, plan: Plan, rng, min_radius, kind: int, max_gen: int = 9) -> None:

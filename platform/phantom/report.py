@@ -59,10 +59,7 @@ def write_report(lesions: list[Lesion], cardiomegaly: bool, pericardial_mm: floa
                            f"A {d} mm solid nodule is present in the {lobe}.",
                            f"{_cap(lobe)} nodule measuring {d} mm.",
                            f"A {d / 10:.1f} cm pulmonary nodule is seen in the {lobe}." if d > 10 else f"Small {d} mm nodule in the {lobe}."]))
-        if d > 10:
-            impression.append(f"{d} mm {lobe} nodule.")
-    if "nodule" in by and all(les.size_mm <= 10 for les in by["nodule"]):
-        impression.append(c(["Small pulmonary nodule(s), see findings.", "Subcentimeter pulmonary nodule, see above."]))
+        impression.append(f"{d} mm {lobe} nodule." if d > 10 else c([f"Subcentimeter {lobe} nodule.", f"{d} mm {lobe} nodule."]))
     for les in by.get("mass", []):
         cm, lobe = les.size_mm / 10.0, LOBE_WORDS[les.lobe]
         findings.append(c([f"There is a {cm:.1f} cm mass in the {lobe}.",
