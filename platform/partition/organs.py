@@ -46,7 +46,7 @@ class Segmentation:
     """An organ map and what was decided on the way (recorded in partition.parquet)."""
 
     organs: np.ndarray  # uint8 [z, y, x]
-    split: str  # midline | components | columns | none
+    split: str  # midline | components | columns | single | none
     airways: str  # not_run | removed | not_found | leak
     airway_ml: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -88,12 +88,33 @@ def split_columns(lungs: np.ndarray, spacing_mm: tuple[float, float, float], ban
     return right, lungs & ~right
 
 
+def has_waist(lungs: np.ndarray, band: float = 0.2, depth: float = 0.25) -> bool:
+    """Two lungs joined somewhere show a deep valley in their left-right profile near the middle.
+
+    The profile counts lung voxels per x column; a single lung is one hump with no such valley.
+    """
+    profile = lungs.sum(axis=(0, 1), dtype=np.int64)
+    hit = np.flatnonzero(profile)
+    if hit.size < 3:
+        return False
+    x0, x1 = hit[0], hit[-1] + 1
+    width = x1 - x0
+    centre = (x0 + x1 - 1) / 2.0
+    lo, hi = max(x0 + 1, int(np.floor(centre - band * width))), min(x1 - 1, int(np.ceil(centre + band * width)) + 1)
+    if hi <= lo:
+        return False
+    v = lo + int(np.argmin(profile[lo:hi]))
+    return bool(profile[v] < depth * min(profile[x0:v].max(), profile[v + 1 : x1].max()))
+
+
 def split_components(
     lungs: np.ndarray, spacing_mm: tuple[float, float, float], min_fraction: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Split by 3D components when the two largest are both substantial, else by columns.
 
-    Smaller components go to the side of the nearer main lung (by centroid x).
+    Smaller components go to the side of the nearer main lung (by centroid x). One dominant
+    component without a waist is a single lung: it goes to the half of the volume it lies in, and
+    QC flags the other lung as missing.
     """
     labels, box, sizes = label_components(lungs)
     if box is None:
@@ -101,8 +122,15 @@ def split_components(
     order = np.argsort(sizes)[::-1]
     total = sizes.sum()
     if len(order) < 3 or sizes[order[1]] < min_fraction * total:  # order includes label 0 (size 0)
-        right, left = split_columns(lungs, spacing_mm)
-        return right, left, "columns"
+        if has_waist(lungs):
+            right, left = split_columns(lungs, spacing_mm)
+            return right, left, "columns"
+        # One lung (the other is missing): it goes whole to the side of the volume it lies in.
+        xs = lungs.sum(axis=(0, 1), dtype=np.int64)
+        centroid = float((xs * np.arange(xs.size)).sum() / xs.sum())
+        if centroid < lungs.shape[2] / 2.0:
+            return lungs.copy(), np.zeros_like(lungs), "single"
+        return np.zeros_like(lungs), lungs.copy(), "single"
     xs = np.nonzero(labels)[2]
     lab_vals = labels[labels > 0]
     centroid_x = np.bincount(lab_vals, weights=xs, minlength=sizes.size) / np.maximum(sizes, 1)
