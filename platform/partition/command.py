@@ -18,8 +18,8 @@ regions on the grid and say so. A re-run skips finished volumes; --overwrite red
 --preview VOLUME_ID --out FILE.png draws the organ outlines over axial and coronal slices of one
 volume instead (from the store's organ map when there is one, else computed on the fly).
 
-Exit status: 0 when at least one volume is ok (failures are listed), 1 when every volume failed,
-2 for usage errors (no store, unknown volume).
+Exit status: 0 when partition.parquet has at least one ok volume (this run's failures are listed),
+1 when no volume of the store could be partitioned, 2 for usage errors (no store, unknown volume).
 """
 
 SUMMARY_FAILURES = 50
@@ -113,4 +113,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
         print(f"partition: nothing to do in {cfg.store_path} (every volume is finished; --overwrite redoes them)")
         return 0
     print(summary(df, cfg.store_path))
-    return 1 if (df["status"] != "ok").all() else 0
+    from ctplatform.store import Store
+
+    table = Store(cfg.store_path).read_table("partition")
+    return 0 if table is not None and (table["status"] == "ok").any() else 1

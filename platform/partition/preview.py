@@ -8,7 +8,8 @@ import numpy as np
 
 from ctplatform.partition.organs import LEFT_LUNG, MEDIASTINUM, RIGHT_LUNG
 
-COLOURS = {RIGHT_LUNG: ("tab:blue", "right lung"), LEFT_LUNG: ("tab:orange", "left lung"), MEDIASTINUM: ("tab:green", "mediastinum")}
+#: Drawn in this order: the mediastinum first so the lung outlines stay visible where they meet.
+COLOURS = {MEDIASTINUM: ("tab:green", "mediastinum"), RIGHT_LUNG: ("tab:blue", "right lung"), LEFT_LUNG: ("tab:orange", "left lung")}
 
 
 def _slices_through(organs: np.ndarray) -> tuple[list[int], int]:
@@ -55,7 +56,9 @@ def render_preview(
         for code, (colour, _) in COLOURS.items():
             m = (lab == code).astype(np.float32)
             if m.any() and not m.all():
-                ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.2)
+                if code != MEDIASTINUM:  # a light tint says which side each lung was given
+                    ax.contourf(m, levels=[0.5, 1.5], colors=[colour], alpha=0.25)
+                ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.4)
         ax.set_title(name)
         ax.set_xlabel("x (patient's right -> left)")
         ax.set_xticks([])
