@@ -1,0 +1,128 @@
+"""SARLE over one report: free text -> (abnormality, location) findings -> labels.parquet rows.
+
+    findings = label_report("There is a nodule in the right upper lobe. No pleural effusion.")
+    # {("nodule", "right_lung")}
+    rows = label_rows("vol1", findings)   # 80 label rows in long form (see labels.parquet)
+
+Pure functions over one item, tested without Ray; job.py maps them over a dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ctplatform.labels import LOCATION_GROUP, all_labels
+from ctplatform.partition.sarle.phrases import abnormal_phrases, chunks, classify_chunk, normalize
+from ctplatform.partition.sarle.term_search import sentence_findings
+from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary
+
+LABEL_COLUMNS: tuple[str, ...] = ("volume_id", "abnormality", "location", "value")
+
+
+class EmptyReportError(ValueError):
+    """A report with no text. The message names the volume id only, never report text."""
+
+
+SENTENCE_CACHE_SIZE = 200_000
+
+
+class SentenceCache:
+    """Findings per (section, sentence): report sentences repeat a lot ("No pleural effusion.").
+
+    Bounded: emptied when full. `size=0` disables it.
+    """
+
+    def __init__(self, size: int = SENTENCE_CACHE_SIZE) -> None:
+        self.size = size
+        self.data: dict[tuple[str, str], tuple[frozenset[tuple[str, str]], str]] = {}
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[str, str]) -> tuple[frozenset[tuple[str, str]], str] | None:
+        got = self.data.get(key)
+        if got is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return got
+
+    def put(self, key: tuple[str, str], value: tuple[frozenset[tuple[str, str]], str]) -> None:
+        if self.size <= 0:
+            return
+        if len(self.data) >= self.size:
+            self.data.clear()
+        self.data[key] = value
+
+
+_CACHE = SentenceCache()
+
+
+def label_report(
+    text: str, vocab: Vocabulary | None = None, cache: SentenceCache | None = _CACHE
+) -> set[tuple[str, str]]:
+    """The (abnormality, location) pairs a report states as present.
+
+    Locations are labels.parquet names: right_lung, left_lung, lung (side not stated), heart,
+    great_vessel, mediastinum. A report with no abnormal finding gives an empty set. Sentences are
+    cached per process (`cache=None` turns that off); a sentence with no abnormality term and no
+    section header is skipped without being parsed.
+    """
+    vocab = vocab or load_vocabulary()
+    found: set[tuple[str, str]] = set()
+    section = "none"
+    relevant = vocab.relevant_regex.search
+    for chunk in chunks(normalize(text)):
+        key = (section, chunk)
+        got = cache.get(key) if cache is not None else None
+        if got is None:
+            if relevant(f" {chunk} ") is None:
+                continue  # nothing in it can be a finding or change the section
+            sents, after = classify_chunk(chunk, section, vocab)
+            findings: set[tuple[str, str]] = set()
+            for sent in sents:
+                findings.update(sentence_findings(sent, vocab))
+            got = (frozenset(findings), after)
+            if cache is not None:
+                cache.put(key, got)
+        found.update(got[0])
+        section = got[1]
+    return found
+
+
+def label_rows(volume_id: str, findings: Iterable[tuple[str, str]]) -> list[tuple[str, str, str, int]]:
+    """Long-form rows for one volume: for each of the 80 labels one row (value 0, location = its
+    group) when absent, else one row per location found (value 1)."""
+    by_label: dict[tuple[str, str], set[str]] = {}
+    for abnormality, location in findings:
+        by_label.setdefault((LOCATION_GROUP[location], abnormality), set()).add(location)
+    rows = []
+    for lab in all_labels():
+        locations = by_label.pop((lab.group, lab.abnormality), None)
+        if locations:
+            rows.extend((volume_id, lab.abnormality, loc, 1) for loc in sorted(locations))
+        else:
+            rows.append((volume_id, lab.abnormality, lab.group, 0))
+    if by_label:
+        raise ValueError(f"findings {sorted(by_label)} of volume {volume_id} are not among the 80 labels")
+    return rows
+
+
+def label_volume(volume_id: str, report: object, vocab: Vocabulary | None = None) -> list[tuple[str, str, str, int]]:
+    """Label one volume's report; raises EmptyReportError (naming the volume only) when it is empty."""
+    if not isinstance(report, str) or not report.strip():
+        raise EmptyReportError(f"volume {volume_id}: the report is empty or missing; give the report text for it")
+    return label_rows(volume_id, label_report(report, vocab))
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """How SARLE read a text: its abnormal phrases (step 1) and findings (steps 2-3)."""
+
+    abnormal_phrases: list[str]
+    findings: list[tuple[str, str]]
+
+
+def explain(text: str, vocab: Vocabulary | None = None) -> Explanation:
+    """Step 1 and steps 2-3 for one text, to check or extend the vocabularies."""
+    vocab = vocab or load_vocabulary()
+    return Explanation(abnormal_phrases(text, vocab), sorted(label_report(text, vocab)))
