@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ctplatform.config import Config
 from ctplatform.eval.scoring import ScanScores, SliceSums
@@ -75,10 +76,11 @@ def score_volumes(
     y: np.ndarray,
     bits: np.ndarray,
     sanity: np.ndarray,
-    truth_root: str | None,
+    truth: dict[str, str | None] | None,
     forward_batch: int = 1,
     seed: int = 0,
     threads: int = 1,
+    truth_method: str = "area",
 ) -> dict[str, Any]:
     """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
 
@@ -93,11 +95,11 @@ def score_volumes(
     model, run_cfg = _build(state, cfg_json, threads)
     geometry = run_cfg.model.geometry
     dataset = _dataset(run_cfg, store_root, ids, y, bits)
-    truth = None
-    if truth_root:
+    reader = None
+    if truth and any(truth.values()):
         from ctplatform.eval.truth import TruthReader
 
-        truth = TruthReader(truth_root, store_root, run_cfg)
+        reader = TruthReader(truth, store_root, geometry, truth_method)
     random_model = None
     if np.any(sanity):
         torch.manual_seed(seed)  # every task draws the same randomised model
@@ -118,8 +120,8 @@ def score_volumes(
         if random_model is not None and any(sanity[it["index"]] for it in items):
             rand = explain(random_model, x)["hirescam"]
         lesions = confounders = None
-        if truth is not None:
-            found = [truth.grid_truth(ids[it["index"]]) for it in items]
+        if reader is not None:
+            found = [_grid_truth(reader, ids[it["index"]], errors) for it in items]
             lesions = [f.lesions if f else None for f in found]
             confounders = [f.confounder if f else None for f in found]
         scans.extend(
@@ -147,6 +149,15 @@ def score_volumes(
             flush()
     flush()
     return {"scans": scans, "sums": sums, "errors": errors}
+
+
+def _grid_truth(reader: Any, volume_id: str, errors: list[tuple[str, str]]) -> Any:
+    """The scan's grid truth, or None (the scan is still scored) when its truth files are unusable."""
+    try:
+        return reader.grid_truth(volume_id)
+    except Exception as e:
+        errors.append((volume_id, f"truth masks unusable, localization skipped: {type(e).__name__}: {e}"))
+        return None
 
 
 def render_volume(
@@ -219,7 +230,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     from ctplatform.eval.report import predictions_frame, scan_key, write_summary
     from ctplatform.eval.summary import evaluate_scores
     from ctplatform.eval.tracking import log_evaluation
-    from ctplatform.eval.truth import find_truth_root
+    from ctplatform.eval.truth import cohort_confounder, cohort_for
     from ctplatform.labels import label_by_name
     from ctplatform.runtime import init_ray, setup_mlflow
     from ctplatform.store import Store
@@ -243,7 +254,14 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     check_grid_masks(store, geometry, run_cfg.train.grid_variant, test_index.ids)
     if valid_index is not None and len(valid_index):
         check_grid_masks(store, geometry, run_cfg.train.grid_variant, valid_index.ids)
-    truth_root = find_truth_root(e.truth_dir, store_root)
+    manifest = store.read_table("manifest")
+    sources = dict(zip(manifest["volume_id"].astype(str), manifest.get("source", pd.Series([None] * len(manifest)))))
+    all_ids = test_index.ids + (valid_index.ids if valid_index is not None else [])
+    cohorts = {vid: cohort_for(vid, sources.get(vid), e.truth_dir) for vid in all_ids}
+    with_truth = sorted({c for c in cohorts.values() if c})
+    confounder = cohort_confounder(with_truth[0]) if with_truth else None
+    if with_truth:
+        log.info("true lesion masks found for %d of %d scans", sum(c is not None for c in cohorts.values()), len(cohorts))
 
     init_ray(cfg)
     state_ref = ray.put({k: v.cpu() for k, v in model.state_dict().items()})
@@ -264,7 +282,8 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
             refs.append(
                 score.remote(
                     state_ref, cfg_json, store_root, name, index.ids[sl], index.y[sl], index.region_bits[sl],
-                    sanity[sl], truth_root, e.forward_batch, e.seed, threads,
+                    sanity[sl], {v: cohorts[v] for v in index.ids[sl]}, e.forward_batch, e.seed, threads,
+                    e.truth_grid_method,
                 )
             )
             kinds.append(name)
@@ -288,7 +307,10 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     if not test_scans:
         raise RuntimeError(f"every scan of split {split!r} failed; see the errors above")
 
-    ev = evaluate_scores(test_scans, valid_scans, n_boot=e.bootstrap, seed=e.seed, convention=e.organ_iou_convention)
+    ev = evaluate_scores(
+        test_scans, valid_scans, n_boot=e.bootstrap, seed=e.seed, convention=e.organ_iou_convention,
+        confounder_label=label_by_name(confounder[1]).index if confounder else None,
+    )
     if failed:
         ev.notes.append(f"{len(failed)} scan(s) failed and were left out (see the job log)")
 
@@ -339,8 +361,6 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     pred_path = out_dir / "predictions.parquet"
     predictions_frame(test_scans + valid_scans).to_parquet(pred_path, index=False)
     # volume id -> key map stays on local disk only (never logged): lets a person find the scan.
-    import pandas as pd
-
     pd.DataFrame(
         {"scan_key": [scan_key(s.volume_id) for s in test_scans], "volume_id": [s.volume_id for s in test_scans]}
     ).to_csv(out_dir / "scan_keys.local.csv", index=False)

@@ -112,6 +112,7 @@ def evaluate_scores(
     n_boot: int = 1000,
     seed: int = 0,
     convention: Convention = "ours",
+    confounder_label: int | None = None,
 ) -> Evaluation:
     """The evaluation of `test` (any split), with OrganIoU thresholds chosen on `valid`.
 
@@ -167,7 +168,7 @@ def evaluate_scores(
         table[f"organ_iou_{m}"] = per_label
         table[f"threshold_{m}"] = thresholds[m]
         _lesion_metrics(test, m, chosen, metrics, table)
-        _confounder_metrics(test, m, metrics, table)
+        _confounder_metrics(test, m, metrics, table, confounder_label)
     rho = np.concatenate([s.sanity_rho for s in test]) if test else np.zeros(0)
     rho = rho[np.isfinite(rho)]
     if rho.size:
@@ -204,7 +205,9 @@ def _lesion_metrics(
     metrics[f"lesion_pairs_{method}"] = int(lab.size)
 
 
-def _confounder_metrics(scans: list[ScanScores], method: str, metrics: dict[str, float], table: pd.DataFrame) -> None:
+def _confounder_metrics(
+    scans: list[ScanScores], method: str, metrics: dict[str, float], table: pd.DataFrame, target: int | None
+) -> None:
     rows = [(s.positives, s.confounder_share[method]) for s in scans if s.confounder_share is not None]
     if not rows:
         return
@@ -212,4 +215,7 @@ def _confounder_metrics(scans: list[ScanScores], method: str, metrics: dict[str,
     share = np.concatenate([r[1] for r in rows]).astype(np.float64)
     ok = np.isfinite(share)
     metrics[f"confounder_share_{method}"] = float(share[ok].mean()) if ok.any() else float("nan")
-    table[f"confounder_share_{method}"] = mean_by_label(lab, share)[0]
+    per_label = mean_by_label(lab, share)[0]
+    table[f"confounder_share_{method}"] = per_label
+    if target is not None:  # the label the confounder was made to track (the shortcut to watch)
+        metrics[f"confounder_share_{method}_target"] = float(per_label[target])
