@@ -279,9 +279,9 @@ def render_anatomy(p: Patient, grid: Grid, trees: bool = True) -> tuple[np.ndarr
     ring = (q_in >= 1) & (q_out < 1)
     v = np.clip(yr / (b + p.rib_t), -1.0, 1.0)
     pitch = 21.0 * s
-    phase = (z + 0.02 * p.L - 70.0 * s * (1.0 - v) / 2.0) / pitch
+    phase = (z + 0.02 * p.L - 100.0 * s * (1.0 - v) / 2.0) / pitch  # ribs slope down toward the front
     k = np.floor(phase)
-    rib = ring & ((phase - k) < 10.0 / pitch) & (k >= 0) & (k < RIB_PAIRS)
+    rib = ring & ((phase - k) < 9.0 / pitch) & (k >= 0) & (k < RIB_PAIRS)
     front = (v < -0.7) & (np.abs(x) < 0.45 * a)
     floating = (k >= 10) & (v < 0.0)
     _paint(hu, org, rib & ~front & ~floating, HU["rib"], C["bone"])
