@@ -64,7 +64,14 @@ def chunks(words: list[str]) -> list[str]:
             out[-1] = f"{out[-1]} . {part}"
         else:
             out.append(part)
-    return [p.strip() for p in out if p.strip()]
+    cleaned = []
+    for part in out:
+        part = part.strip()
+        while part.startswith(". ") or part == ".":  # empty sentences (". ." from a line start)
+            part = part[2:]
+        if part:
+            cleaned.append(part)
+    return cleaned
 
 
 def classify_chunk(chunk: str, section: str, vocab: Vocabulary, explain: bool = False) -> tuple[list[Sentence], str]:
