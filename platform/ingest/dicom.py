@@ -110,6 +110,7 @@ def read_dicom_series(folder: str | Path) -> Scan:
 
     slices: list[np.ndarray] = []
     positions: list[np.ndarray] = []
+    rescale: list[tuple[float, float]] = []
     series: set[str] = set()
     first: dict[str, object] = {}
     with tolerant_dicom():
@@ -161,14 +162,9 @@ def read_dicom_series(folder: str | Path) -> Scan:
                 ) from None
             if pixels.ndim != 2:
                 raise ScanError(f"{name}: pixel data has shape {pixels.shape}, expected one 2D slice")
-            slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-            intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-            hu = pixels.astype(np.float32)
-            if slope != 1.0:
-                hu *= np.float32(slope)
-            if intercept:
-                hu += np.float32(intercept)
-            slices.append(hu)
+            # Raw stored values are kept until the order is known (half the memory of float32 copies).
+            slices.append(pixels)
+            rescale.append((float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)))
     if len(series) > 1:
         raise ScanError(
             f"mixed series: folder {folder.name} holds {len(series)} series (different SeriesInstanceUID); "
@@ -176,10 +172,12 @@ def read_dicom_series(folder: str | Path) -> Scan:
         )
     if len(slices) < 2:
         raise ScanError(f"folder {folder.name} holds a single 2D image, not a CT volume (need at least 2 slices)")
-    return _assemble(slices, positions, first, folder.name)
+    return _assemble(slices, rescale, positions, first, folder.name)
 
 
-def _assemble(slices: list[np.ndarray], positions: list[np.ndarray], geom: dict, name: str) -> Scan:
+def _assemble(
+    slices: list[np.ndarray], rescale: list[tuple[float, float]], positions: list[np.ndarray], geom: dict, name: str
+) -> Scan:
     iop = geom["orientation"]
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
@@ -201,7 +199,12 @@ def _assemble(slices: list[np.ndarray], positions: list[np.ndarray], geom: dict,
             f"{name}: uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm between slices): "
             "slices are missing or the series is irregular; re-export a complete series"
         )
-    volume = np.stack([slices[i] for i in order])  # [slice, row, column]
+    volume = np.empty((len(order), *slices[0].shape), dtype=np.float32)  # [slice, row, column] in HU
+    for k, i in enumerate(order):
+        slope, intercept = rescale[i]  # per slice: scanners may vary it
+        np.multiply(slices[i], np.float32(slope), out=volume[k], casting="unsafe")
+        volume[k] += np.float32(intercept)
+        slices[i] = None  # type: ignore[call-overload]  # free each raw slice once converted
     # Slice step from the end positions: exact even with gantry tilt (positions not along the normal).
     step = (pos[order[-1]] - pos[order[0]]) / (len(order) - 1)
     row_mm, col_mm = geom["pixel_spacing"]  # DICOM: [between rows, between columns]

@@ -45,5 +45,10 @@ def to_store_orientation(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndar
     transform = ornt_transform(start, axcodes2ornt(STORE_AXCODES))
     out = apply_orientation(array, transform)
     new_affine = affine @ inv_ornt_aff(transform, array.shape)
-    # apply_orientation returns a view with negative strides; later passes want contiguous memory.
-    return np.ascontiguousarray(out), new_affine
+    # apply_orientation returns a view (flips, transposes). Resampling reads slabs of axis 0, so a
+    # view whose axis 0 is the outermost in memory is kept as is (no copy of the whole volume, e.g.
+    # a Fortran-ordered NIfTI or a flipped DICOM stack); anything else is made contiguous once.
+    strides = [abs(s) for s in out.strides]
+    if strides[0] < max(strides):
+        out = np.ascontiguousarray(out)
+    return out, new_affine

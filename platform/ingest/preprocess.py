@@ -15,8 +15,10 @@ from ctplatform.geometry import STORE_ORIENTATION
 from ctplatform.ingest.resample import resample, resampled_affine, resampled_shape
 from ctplatform.ingest.scan import Scan, ScanError
 
-#: Bytes per output voxel held at once while resampling: the int16 result plus float32 slabs are small.
+#: Bytes per output voxel held while resampling: the int16 result (float32 slabs are a few MB).
 OUTPUT_BYTES_PER_VOXEL = 2
+#: Interpreter, libraries and the Zarr writer's chunk buffers (measured: about 0.3 GB).
+TASK_OVERHEAD_BYTES = 300_000_000
 
 
 def check_scan(scan: Scan, cfg: IngestConfig) -> None:
@@ -42,10 +44,10 @@ def check_scan(scan: Scan, cfg: IngestConfig) -> None:
                 f"{cfg.air_hu:g} HU (air/lung); an MR or other image, or a CT stored without its rescale"
             )
     out_bytes = OUTPUT_BYTES_PER_VOXEL * int(np.prod(resampled_shape(hu.shape, scan.spacing_mm, cfg.spacing_mm)))
-    budget = cfg.memory_per_task_gb * 1e9
-    if out_bytes + hu.nbytes > budget:
+    need = out_bytes + hu.nbytes + TASK_OVERHEAD_BYTES
+    if need > cfg.memory_per_task_gb * 1e9:
         raise ScanError(
-            f"resampled volume would need {(out_bytes + hu.nbytes) / 1e9:.1f} GB, over the task budget "
+            f"resampling would need about {need / 1e9:.1f} GB, over the task budget "
             f"ingest.memory_per_task_gb={cfg.memory_per_task_gb}; raise it or use a coarser spacing"
         )
 
