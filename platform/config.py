@@ -218,7 +218,11 @@ class EvalConfig(Section):
     nifti: bool = Field(True, description="export figure heatmaps as NIfTI aligned with the source scan")
     scans_per_task: int = Field(8, ge=1, description="volumes per Ray task")
     forward_batch: int = Field(1, ge=1, description="volumes per forward pass inside a task")
+    slice_chunk: int | None = Field(
+        32, ge=1, description="slice groups through the backbone at once (bounds memory; None: all)"
+    )
     cpus_per_task: float = 1.0
+    gpus_per_task: float = Field(0.0, ge=0, description="GPUs per scoring task (the model runs on cuda when given one)")
     memory_per_task_gb: float = 4.0
     output_dir: str | None = Field(None, description="local folder for the files; None: <workdir>/eval")
     truth_dir: str | None = Field(

@@ -38,10 +38,19 @@ class EvalOutcome:
     metrics: dict[str, float]
     failed: list[tuple[str, str]] = field(default_factory=list)  # (volume_id, error), console only
     notes: list[str] = field(default_factory=list)
+    reused_tasks: int = 0  # task results read back from an earlier (killed) run
+    tasks: int = 0
 
 
 # ------------------------------------------------------------------------------ worker side
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _build(state: dict, cfg_json: dict, threads: int):
+    """The trained model on this worker's device (a GPU when the task was given one)."""
     import torch
 
     from ctplatform.train.model import AxialNet
@@ -50,7 +59,18 @@ def _build(state: dict, cfg_json: dict, threads: int):
     run_cfg = Config.model_validate(cfg_json)
     model = AxialNet(run_cfg.model.geometry, pretrained_weights=None)
     model.load_state_dict(state)
-    return model.eval(), run_cfg
+    return model.eval().to(_device()), run_cfg
+
+
+def worker_options(e: Any) -> dict[str, Any]:
+    """Settings every scoring/rendering task needs (from EvalConfig)."""
+    return {
+        "forward_batch": e.forward_batch,
+        "seed": e.seed,
+        "threads": max(1, int(e.cpus_per_task)),
+        "truth_method": e.truth_grid_method,
+        "slice_chunk": e.slice_chunk,
+    }
 
 
 def _dataset(run_cfg: Config, store_root: str, ids: list[str], y: np.ndarray, bits: np.ndarray):
@@ -77,14 +97,11 @@ def score_volumes(
     bits: np.ndarray,
     sanity: np.ndarray,
     truth: dict[str, str | None] | None,
-    forward_batch: int = 1,
-    seed: int = 0,
-    threads: int = 1,
-    truth_method: str = "area",
+    opts: dict[str, Any],
 ) -> dict[str, Any]:
     """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
 
-    Pure with respect to Ray (called inside a task, or directly in tests).
+    Pure with respect to Ray (called inside a task, or directly in tests); opts: worker_options().
     """
     import torch
 
@@ -92,18 +109,19 @@ def score_volumes(
     from ctplatform.partition.allowed_regions import allowed_regions
     from ctplatform.train.model import AxialNet
 
-    model, run_cfg = _build(state, cfg_json, threads)
+    model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
     dataset = _dataset(run_cfg, store_root, ids, y, bits)
+    chunk = opts.get("slice_chunk")
     reader = None
     if truth and any(truth.values()):
         from ctplatform.eval.truth import TruthReader
 
-        reader = TruthReader(truth, store_root, geometry, truth_method)
+        reader = TruthReader(truth, store_root, geometry, opts.get("truth_method", "area"))
     random_model = None
     if np.any(sanity):
-        torch.manual_seed(seed)  # every task draws the same randomised model
-        random_model = AxialNet(geometry, pretrained_weights=None).eval()
+        torch.manual_seed(opts.get("seed", 0))  # every task draws the same randomised model
+        random_model = AxialNet(geometry, pretrained_weights=None).eval().to(_device())
     sums = SliceSums.zeros(geometry.grid[0])
     scans: list[ScanScores] = []
     errors: list[tuple[str, str]] = []
@@ -114,11 +132,13 @@ def score_volumes(
             return
         x = torch.stack([it["x"] for it in items])
         yb = torch.stack([it["y"] for it in items])
-        out = explain(model, x)
-        g_true = allowed_regions(torch.stack([it["region_bits"] for it in items]), torch.stack([it["grid"] for it in items]))
+        out = explain(model, x, chunk)
+        g_true = allowed_regions(
+            torch.stack([it["region_bits"] for it in items]), torch.stack([it["grid"] for it in items])
+        )
         rand = None
         if random_model is not None and any(sanity[it["index"]] for it in items):
-            rand = explain(random_model, x)["hirescam"]
+            rand = explain(random_model, x, chunk)["hirescam"]
         lesions = confounders = None
         if reader is not None:
             found = [_grid_truth(reader, ids[it["index"]], errors) for it in items]
@@ -145,7 +165,7 @@ def score_volumes(
         except Exception as e:  # one bad scan must not sink the batch: report it, go on
             errors.append((vid, f"{type(e).__name__}: {e}"))
             continue
-        if len(items) >= forward_batch:
+        if len(items) >= opts.get("forward_batch", 1):
             flush()
     flush()
     return {"scans": scans, "sums": sums, "errors": errors}
@@ -171,21 +191,19 @@ def render_volume(
     out_png: str,
     heatmap_dir: str | None,
     key: str,
-    threads: int = 1,
+    opts: dict[str, Any],
 ) -> list[str]:
     """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
-    import torch
-
     from ctplatform.eval.figures import render_scan
     from ctplatform.eval.scoring import explain
     from ctplatform.partition.allowed_regions import allowed_regions
     from ctplatform.store import Store
     from ctplatform.train.dataset import read_crop
 
-    model, run_cfg = _build(state, cfg_json, threads)
+    model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
     item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]
-    out = explain(model, item["x"][None])
+    out = explain(model, item["x"][None], opts.get("slice_chunk"))
     g_true = allowed_regions(item["region_bits"][None], item["grid"][None])[0].numpy()
     vol = Store(store_root).volume(volume_id)
     hu = read_crop(vol, geometry.input_shape)
@@ -205,18 +223,71 @@ def render_volume(
 
 
 # ------------------------------------------------------------------------------ driver side
-def _gather(refs: list, desc: str) -> list:
-    """Results of Ray tasks in submission order, with a progress bar as they finish."""
+class ScoreCache:
+    """Task results kept on the driver's disk so a killed evaluation resumes where it stopped.
+
+    A file's name hashes everything its scores depend on: the run, the weights, the split, the scans
+    and their labels, the sanity flags, the truth folders and the scoring options that change numbers.
+    Files are written atomically (temporary name, then rename) and hold volume ids: they stay local
+    (never logged to MLflow; the folder starts with a dot).
+    """
+
+    VERSION = 1
+
+    def __init__(self, root: Path, run_id: str, state: dict, opts: dict[str, Any]) -> None:
+        import hashlib
+
+        self.root = root
+        h = hashlib.sha256()
+        for k in sorted(state):
+            h.update(k.encode())
+            h.update(state[k].numpy().tobytes())
+        self.base = [self.VERSION, run_id, h.hexdigest(), opts.get("seed"), opts.get("truth_method")]
+
+    def path(self, split: str, ids: list[str], y: np.ndarray, bits: np.ndarray, sanity: np.ndarray,
+             truth: dict[str, str | None]) -> Path:
+        import hashlib
+        import json
+
+        key = json.dumps([*self.base, split, list(ids), np.asarray(y).tolist(), np.asarray(bits).tolist(),
+                          np.asarray(sanity).tolist(), [truth.get(v) for v in ids]])
+        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pkl"
+
+    @staticmethod
+    def load(path: Path) -> dict | None:
+        import pickle
+
+        if not path.is_file():
+            return None
+        try:
+            return pickle.loads(path.read_bytes())
+        except Exception:  # a damaged file is recomputed
+            return None
+
+    @staticmethod
+    def save(path: Path, result: dict) -> None:
+        import pickle
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(pickle.dumps(result))
+        tmp.replace(path)
+
+
+def _gather(refs: list, desc: str, on_result: Any = None) -> list:
+    """Results of Ray tasks in submission order, with a progress bar; on_result(ref, result) as each finishes."""
     import ray
     from tqdm import tqdm
 
     done: dict = {}
     pending = list(refs)
-    with tqdm(total=len(refs), desc=desc, unit="task") as bar:
+    with tqdm(total=len(refs), desc=desc, unit="task", disable=not refs) as bar:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for r in ready:
                 done[r] = ray.get(r)
+                if on_result is not None:
+                    on_result(r, done[r])
                 bar.update(1)
     return [done[r] for r in refs]
 
@@ -263,14 +334,17 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     if with_truth:
         log.info("true lesion masks found for %d of %d scans", sum(c is not None for c in cohorts.values()), len(cohorts))
 
+    out_dir = Path(e.output_dir or (cfg.workdir / "eval")) / run_id / split
+    out_dir.mkdir(parents=True, exist_ok=True)
     init_ray(cfg)
-    state_ref = ray.put({k: v.cpu() for k, v in model.state_dict().items()})
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    state_ref = ray.put(state)
     cfg_json = run_cfg.model_dump(mode="json")
-    threads = max(1, int(e.cpus_per_task))
-    score = ray.remote(score_volumes).options(
-        num_cpus=e.cpus_per_task, memory=int(e.memory_per_task_gb * 2**30), max_retries=2
-    )
-    refs, kinds = [], []
+    opts = worker_options(e)
+    resources = {"num_cpus": e.cpus_per_task, "num_gpus": e.gpus_per_task, "memory": int(e.memory_per_task_gb * 2**30)}
+    score = ray.remote(score_volumes).options(**resources, max_retries=2)
+    cache = ScoreCache(out_dir / ".scores", run_id, state, opts)
+    jobs: list[tuple[str, Path, Any]] = []  # (split, cache file, result or ObjectRef)
     for name, index in [(split, test_index), (valid_split, valid_index)]:
         if index is None or not len(index):
             continue
@@ -279,23 +353,26 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
             sanity[: e.sanity_scans] = True
         for s in range(0, len(index), e.scans_per_task):
             sl = slice(s, s + e.scans_per_task)
-            refs.append(
-                score.remote(
-                    state_ref, cfg_json, store_root, name, index.ids[sl], index.y[sl], index.region_bits[sl],
-                    sanity[sl], {v: cohorts[v] for v in index.ids[sl]}, e.forward_batch, e.seed, threads,
-                    e.truth_grid_method,
-                )
-            )
-            kinds.append(name)
+            args = (name, index.ids[sl], index.y[sl], index.region_bits[sl], sanity[sl],
+                    {v: cohorts[v] for v in index.ids[sl]})
+            path = cache.path(*args)
+            done = cache.load(path)
+            jobs.append((name, path, done if done is not None else score.remote(state_ref, cfg_json, store_root, *args, opts)))
+    reused = sum(not isinstance(j[2], ray.ObjectRef) for j in jobs)
+    if reused:
+        log.info("resuming: %d of %d task results found in %s", reused, len(jobs), cache.root)
     t0 = time.perf_counter()
-    results = _gather(refs, f"evaluate {split}")
-    log.info("scored %d tasks in %.1f s", len(refs), time.perf_counter() - t0)
+    pending = {j[2]: j[1] for j in jobs if isinstance(j[2], ray.ObjectRef)}
+    fresh = _gather(list(pending), f"evaluate {split}", on_result=lambda ref, res: cache.save(pending[ref], res))
+    fresh_iter = iter(fresh)
+    results = [(j[0], j[2] if not isinstance(j[2], ray.ObjectRef) else next(fresh_iter)) for j in jobs]
+    log.info("scored %d tasks in %.1f s (%d reused)", len(jobs), time.perf_counter() - t0, reused)
 
     test_scans: list[ScanScores] = []
     valid_scans: list[ScanScores] = []
     sums = SliceSums.zeros(geometry.grid[0])
     failed: list[tuple[str, str]] = []
-    for kind, res in zip(kinds, results):
+    for kind, res in results:
         failed += res["errors"]
         if kind == split:
             test_scans += res["scans"]
@@ -314,7 +391,6 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     if failed:
         ev.notes.append(f"{len(failed)} scan(s) failed and were left out (see the job log)")
 
-    out_dir = Path(e.output_dir or (cfg.workdir / "eval")) / run_id / split
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     labels = (
@@ -330,7 +406,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
             )
         )
     # Figure 4 panels: one task per scan, each writes its own files.
-    render = ray.remote(render_volume).options(num_cpus=e.cpus_per_task, memory=int(e.memory_per_task_gb * 2**30))
+    render = ray.remote(render_volume).options(**resources)
     picks = choose_figure_scans(test_scans, e.figure_scans, e.figure_labels_per_scan)
     pos_of = {vid: i for i, vid in enumerate(test_index.ids)}
     fig_refs = []
@@ -342,7 +418,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
             render.remote(
                 state_ref, cfg_json, store_root, vid, test_index.y[j], test_index.region_bits[j], labs,
                 str(fig_dir / f"explanations_{n + 1}_{key}.png"),
-                str(out_dir / "heatmaps") if e.nifti else None, key, threads,
+                str(out_dir / "heatmaps") if e.nifti else None, key, opts,
             )
         )
     for paths in _gather(fig_refs, "figures") if fig_refs else []:
@@ -357,7 +433,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
         "model geometry": f"{geometry.name} from input {'x'.join(map(str, geometry.input_shape))}",
         "OrganIoU convention": e.organ_iou_convention,
     }
-    summary = write_summary(ev, out_dir, f"Evaluation on {split}", context)
+    write_summary(ev, out_dir, f"Evaluation on {split}", context)
     pred_path = out_dir / "predictions.parquet"
     predictions_frame(test_scans + valid_scans).to_parquet(pred_path, index=False)
     # volume id -> key map stays on local disk only (never logged): lets a person find the scan.
@@ -365,4 +441,4 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
         {"scan_key": [scan_key(s.volume_id) for s in test_scans], "volume_id": [s.volume_id for s in test_scans]}
     ).to_csv(out_dir / "scan_keys.local.csv", index=False)
     eval_run_id = log_evaluation(cfg, run_id, split, ev, out_dir, exclude=["scan_keys.local.csv"])
-    return EvalOutcome(run_id, eval_run_id, split, out_dir, ev.metrics, failed, ev.notes)
+    return EvalOutcome(run_id, eval_run_id, split, out_dir, ev.metrics, failed, ev.notes, reused, len(jobs))

@@ -94,14 +94,22 @@ class SliceSums:
         return self
 
 
-def explain(model: Any, x: Any) -> dict[str, np.ndarray]:
-    """One forward pass: probabilities, C and both raw explanation maps for slice groups x [B, H, 3, Y, X]."""
+def explain(model: Any, x: Any, slice_chunk: int | None = None) -> dict[str, np.ndarray]:
+    """One forward pass: probabilities, C and both raw explanation maps for slice groups x [B, H, 3, Y, X].
+
+    The backbone runs on `slice_chunk` slice groups at a time (None: all at once): in eval mode each
+    slice group is independent, so chunking gives the same Z while bounding the activation memory
+    (a 135-group paper volume at once needs several GB). x moves to the model's device.
+    """
     import torch
 
     from ctplatform.train.model import gradcam_from_features, hirescam_from_features
 
+    device = next(model.parameters()).device
+    x = x.to(device)
+    step = slice_chunk or x.shape[1]
     with torch.no_grad():
-        z = model.forward_features(x)
+        z = torch.cat([model.forward_features(x[:, i : i + step]) for i in range(0, x.shape[1], step)], dim=1)
         logits, c = model.head(z)
         w = model.fc.weight
         return {

@@ -177,6 +177,11 @@ def evaluate_scores(
             sanity_rank_corr_median=float(np.median(rho)),
             sanity_rank_corr_n=int(rho.size),
         )
+        if np.median(rho) > 0.8:  # maps barely change when the weights are destroyed: do not trust them
+            notes.append(
+                f"sanity check failed: HiResCAM of the randomised model correlates with the trained one "
+                f"(median Spearman rho {np.median(rho):.2f}); the maps may reflect the input more than the model"
+            )
     return Evaluation(metrics, table, thresholds, source, notes)
 
 

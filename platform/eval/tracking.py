@@ -84,7 +84,8 @@ def log_evaluation(
     )
     skip = set(exclude or [])
     for path in sorted(out_dir.rglob("*")):
-        if path.is_file() and path.name not in skip:
+        hidden = any(part.startswith(".") for part in path.relative_to(out_dir).parts)  # e.g. the score cache
+        if path.is_file() and path.name not in skip and not hidden:
             rel = path.parent.relative_to(out_dir)
             client.log_artifact(eval_id, str(path), artifact_path=None if str(rel) == "." else str(rel))
     client.set_terminated(eval_id)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 
 from ctplatform.cli import main
 from ctplatform.config import load_config
-from ctplatform.geometry import center_crop_or_pad
 from ctplatform.ingest.job import ingest_one
 from ctplatform.labels import all_labels, label_index
 from ctplatform.partition.grid import grid_masks
@@ -161,3 +159,26 @@ def test_compare_two_runs(setup, capsys):
     assert len(table) == 80
     tested = table["delong_p"].notna()
     assert tested.any() and ((table.loc[tested, "fdr_q"] >= table.loc[tested, "delong_p"] - 1e-12)).all()
+
+
+def test_rerun_resumes_from_finished_tasks(setup):
+    from ctplatform.eval.job import run_evaluation
+
+    cfg, runs, root = setup
+    cfg = load_config(None, [f"workdir={root}", "eval.bootstrap=10", "eval.figure_scans=0", "eval.sanity_scans=3",
+                             "eval.scans_per_task=3"])
+    first = run_evaluation(cfg, runs[0])
+    again = run_evaluation(cfg, runs[0])
+    assert again.tasks == first.tasks > 1 and again.reused_tasks == again.tasks
+    # a job killed after some tasks: only the missing task results are recomputed
+    cache = sorted((first.out_dir / ".scores").glob("*.pkl"))
+    assert len(cache) == first.tasks
+    cache[0].unlink()
+    resumed = run_evaluation(cfg, runs[0])
+    assert resumed.reused_tasks == resumed.tasks - 1
+    for key in ("auroc_median", "organ_iou_hirescam_overall", "sanity_rank_corr_mean"):
+        assert resumed.metrics[key] == pytest.approx(first.metrics[key], nan_ok=True)
+    client = mlflow.MlflowClient()
+    ev = client.search_runs([client.get_run(runs[0]).info.experiment_id],
+                            filter_string=f"tags.`ctplatform.evaluated_run` = '{runs[0]}'")[0]
+    assert not [a for a in client.list_artifacts(ev.info.run_id) if a.path.startswith(".")]
