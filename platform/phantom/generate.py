@@ -22,12 +22,12 @@ from typing import Any, Literal
 import numpy as np
 
 from ctplatform.labels import all_labels
-from ctplatform.phantom.anatomy import ORGAN_CODES, STORE_ORGAN_FROM_PHANTOM, Patient, render_anatomy, sample_patient
+from ctplatform.phantom.anatomy import ORGAN_CODES, STORE_ORGAN_FROM_PHANTOM, Patient, sample_patient
 from ctplatform.phantom.findings import implied_positive, normalise_request, sample_findings
 from ctplatform.phantom.grid import Grid
 from ctplatform.phantom.lesions import (
     Lesion,
-    draw_lesions,
+    PlacementError,
     place_aortic,
     place_atelectasis,
     place_consolidation,
@@ -39,11 +39,14 @@ from ctplatform.phantom.lesions import (
     place_nodule,
     place_pneumothorax,
 )
-from ctplatform.phantom.planning import grow_lung_trees, make_plan
+from ctplatform.phantom.lesion_drawing import draw_lesions, lesion_footprint
+from ctplatform.phantom.paint import render_anatomy
+from ctplatform.phantom.planning import Plan, grow_lung_trees, make_plan
 from ctplatform.phantom.report import write_report
 from ctplatform.phantom.scanner import ScannerModel, apply_scanner, halo_slices, sample_scanner, to_int16
 
 ConfounderKind = Literal["fat", "marker"]
+PLACEMENT_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -130,34 +133,43 @@ def make_phantom(
     preset = SIZES[size]
     if confounder is not None and not isinstance(confounder, Confounder):
         confounder = Confounder(*confounder)  # type: ignore[misc]
-    streams = {k: np.random.default_rng([int(seed), i]) for i, k in enumerate(("findings", "anatomy", "lesions", "scan", "report"))}
+    streams = {k: np.random.default_rng([int(seed), i]) for i, k in enumerate(("findings", "anatomy", "lesions", "scan", "report")) if k != "lesions"}
     if abnormalities is None:
         abnormalities = sample_findings(streams["findings"], prevalence, cooccurrence)
     request = normalise_request(abnormalities)
 
     r_an = streams["anatomy"]
     cardio = "heart_cardiomegaly" in request
-    heart_scale = float(r_an.uniform(1.25, 1.38)) if cardio else None
-    peri = float(request["heart_pericardial_effusion"][0].get("thickness_mm", r_an.uniform(7.0, 15.0))) if "heart_pericardial_effusion" in request else 0.0
+    r_heart = np.random.default_rng([int(seed), 6])
+    heart_scale = float(request["heart_cardiomegaly"][0].get("scale", r_heart.uniform(1.25, 1.38))) if cardio else None
+    peri = float(request["heart_pericardial_effusion"][0].get("thickness_mm", r_heart.uniform(7.0, 15.0))) if "heart_pericardial_effusion" in request else 0.0
     fat = confounder.value if confounder is not None and confounder.kind == "fat" else None
     marker = bool(confounder is not None and confounder.kind == "marker" and confounder.value >= 0.5)
     patient = sample_patient(r_an, preset.scale, fat_mm=fat, heart_scale=heart_scale, pericardial_effusion_mm=peri, marker=marker)
     patient.cardiomegaly = cardio
     plan = make_plan(patient)
     grow_lung_trees(patient, plan, r_an)
-    lesions = place_lesions(patient, plan, streams["lesions"], request)
-
     grid = scan_grid(patient, preset, streams["scan"])
     scanner = sample_scanner(streams["scan"], grid.spacing, seed)
-    hu, organs, masks = render(patient, lesions, grid, scanner, preset.slab)
-
     expected = implied_positive(request)
-    for les in lesions:
-        expected.update(les.labels)
-    _ensure_visible(patient, lesions, grid, hu, organs, masks)
-    missing = expected - set(masks)
-    if missing:  # cannot happen unless a lesion fell entirely outside the scanned range
-        raise RuntimeError(f"seed {seed}: drawn findings {sorted(missing)} have no voxels on the {size} grid")
+    for attempt in range(PLACEMENT_ATTEMPTS):
+        # a crowded request can leave no room or hide a lesion under another: place it afresh
+        attempt_plan = plan.copy()
+        try:
+            lesions = place_lesions(patient, attempt_plan, np.random.default_rng([int(seed), 2, attempt]), request)
+        except PlacementError:
+            if attempt == PLACEMENT_ATTEMPTS - 1:
+                raise
+            continue
+        hu, organs, masks = render(patient, lesions, grid, scanner, preset.slab)
+        _ensure_visible(patient, lesions, grid, hu, organs, masks)
+        drawn = expected | {lab for les in lesions for lab in les.labels}
+        missing = drawn - set(masks)
+        if not missing:
+            break
+    else:
+        raise RuntimeError(f"seed {seed}: findings {sorted(missing)} have no visible voxels on the {size} grid; "
+                           "request fewer findings or another seed")
     report = write_report(lesions, cardio, peri, streams["report"])
     return Phantom(
         seed=int(seed), size=size, hu=hu, spacing_mm=grid.spacing, organs=organs, lesions=masks,
@@ -166,32 +178,44 @@ def make_phantom(
     )
 
 
-def place_lesions(p: Patient, plan, rng: np.random.Generator, request: dict[str, list[dict[str, Any]]]) -> list[Lesion]:
+def place_lesions(p: Patient, plan: Plan, rng: np.random.Generator, request: dict[str, list[dict[str, Any]]]) -> list[Lesion]:
+    """Place the requested lesions; lung lesions are kept apart (each blocks its footprint on the plan).
+
+    Region findings go first (effusion, atelectasis, pneumothorax), then consolidation, masses and
+    nodules, so a nodule never hides inside fluid or consolidation; ground glass and emphysema may
+    surround nodules (they stay visible there).
+    """
     out: list[Lesion] = []
+
+    def take(les: Lesion) -> Lesion:
+        out.append(les)
+        if les.labels[0].startswith("lung_"):
+            plan.block(lesion_footprint(p, les, plan.grid, plan.organs))
+        return les
+
+    effusion = None
+    for spec in request.get("lung_pleural_effusion", [])[:1]:
+        effusion = take(place_effusion(p, plan, rng, spec))
+    for spec in request.get("lung_atelectasis", [])[:1]:
+        take(place_atelectasis(p, plan, rng, spec, effusion))
+    for spec in request.get("lung_pneumothorax", [])[:1]:
+        take(place_pneumothorax(p, plan, rng, spec))
+    for spec in request.get("lung_consolidation", []):
+        take(place_consolidation(p, plan, rng, spec))
+    for spec in request.get("lung_mass", []):
+        take(place_mass(p, plan, rng, spec))
     for spec in request.get("lung_nodulegr1cm", []):
-        out.append(place_nodule(p, plan, rng, spec, large=True))
+        take(place_nodule(p, plan, rng, spec, large=True))
     for spec in request.get("lung_nodule", []):
         if "size_mm" in spec and float(spec["size_mm"]) > 10.0:
             raise ValueError("a lung_nodule over 10 mm is a lung_nodulegr1cm; request that label instead")
         if "lung_nodulegr1cm" in request and spec == {}:
             continue  # implied by the large nodule
-        out.append(place_nodule(p, plan, rng, spec, large=False))
-    for spec in request.get("lung_mass", []):
-        out.append(place_mass(p, plan, rng, spec))
-    for spec in request.get("lung_consolidation", []):
-        out.append(place_consolidation(p, plan, rng, spec))
+        take(place_nodule(p, plan, rng, spec, large=False))
     for spec in request.get("lung_groundglass", []):
         out.append(place_groundglass(p, plan, rng, spec))
     for spec in request.get("lung_emphysema", []):
         out.append(place_emphysema(p, plan, rng, spec))
-    effusion = None
-    for spec in request.get("lung_pleural_effusion", [])[:1]:
-        effusion = place_effusion(p, plan, rng, spec)
-        out.append(effusion)
-    for spec in request.get("lung_atelectasis", [])[:1]:
-        out.append(place_atelectasis(p, plan, rng, spec, effusion))
-    for spec in request.get("lung_pneumothorax", [])[:1]:
-        out.append(place_pneumothorax(p, plan, rng, spec))
     if "great_vessel_atherosclerosis" in request:
         out.append(place_aortic(p, rng, request["great_vessel_atherosclerosis"][0], athero=True))
     elif "great_vessel_calcification" in request:

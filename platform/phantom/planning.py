@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ctplatform.phantom.anatomy import ORGAN_CODES, Patient, render_anatomy
+from ctplatform.phantom.anatomy import ORGAN_CODES, Patient
 from ctplatform.phantom.grid import Grid, Point
+from ctplatform.phantom.paint import render_anatomy
 
 PLAN_SPACING = 4.0
 
@@ -24,7 +25,8 @@ class Plan:
     grid: Grid
     organs: np.ndarray
     lobes: np.ndarray
-    depth: np.ndarray  # mm from the nearest non-lung voxel of the same side, 0 outside the lungs
+    depth: np.ndarray  # mm from the nearest non-lung (or blocked) voxel, 0 outside the lungs
+    blocked: np.ndarray  # lung voxels already taken by a lesion
 
     def index(self, pts: np.ndarray) -> tuple[np.ndarray, ...]:
         """Nearest voxel indices of points [N, 3] (z, y, x) mm, clipped to the grid."""
@@ -41,6 +43,14 @@ class Plan:
         idx = np.argwhere(mask)
         return np.asarray(self.grid.origin) + idx * np.asarray(self.grid.spacing)
 
+    def copy(self) -> "Plan":
+        return Plan(self.grid, self.organs, self.lobes, self.depth.copy(), self.blocked.copy())
+
+    def block(self, taken: np.ndarray) -> None:
+        """Mark lung voxels as occupied by a lesion: later lesions are placed away from them."""
+        self.blocked = self.blocked | taken
+        self.depth = lung_depth(self.organs, self.grid, self.blocked)
+
 
 def make_plan(p: Patient) -> Plan:
     sp = PLAN_SPACING
@@ -51,14 +61,20 @@ def make_plan(p: Patient) -> Plan:
     _, org = render_anatomy(p, grid, trees=False)
     z, y, x = grid.coords()
     lobes = np.where((org == 1) | (org == 2), p.lobe(z, y, x), 0).astype(np.uint8)
-    # one distance transform for both lungs: the mediastinum keeps the sides apart
-    lung = (org == ORGAN_CODES["right_lung"]) | (org == ORGAN_CODES["left_lung"])
+    blocked = np.zeros(org.shape, dtype=bool)
+    return Plan(grid, org, lobes, lung_depth(org, grid, blocked), blocked)
+
+
+def lung_depth(org: np.ndarray, grid: Grid, blocked: np.ndarray) -> np.ndarray:
+    """mm from the nearest voxel that is not free lung; one transform for both lungs (the mediastinum
+    keeps the sides apart), computed inside their bounding box."""
+    lung = ((org == ORGAN_CODES["right_lung"]) | (org == ORGAN_CODES["left_lung"])) & ~blocked
     depth = np.zeros(org.shape, dtype=np.float32)
     box = ndimage.find_objects(lung.astype(np.uint8))
     if box:
         sl = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box[0])
         depth[sl] = ndimage.distance_transform_edt(lung[sl], sampling=grid.spacing)
-    return Plan(grid, org, lobes, depth)
+    return depth
 
 
 def grow_lung_trees(p: Patient, plan: Plan, rng: np.random.Generator, min_radius: float = 1.0, n_twigs: int = 600) -> None:

@@ -107,7 +107,7 @@ def write_report(lesions: list[Lesion], cardiomegaly: bool, pericardial_mm: floa
                            f"Subsegmental atelectasis at the {rest[0]} lung base.",
                            f"Findings likely represent atelectasis in the {rest[0]} lower lobe."]))
     for les in by.get("pneumothorax", []):
-        size = "small" if les.size_mm < 18 else "moderate"
+        size = "small" if les.size_mm < 22 else "moderate"
         findings.append(c([f"{_cap(size)} {les.side} pneumothorax.", f"There is a {size} {les.side} pneumothorax.",
                            f"A {size} pneumothorax is present on the {les.side}."]))
         impression.append(f"{_cap(size)} {les.side} pneumothorax.")

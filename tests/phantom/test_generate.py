@@ -224,3 +224,25 @@ def test_sizes_geometry():
     d = make_phantom(1, "demo", {})
     assert d.hu.shape[1:] == (224, 224) and 1.4 < d.spacing_mm[1] < 1.75 and 80 <= d.hu.shape[0] <= 125
     assert SIZES["paper"].matrix == 512 and max(SIZES["paper"].fov_mm) / 512 < 0.85
+
+
+def test_lesions_are_visible(demo_all):
+    """Every lesion stands out from the tissue around it (learnable at demo size), none hides another."""
+    from scipy import ndimage
+
+    hu = demo_all.hu.astype(np.float32)
+    for name, mask in demo_all.lesions.items():
+        if name == "heart_cardiomegaly":
+            continue
+        ring = ndimage.binary_dilation(mask, iterations=2) & ~mask & np.isin(demo_all.organs, np.unique(demo_all.organs[mask]))
+        contrast = hu[mask].mean() - hu[ring].mean()
+        assert abs(contrast) > 25, (name, contrast)
+
+
+def test_cardiomegaly_enlarges_the_same_patient():
+    base = make_phantom(31, "tiny", {})
+    big = make_phantom(31, "tiny", {"heart_cardiomegaly": True})
+    heart = ORGAN_CODES["heart"]
+    assert (big.organs == heart).sum() > 1.6 * (base.organs == heart).sum()
+    assert big.fat_mm == base.fat_mm and big.hu.shape == base.hu.shape  # the rest of the patient is unchanged
+    assert np.array_equal(big.lesions["heart_cardiomegaly"], big.organs == heart)
