@@ -104,11 +104,13 @@ def _candidates_slab(
     if body is not None and touch.any():
         # Outside air is mostly pure air (median below exterior_air_hu); the mean would be pulled
         # up by the partial-volume rim along the skin and the table at coarse spacing.
-        pure = np.bincount(flat, weights=(hu < exterior_air_hu).ravel(), minlength=n + 1)
+        pure = np.bincount(labels[hu < exterior_air_hu], minlength=n + 1)
         doubtful = np.flatnonzero(touch & (pure < 0.5 * area))
         if doubtful.size:
             # Not pure air (a cut lung, or a foam pad/table): keep it only when mostly inside the body.
-            sel = np.isin(labels, doubtful)
+            lut = np.zeros(n + 1, dtype=bool)
+            lut[doubtful] = True
+            sel = lut[labels]
             zz, yy, xx = np.nonzero(sel)
             inside = np.bincount(labels[sel], weights=body.enclosed(zz + z0, yy, xx), minlength=n + 1)
             keep = doubtful[inside[doubtful] >= 0.5 * area[doubtful]]

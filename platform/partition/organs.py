@@ -148,15 +148,24 @@ def split_components(
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill each axial slice's holes in ONE lung: vessels, airway walls, nodules and masses inside it.
 
-    One call over the volume with a structuring element that has no neighbours across slices; the
-    volume is padded with an empty slice above and below so the first and last slices fill too.
-    Done per lung so the mediastinum between the lungs is never a hole.
+    A hole is a 4-connected background component of a slice that does not reach the slice's edge;
+    all slices are labelled in one call (no neighbours across slices) inside the lung's bounding
+    box padded by one voxel, so everything outside the box is one outside region. Done per lung so
+    the mediastinum between the lungs is never a hole.
     """
-    if not mask.any():
-        return mask.copy()
-    padded = np.pad(mask, ((1, 1), (0, 0), (0, 0)))
-    filled = ndimage.binary_fill_holes(padded, structure=SLICE_4)
-    return filled[1:-1]
+    out = mask.copy()
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    sub = np.pad(mask[box], ((0, 0), (1, 1), (1, 1)))
+    labels = np.empty(sub.shape, dtype=np.int32)
+    n = ndimage.label(~sub, structure=SLICE_4, output=labels)
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[edge.ravel()] = True
+    outside[0] = True  # label 0 is the lung itself
+    out[box] |= ~outside[labels[:, 1:-1, 1:-1]]
+    return out
 
 
 def mediastinum_region(lungs: np.ndarray) -> np.ndarray:
