@@ -9,7 +9,8 @@
       -> summary tables, predictions keyed by hash -> MLflow (an evaluation run nested under the
          training run; headline metrics also on the training run).
 
-Re-running an evaluation recomputes it (scores are not cached): it writes a new evaluation run.
+Finished task results are cached on the driver's disk (cache.ScoreCache): a killed evaluation re-run
+with the same settings recomputes only what is missing; every run writes a new evaluation run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config
+from ctplatform.eval.cache import ScoreCache
 from ctplatform.eval.scoring import ScanScores, SliceSums
+from ctplatform.eval.worker import render_volume, score_volumes, worker_options
 
 log = logging.getLogger("ctplatform.eval")
 
@@ -42,238 +45,7 @@ class EvalOutcome:
     tasks: int = 0
 
 
-# ------------------------------------------------------------------------------ worker side
-def _device():
-    import torch
-
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _build(state: dict, cfg_json: dict, threads: int):
-    """The trained model on this worker's device (a GPU when the task was given one)."""
-    import torch
-
-    from ctplatform.train.model import AxialNet
-
-    torch.set_num_threads(max(1, threads))
-    run_cfg = Config.model_validate(cfg_json)
-    model = AxialNet(run_cfg.model.geometry, pretrained_weights=None)
-    model.load_state_dict(state)
-    return model.eval().to(_device()), run_cfg
-
-
-def worker_options(e: Any) -> dict[str, Any]:
-    """Settings every scoring/rendering task needs (from EvalConfig)."""
-    return {
-        "forward_batch": e.forward_batch,
-        "seed": e.seed,
-        "threads": max(1, int(e.cpus_per_task)),
-        "truth_method": e.truth_grid_method,
-        "slice_chunk": e.slice_chunk,
-    }
-
-
-def _dataset(run_cfg: Config, store_root: str, ids: list[str], y: np.ndarray, bits: np.ndarray):
-    from ctplatform.train.dataset import SplitIndex, StoreDataset
-
-    return StoreDataset(
-        store_root,
-        SplitIndex(list(ids), y, bits),
-        run_cfg.model.geometry,
-        run_cfg.train.grid_variant,
-        hu_clip=run_cfg.train.hu_clip,
-        center=run_cfg.train.center,
-        augment=False,
-    )
-
-
-def score_volumes(
-    state: dict,
-    cfg_json: dict,
-    store_root: str,
-    split: str,
-    ids: list[str],
-    y: np.ndarray,
-    bits: np.ndarray,
-    sanity: np.ndarray,
-    truth: dict[str, str | None] | None,
-    opts: dict[str, Any],
-) -> dict[str, Any]:
-    """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
-
-    Pure with respect to Ray (called inside a task, or directly in tests); opts: worker_options().
-    """
-    import torch
-
-    from ctplatform.eval.scoring import explain, score_outputs
-    from ctplatform.partition.allowed_regions import allowed_regions
-    from ctplatform.train.model import AxialNet
-
-    model, run_cfg = _build(state, cfg_json, opts["threads"])
-    geometry = run_cfg.model.geometry
-    dataset = _dataset(run_cfg, store_root, ids, y, bits)
-    chunk = opts.get("slice_chunk")
-    reader = None
-    if truth and any(truth.values()):
-        from ctplatform.eval.truth import TruthReader
-
-        reader = TruthReader(truth, store_root, geometry, opts.get("truth_method", "area"))
-    random_model = None
-    if np.any(sanity):
-        torch.manual_seed(opts.get("seed", 0))  # every task draws the same randomised model
-        random_model = AxialNet(geometry, pretrained_weights=None).eval().to(_device())
-    sums = SliceSums.zeros(geometry.grid[0])
-    scans: list[ScanScores] = []
-    errors: list[tuple[str, str]] = []
-    items: list[dict] = []
-
-    def flush() -> None:
-        if not items:
-            return
-        x = torch.stack([it["x"] for it in items])
-        yb = torch.stack([it["y"] for it in items])
-        out = explain(model, x, chunk)
-        g_true = allowed_regions(
-            torch.stack([it["region_bits"] for it in items]), torch.stack([it["grid"] for it in items])
-        )
-        rand = None
-        if random_model is not None and any(sanity[it["index"]] for it in items):
-            rand = explain(random_model, x, chunk)["hirescam"]
-        lesions = confounders = None
-        if reader is not None:
-            found = [_grid_truth(reader, ids[it["index"]], errors) for it in items]
-            lesions = [f.lesions if f else None for f in found]
-            confounders = [f.confounder if f else None for f in found]
-        scans.extend(
-            score_outputs(
-                [ids[it["index"]] for it in items],
-                [split] * len(items),
-                out,
-                yb.numpy(),
-                g_true.numpy(),
-                random_hirescam=rand,
-                lesions=lesions,
-                confounders=confounders,
-            )
-        )
-        sums.add(out["slice_scores"], yb.numpy())
-        items.clear()
-
-    for i, vid in enumerate(ids):
-        try:
-            items.append(dataset[i])
-        except Exception as e:  # one bad scan must not sink the batch: report it, go on
-            errors.append((vid, f"{type(e).__name__}: {e}"))
-            continue
-        if len(items) >= opts.get("forward_batch", 1):
-            flush()
-    flush()
-    return {"scans": scans, "sums": sums, "errors": errors}
-
-
-def _grid_truth(reader: Any, volume_id: str, errors: list[tuple[str, str]]) -> Any:
-    """The scan's grid truth, or None (the scan is still scored) when its truth files are unusable."""
-    try:
-        return reader.grid_truth(volume_id)
-    except Exception as e:
-        errors.append((volume_id, f"truth masks unusable, localization skipped: {type(e).__name__}: {e}"))
-        return None
-
-
-def render_volume(
-    state: dict,
-    cfg_json: dict,
-    store_root: str,
-    volume_id: str,
-    y: np.ndarray,
-    bits: np.ndarray,
-    labels: list[int],
-    out_png: str,
-    heatmap_dir: str | None,
-    key: str,
-    opts: dict[str, Any],
-) -> list[str]:
-    """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
-    from ctplatform.eval.figures import render_scan
-    from ctplatform.eval.scoring import explain
-    from ctplatform.partition.allowed_regions import allowed_regions
-    from ctplatform.store import Store
-    from ctplatform.train.dataset import read_crop
-
-    model, run_cfg = _build(state, cfg_json, opts["threads"])
-    geometry = run_cfg.model.geometry
-    item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]
-    out = explain(model, item["x"][None], opts.get("slice_chunk"))
-    g_true = allowed_regions(item["region_bits"][None], item["grid"][None])[0].numpy()
-    vol = Store(store_root).volume(volume_id)
-    hu = read_crop(vol, geometry.input_shape)
-    affine = vol.attrs.get("affine")
-    paths = render_scan(
-        out,
-        hu,
-        g_true,
-        labels,
-        Path(out_png),
-        Path(heatmap_dir) if heatmap_dir and affine is not None else None,
-        key=key,
-        stored_shape=tuple(vol.shape),
-        affine=affine,
-    )
-    return [str(p) for p in paths]
-
-
 # ------------------------------------------------------------------------------ driver side
-class ScoreCache:
-    """Task results kept on the driver's disk so a killed evaluation resumes where it stopped.
-
-    A file's name hashes everything its scores depend on: the run, the weights, the split, the scans
-    and their labels, the sanity flags, the truth folders and the scoring options that change numbers.
-    Files are written atomically (temporary name, then rename) and hold volume ids: they stay local
-    (never logged to MLflow; the folder starts with a dot).
-    """
-
-    VERSION = 1
-
-    def __init__(self, root: Path, run_id: str, state: dict, opts: dict[str, Any]) -> None:
-        import hashlib
-
-        self.root = root
-        h = hashlib.sha256()
-        for k in sorted(state):
-            h.update(k.encode())
-            h.update(state[k].numpy().tobytes())
-        self.base = [self.VERSION, run_id, h.hexdigest(), opts.get("seed"), opts.get("truth_method")]
-
-    def path(self, split: str, ids: list[str], y: np.ndarray, bits: np.ndarray, sanity: np.ndarray,
-             truth: dict[str, str | None]) -> Path:
-        import hashlib
-        import json
-
-        key = json.dumps([*self.base, split, list(ids), np.asarray(y).tolist(), np.asarray(bits).tolist(),
-                          np.asarray(sanity).tolist(), [truth.get(v) for v in ids]])
-        return self.root / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pkl"
-
-    @staticmethod
-    def load(path: Path) -> dict | None:
-        import pickle
-
-        if not path.is_file():
-            return None
-        try:
-            return pickle.loads(path.read_bytes())
-        except Exception:  # a damaged file is recomputed
-            return None
-
-    @staticmethod
-    def save(path: Path, result: dict) -> None:
-        import pickle
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(pickle.dumps(result))
-        tmp.replace(path)
-
-
 def _gather(refs: list, desc: str, on_result: Any = None) -> list:
     """Results of Ray tasks in submission order, with a progress bar; on_result(ref, result) as each finishes."""
     import ray

@@ -1,0 +1,195 @@
+"""The per-task layer of `ctplatform evaluate`: score a batch of volumes, or draw one scan.
+
+Both run inside Ray tasks (and directly in tests): they rebuild the model from its state dict on
+the task's device, read their volumes from the store through the training Dataset (no
+augmentation), and return small results or write their own files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctplatform.config import Config
+from ctplatform.eval.scoring import ScanScores, SliceSums
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _build(state: dict, cfg_json: dict, threads: int):
+    """The trained model on this worker's device (a GPU when the task was given one)."""
+    import torch
+
+    from ctplatform.train.model import AxialNet
+
+    torch.set_num_threads(max(1, threads))
+    run_cfg = Config.model_validate(cfg_json)
+    model = AxialNet(run_cfg.model.geometry, pretrained_weights=None)
+    model.load_state_dict(state)
+    return model.eval().to(_device()), run_cfg
+
+
+def worker_options(e: Any) -> dict[str, Any]:
+    """Settings every scoring/rendering task needs (from EvalConfig)."""
+    return {
+        "forward_batch": e.forward_batch,
+        "seed": e.seed,
+        "threads": max(1, int(e.cpus_per_task)),
+        "truth_method": e.truth_grid_method,
+        "slice_chunk": e.slice_chunk,
+    }
+
+
+def _dataset(run_cfg: Config, store_root: str, ids: list[str], y: np.ndarray, bits: np.ndarray):
+    from ctplatform.train.dataset import SplitIndex, StoreDataset
+
+    return StoreDataset(
+        store_root,
+        SplitIndex(list(ids), y, bits),
+        run_cfg.model.geometry,
+        run_cfg.train.grid_variant,
+        hu_clip=run_cfg.train.hu_clip,
+        center=run_cfg.train.center,
+        augment=False,
+    )
+
+
+def score_volumes(
+    state: dict,
+    cfg_json: dict,
+    store_root: str,
+    split: str,
+    ids: list[str],
+    y: np.ndarray,
+    bits: np.ndarray,
+    sanity: np.ndarray,
+    truth: dict[str, str | None] | None,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
+
+    Pure with respect to Ray (called inside a task, or directly in tests); opts: worker_options().
+    """
+    import torch
+
+    from ctplatform.eval.scoring import explain, score_outputs
+    from ctplatform.partition.allowed_regions import allowed_regions
+    from ctplatform.train.model import AxialNet
+
+    model, run_cfg = _build(state, cfg_json, opts["threads"])
+    geometry = run_cfg.model.geometry
+    dataset = _dataset(run_cfg, store_root, ids, y, bits)
+    chunk = opts.get("slice_chunk")
+    reader = None
+    if truth and any(truth.values()):
+        from ctplatform.eval.truth import TruthReader
+
+        reader = TruthReader(truth, store_root, geometry, opts.get("truth_method", "area"))
+    random_model = None
+    if np.any(sanity):
+        torch.manual_seed(opts.get("seed", 0))  # every task draws the same randomised model
+        random_model = AxialNet(geometry, pretrained_weights=None).eval().to(_device())
+    sums = SliceSums.zeros(geometry.grid[0])
+    scans: list[ScanScores] = []
+    errors: list[tuple[str, str]] = []
+    items: list[dict] = []
+
+    def flush() -> None:
+        if not items:
+            return
+        x = torch.stack([it["x"] for it in items])
+        yb = torch.stack([it["y"] for it in items])
+        out = explain(model, x, chunk)
+        g_true = allowed_regions(
+            torch.stack([it["region_bits"] for it in items]), torch.stack([it["grid"] for it in items])
+        )
+        rand = None
+        if random_model is not None and any(sanity[it["index"]] for it in items):
+            rand = explain(random_model, x, chunk)["hirescam"]
+        lesions = confounders = None
+        if reader is not None:
+            found = [_grid_truth(reader, ids[it["index"]], errors) for it in items]
+            lesions = [f.lesions if f else None for f in found]
+            confounders = [f.confounder if f else None for f in found]
+        scans.extend(
+            score_outputs(
+                [ids[it["index"]] for it in items],
+                [split] * len(items),
+                out,
+                yb.numpy(),
+                g_true.numpy(),
+                random_hirescam=rand,
+                lesions=lesions,
+                confounders=confounders,
+            )
+        )
+        sums.add(out["slice_scores"], yb.numpy())
+        items.clear()
+
+    for i, vid in enumerate(ids):
+        try:
+            items.append(dataset[i])
+        except Exception as e:  # one bad scan must not sink the batch: report it, go on
+            errors.append((vid, f"{type(e).__name__}: {e}"))
+            continue
+        if len(items) >= opts.get("forward_batch", 1):
+            flush()
+    flush()
+    return {"scans": scans, "sums": sums, "errors": errors}
+
+
+def _grid_truth(reader: Any, volume_id: str, errors: list[tuple[str, str]]) -> Any:
+    """The scan's grid truth, or None (the scan is still scored) when its truth files are unusable."""
+    try:
+        return reader.grid_truth(volume_id)
+    except Exception as e:
+        errors.append((volume_id, f"truth masks unusable, localization skipped: {type(e).__name__}: {e}"))
+        return None
+
+
+def render_volume(
+    state: dict,
+    cfg_json: dict,
+    store_root: str,
+    volume_id: str,
+    y: np.ndarray,
+    bits: np.ndarray,
+    labels: list[int],
+    out_png: str,
+    heatmap_dir: str | None,
+    key: str,
+    opts: dict[str, Any],
+) -> list[str]:
+    """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
+    from ctplatform.eval.figures import render_scan
+    from ctplatform.eval.scoring import explain
+    from ctplatform.partition.allowed_regions import allowed_regions
+    from ctplatform.store import Store
+    from ctplatform.train.dataset import read_crop
+
+    model, run_cfg = _build(state, cfg_json, opts["threads"])
+    geometry = run_cfg.model.geometry
+    item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]
+    out = explain(model, item["x"][None], opts.get("slice_chunk"))
+    g_true = allowed_regions(item["region_bits"][None], item["grid"][None])[0].numpy()
+    vol = Store(store_root).volume(volume_id)
+    hu = read_crop(vol, geometry.input_shape)
+    affine = vol.attrs.get("affine")
+    paths = render_scan(
+        out,
+        hu,
+        g_true,
+        labels,
+        Path(out_png),
+        Path(heatmap_dir) if heatmap_dir and affine is not None else None,
+        key=key,
+        stored_shape=tuple(vol.shape),
+        affine=affine,
+    )
+    return [str(p) for p in paths]
