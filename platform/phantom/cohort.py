@@ -274,6 +274,16 @@ def write_tables(out: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
     return listing
 
 
+def labels_table(out_dir: str | Path, split: str | None = None) -> pd.DataFrame:
+    """The cohort's truth labels in the labels.parquet schema (volume_id, abnormality, location, value)."""
+    df = pd.read_csv(Path(out_dir) / "labels.csv", dtype={"volume_id": str, "abnormality": str, "location": str, "split": str},
+                     keep_default_na=False)
+    if split is not None:
+        df = df[df["split"] == split]
+    out = df[["volume_id", "abnormality", "location", "value"]].reset_index(drop=True)
+    return out.astype({"value": "int8"})
+
+
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     df.to_csv(tmp, index=False)
@@ -296,4 +306,4 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, desc="phantom", unit="scan")
 
 
-__all__ = ["ConfounderSpec", "generate_cohort", "assign", "make_one", "volume_id", "SUPPORTED"]
+__all__ = ["ConfounderSpec", "generate_cohort", "assign", "make_one", "volume_id", "labels_table", "SUPPORTED"]

@@ -53,6 +53,11 @@ def test_tables(cohort):
         idx = {label_index(a, loc) for a, loc in zip(g["abnormality"], g["location"])}
         assert idx == set(range(80)), vid
         assert g["split"].nunique() == 1
+    from ctplatform.phantom.cohort import labels_table
+
+    truth = labels_table(out)
+    assert list(truth.columns) == ["volume_id", "abnormality", "location", "value"] and len(truth) == len(labels)
+    assert set(labels_table(out, "shifted")["volume_id"]) == set(scans.loc[scans["split"] == "shifted", "volume_id"])
     reports = pd.read_csv(out / "reports.csv")
     assert list(reports["volume_id"]) == list(listing["volume_id"]) and reports["report"].str.contains("FINDINGS").all()
     codes = pd.read_csv(out / "truth" / "lesion_codes.csv")
