@@ -8,6 +8,7 @@
     OUT/labels.csv                   volume_id, abnormality, location, value, split, confounder_value
     OUT/reports.csv                  volume_id, report
     OUT/cohort.json                  the generation parameters
+    OUT/failed.csv                   scans that could not be made (volume_id, seed, error); a re-run retries them
     OUT/preview/<id>.png             with --preview
 
 Each scan is made by a pure function of (cohort seed, index, assignment), in a process pool; a
@@ -218,19 +219,36 @@ def generate_cohort(
         log.info("resuming: %d of %d scans already written", len(records), n)
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     bar = _progress(len(todo), progress)
+    failed: list[dict[str, Any]] = []
+
+    def failure(row: dict[str, Any], err: BaseException) -> None:
+        # a generator failure is a bug, but one scan must not cost the others: record it and go on
+        vid = volume_id(seed, row["index"])
+        log.error("phantom %s (scan seed %d) failed: %s: %s", vid, row["seed"], type(err).__name__, err)
+        failed.append({"volume_id": vid, "seed": row["seed"], "error": f"{type(err).__name__}: {err}"})
+
     if workers == 1 or len(todo) <= 1:
         for row in todo:
-            records[row["index"]] = make_one(str(out), seed, row, size, row["index"] < preview)
+            try:
+                records[row["index"]] = make_one(str(out), seed, row, size, row["index"] < preview)
+            except Exception as err:  # noqa: BLE001 - reported per scan, see failure()
+                failure(row, err)
             bar.update(1)
     else:
         with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
-            futs = [pool.submit(make_one, str(out), seed, row, size, row["index"] < preview) for row in todo]
-            for f in futs:
-                rec = f.result()
-                records[rec["index"]] = rec
+            futs = [(row, pool.submit(make_one, str(out), seed, row, size, row["index"] < preview)) for row in todo]
+            for row, f in futs:
+                try:
+                    rec = f.result()
+                    records[rec["index"]] = rec
+                except Exception as err:  # noqa: BLE001
+                    failure(row, err)
                 bar.update(1)
     bar.close()
-    return write_tables(out, [records[i] for i in range(n)])
+    _write_csv(pd.DataFrame(failed, columns=["volume_id", "seed", "error"]), out / "failed.csv")
+    listing = write_tables(out, [records[i] for i in range(n) if i in records])
+    listing.attrs["failed"] = len(failed)
+    return listing
 
 
 def _finished(out: Path, vid: str) -> dict[str, Any] | None:

@@ -60,9 +60,14 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
     except (ValueError, KeyError) as e:
         log.error("phantom: %s", e)
         return 2
+    failed = int(listing.attrs.get("failed", 0))
+    if failed:
+        log.error("phantom: %d scans failed (see %s/failed.csv); the listing holds the %d others", failed, args.out, len(listing))
+    if listing.empty:
+        return 1
     counts = listing["split"].value_counts().to_dict()
     log.info("wrote %d scans to %s (%s); ingest with: ctplatform ingest --input %s/scans.csv",
              len(listing), args.out, ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), args.out)
     if args.preview:
         log.info("previews in %s/preview/", args.out)
-    return 0
+    return 1 if failed else 0

@@ -181,3 +181,23 @@ def test_cli(tmp_path):
     assert labels[(labels["abnormality"] == "nodule") & (labels["value"] == 1)]["volume_id"].nunique() == 2
     assert (out / "preview").is_dir() and len(list((out / "preview").glob("*.png"))) == 1
     assert main(["phantom", str(tmp_path / "d"), "--n", "1", "--size", "tiny", "--confounder", "bogus"]) == 2
+
+
+def test_a_failing_scan_does_not_stop_the_cohort(tmp_path, monkeypatch):
+    import ctplatform.phantom.cohort as cohort_mod
+
+    real = cohort_mod.make_one
+
+    def flaky(out, cohort_seed, row, size, preview):
+        if row["index"] == 1:
+            raise RuntimeError("simulated generator failure")
+        return real(out, cohort_seed, row, size, preview)
+
+    monkeypatch.setattr(cohort_mod, "make_one", flaky)
+    listing = generate_cohort(tmp_path, 3, seed=7, size="tiny", workers=1, progress=False)
+    assert list(listing["volume_id"]) == [volume_id(7, 0), volume_id(7, 2)] and listing.attrs["failed"] == 1
+    failed = pd.read_csv(tmp_path / "failed.csv")
+    assert list(failed["volume_id"]) == [volume_id(7, 1)] and "simulated" in failed["error"][0]
+    monkeypatch.setattr(cohort_mod, "make_one", real)
+    listing = generate_cohort(tmp_path, 3, seed=7, size="tiny", workers=1, progress=False)  # the re-run fills the gap
+    assert len(listing) == 3 and pd.read_csv(tmp_path / "failed.csv").empty
