@@ -47,6 +47,12 @@ from ctplatform.phantom.scanner import ScannerModel, apply_scanner, halo_slices,
 
 ConfounderKind = Literal["fat", "marker"]
 PLACEMENT_ATTEMPTS = 4
+#: One random stream per purpose, so e.g. adding a finding never changes the patient's anatomy.
+STREAMS: dict[str, int] = {"findings": 0, "anatomy": 1, "lesions": 2, "scan": 3, "report": 4, "heart": 6}
+
+
+def _stream(seed: int, purpose: str, *extra: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), STREAMS[purpose], *extra])
 
 
 @dataclass(frozen=True)
@@ -133,14 +139,13 @@ def make_phantom(
     preset = SIZES[size]
     if confounder is not None and not isinstance(confounder, Confounder):
         confounder = Confounder(*confounder)  # type: ignore[misc]
-    streams = {k: np.random.default_rng([int(seed), i]) for i, k in enumerate(("findings", "anatomy", "lesions", "scan", "report")) if k != "lesions"}
     if abnormalities is None:
-        abnormalities = sample_findings(streams["findings"], prevalence, cooccurrence)
+        abnormalities = sample_findings(_stream(seed, "findings"), prevalence, cooccurrence)
     request = normalise_request(abnormalities)
 
-    r_an = streams["anatomy"]
+    r_an = _stream(seed, "anatomy")
     cardio = "heart_cardiomegaly" in request
-    r_heart = np.random.default_rng([int(seed), 6])
+    r_heart = _stream(seed, "heart")
     heart_scale = float(request["heart_cardiomegaly"][0].get("scale", r_heart.uniform(1.25, 1.38))) if cardio else None
     peri = float(request["heart_pericardial_effusion"][0].get("thickness_mm", r_heart.uniform(7.0, 15.0))) if "heart_pericardial_effusion" in request else 0.0
     fat = confounder.value if confounder is not None and confounder.kind == "fat" else None
@@ -149,14 +154,15 @@ def make_phantom(
     patient.cardiomegaly = cardio
     plan = make_plan(patient)
     grow_lung_trees(patient, plan, r_an)
-    grid = scan_grid(patient, preset, streams["scan"])
-    scanner = sample_scanner(streams["scan"], grid.spacing, seed)
+    r_scan = _stream(seed, "scan")
+    grid = scan_grid(patient, preset, r_scan)
+    scanner = sample_scanner(r_scan, grid.spacing, seed)
     expected = implied_positive(request)
     for attempt in range(PLACEMENT_ATTEMPTS):
         # a crowded request can leave no room or hide a lesion under another: place it afresh
         attempt_plan = plan.copy()
         try:
-            lesions = place_lesions(patient, attempt_plan, np.random.default_rng([int(seed), 2, attempt]), request)
+            lesions = place_lesions(patient, attempt_plan, _stream(seed, "lesions", attempt), request)
         except PlacementError:
             if attempt == PLACEMENT_ATTEMPTS - 1:
                 raise
@@ -170,7 +176,7 @@ def make_phantom(
     else:
         raise RuntimeError(f"seed {seed}: findings {sorted(missing)} have no visible voxels on the {size} grid; "
                            "request fewer findings or another seed")
-    report = write_report(lesions, cardio, peri, streams["report"])
+    report = write_report(lesions, cardio, peri, _stream(seed, "report"))
     return Phantom(
         seed=int(seed), size=size, hu=hu, spacing_mm=grid.spacing, organs=organs, lesions=masks,
         label_rows=label_rows(lesions, cardio, peri > 0), report=report, confounder=confounder,

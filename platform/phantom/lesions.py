@@ -50,7 +50,7 @@ class Lesion:
 
 
 class PlacementError(ValueError):
-    pass
+    """No free lung room is left for a lesion (the other lesions, or the requested lobe, took it)."""
 
 
 # -- placement ----------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ class PlacementError(ValueError):
 def _pick(plan: Plan, rng, mask: np.ndarray, what: str) -> np.ndarray:
     pts = plan.points(mask)
     if len(pts) == 0:
-        raise PlacementError(f"no room to place {what}; try a different seed or a smaller size")
+        raise PlacementError(f"no free room to place {what}; request fewer or smaller lesions, or another seed")
     q = pts[rng.integers(len(pts))]
     return q + rng.uniform(-0.5, 0.5, 3) * np.asarray(plan.grid.spacing)
 
