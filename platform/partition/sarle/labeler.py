@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ctplatform.labels import LOCATION_GROUP, all_labels
 from ctplatform.partition.sarle.phrases import abnormal_phrases, chunks, classify_chunk, normalize
 from ctplatform.partition.sarle.term_search import sentence_findings
-from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary
+from ctplatform.partition.sarle.vocabulary import Vocabulary, canonical_measurements, load_vocabulary
 
 LABEL_COLUMNS: tuple[str, ...] = ("volume_id", "abnormality", "location", "value")
 
@@ -64,29 +64,48 @@ def label_report(
 
     Locations are labels.parquet names: right_lung, left_lung, lung (side not stated), heart,
     great_vessel, mediastinum. A report with no abnormal finding gives an empty set. Sentences are
-    cached per process (`cache=None` turns that off); a sentence with no abnormality term and no
-    section header is skipped without being parsed.
+    cached per process (`cache=None` turns that off), with their measurements reduced to size
+    classes first (labels depend on sizes only through the 1 cm rules); a sentence with no
+    abnormality term and no section header is skipped without being parsed.
     """
     vocab = vocab or load_vocabulary()
     found: set[tuple[str, str]] = set()
     section = "none"
     relevant = vocab.relevant_regex.search
+    thresholds = vocab.size_thresholds
     for chunk in chunks(normalize(text)):
+        chunk = canonical_measurements(chunk, thresholds)
         key = (section, chunk)
         got = cache.get(key) if cache is not None else None
         if got is None:
-            if relevant(f" {chunk} ") is None:
-                continue  # nothing in it can be a finding or change the section
-            sents, after = classify_chunk(chunk, section, vocab)
-            findings: set[tuple[str, str]] = set()
-            for sent in sents:
-                findings.update(sentence_findings(sent, vocab))
-            got = (frozenset(findings), after)
+            got = chunk_findings(chunk, section, vocab) if relevant(f" {chunk} ") else (frozenset(), section)
             if cache is not None:
                 cache.put(key, got)
         found.update(got[0])
         section = got[1]
     return found
+
+
+_NONE: frozenset[tuple[str, str]] = frozenset()
+
+
+def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozenset[tuple[str, str]], str]:
+    """Findings of one sentence chunk starting in `section`, and the section after it."""
+    padded = f" {chunk} "
+    start = vocab.negated_start.match(padded)
+    if start is not None and vocab.scope_breakers.search(padded, start.start("cue")) is None:
+        # "[HEADER:] No X, Y or Z." - the forward cue deletes everything after it and nothing can
+        # stop or override it (breakers are searched from the cue itself, so "no change" and
+        # "no longer seen" do not count as "no"): no finding. Only the header (if any) matters.
+        header = start.group("header")
+        if header:
+            section = next((m[1] for m in vocab.meanings(header[1:]) if m[0] == "header"), section)
+        return _NONE, section
+    sents, after = classify_chunk(chunk, section, vocab)
+    findings: set[tuple[str, str]] = set()
+    for sent in sents:
+        findings.update(sentence_findings(sent, vocab))
+    return frozenset(findings), after
 
 
 def label_rows(volume_id: str, findings: Iterable[tuple[str, str]]) -> list[tuple[str, str, str, int]]:

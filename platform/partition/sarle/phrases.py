@@ -7,7 +7,7 @@ segments (at ",", ":", "and", "with" ...). Every cue of phrases.yaml deletes a p
 sentence by scope (forward to the end of its clause, backward to its start, its whole clause, or its
 segment); the kept mentions are what SARLE calls the abnormal phrases. Deletion works on mention
 tokens, so one pass per report suffices and the result does not depend on the order of rules.
-Positions are token indices.
+Positions are character offsets in the sentence chunk.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ctplatform.partition.sarle.vocabulary import CLAUSE, NEGATION_STOP, SEGMENT
 _LINE_START = re.compile(r"\n(?=[ \t]*(?:[A-Z0-9]|[-*\u2022]))")
 _ABBREVIATIONS = frozenset({"approx", "vs", "e.g", "i.e", "eg", "ie", "dr", "mr", "mrs", "ms", "fig", "cf"})
 _SENTENCE_END = 5
+_ABBREVIATION_STOP = re.compile(r" (?:" + "|".join(re.escape(a) for a in sorted(_ABBREVIATIONS)) + r") \. ")
 
 # Token kinds.
 BOUND, CUE, HEADER = "b", "c", "h"
@@ -39,12 +40,13 @@ class Sentence:
     """One sentence after step 1.
 
     `kept` holds (start, end, kind, data, segment, clause) for every mention that survived
-    deletion (exclusions are kept even inside deleted text); positions index `words`.
+    deletion (exclusions are kept even inside deleted text); positions are character offsets in
+    `text` (the sentence's tokens joined by single spaces, with a space before and after).
     `deleted_locations` are the location kinds of the deleted part; `segment_clause[s]` the clause
     of segment s.
     """
 
-    words: list[str]
+    text: str
     start: int
     end: int
     section: str
@@ -57,38 +59,42 @@ class Sentence:
 
 def chunks(words: list[str]) -> list[str]:
     """The report's sentences as space-joined token strings (split at "." but not "approx.")."""
-    parts = (" ".join(words) + " ").split(" . ")
-    out: list[str] = []
+    joined = " " + " ".join(words) + " "
+    parts = joined.split(" . ")
+    if _ABBREVIATION_STOP.search(joined) is not None:  # rare: glue "approx ." back to its sentence
+        glued: list[str] = []
+        for part in parts:
+            if glued and glued[-1].rsplit(" ", 1)[-1] in _ABBREVIATIONS:
+                glued[-1] = f"{glued[-1]} . {part}"
+            else:
+                glued.append(part)
+        parts = glued
+    out = []
     for part in parts:
-        if out and out[-1].rsplit(" ", 1)[-1] in _ABBREVIATIONS:
-            out[-1] = f"{out[-1]} . {part}"
-        else:
-            out.append(part)
-    cleaned = []
-    for part in out:
         part = part.strip()
-        while part.startswith(". ") or part == ".":  # empty sentences (". ." from a line start)
-            part = part[2:]
-        if part:
-            cleaned.append(part)
-    return cleaned
+        if part and part != ".":
+            while part[:2] == ". ":  # empty sentences (". ." from a line start)
+                part = part[2:]
+            out.append(part)
+    return out
 
 
 def classify_chunk(chunk: str, section: str, vocab: Vocabulary, explain: bool = False) -> tuple[list[Sentence], str]:
     """Step 1 over one sentence chunk that starts in `section`: its sentences (a header inside it
     starts a new one) and the section after it. Sentences without any abnormality term are left
     out unless `explain` is set, as are sentences of `skip` sections (indication, technique ...)."""
-    words = chunk.split()
+    text = f" {chunk} "
     out: list[Sentence] = []
     start = 0
     current: list[tuple] = []
     has_finding = False
-    n = len(words)
-    for tok in scan(words, vocab) + [(n, n, BOUND, (_SENTENCE_END, ""))]:
+    tokens = scan(text, vocab)
+    tokens.append((len(text), len(text), BOUND, (_SENTENCE_END, "")))
+    for tok in tokens:
         kind = tok[2]
         if kind == HEADER or (kind == BOUND and tok[3][0] == _SENTENCE_END):
             if (has_finding or explain) and section != "skip" and current:
-                out.append(_classify(words, start, tok[0], section, current, vocab, explain))
+                out.append(_classify(text, start, tok[0], section, current, vocab, explain))
             if kind == HEADER:
                 section = tok[3][0]
             start, current, has_finding = tok[1], [], False
@@ -99,52 +105,59 @@ def classify_chunk(chunk: str, section: str, vocab: Vocabulary, explain: bool = 
     return out, section
 
 
-def scan(words: list[str], vocab: Vocabulary) -> list[tuple]:
-    """Phrase and location mentions of a token list, in order: (start, end, kind, data)."""
-    joined = " " + " ".join(words) + " "
-    count = joined.count
+def _templates(vocab: Vocabulary, text: str) -> tuple:
+    """(kind, data) tokens a matched phrase term stands for (cached per spelling)."""
+    got = vocab.token_cache.get(text)
+    if got is None:
+        out = []
+        for v in vocab.meanings(text[1:]):
+            kind = _MEANING_KIND.get(v[0], WORD)
+            out.append((kind, v[1:] if kind != WORD else (v[0],)))
+        got = vocab.token_cache[text] = tuple(out)
+    return got
+
+
+def scan(text: str, vocab: Vocabulary) -> list[tuple]:
+    """Phrase and location mentions of a space-padded chunk, in order: (start, end, kind, data),
+    with character positions (a mention starts at the space before it)."""
     out: list[tuple] = []
-    meanings = vocab.meanings
-    idx = last = 0
+    append = out.append
+    cache = vocab.token_cache
     skip_to = 0
-    for m in vocab.phrase_regex.finditer(joined):
-        pos = m.start()
-        idx += count(" ", last, pos)  # token index: spaces before the match's leading space
-        last = pos
-        if idx < skip_to:
+    words: list[str] | None = None
+    for m in vocab.phrase_regex.finditer(text):
+        s = m.start()
+        if s < skip_to:
             continue
-        group = m.lastgroup
-        if group == "t":
-            text = m.group()
-            end = idx + text.count(" ")
-            for v in meanings(text[1:]):
-                kind = _MEANING_KIND.get(v[0], WORD)
-                out.append((idx, end, kind, v[1:] if kind != WORD else (v[0],)))
-        elif group == "p":
-            w = words[idx]
-            if w == ".":
-                continue  # an abbreviation's full stop (chunks() cut the sentences)
-            if w == ";":
-                out.append((idx, idx + 1, BOUND, (CLAUSE, w)))
-            else:
-                out.append((idx, idx + 1, BOUND, (SEGMENT, w)))
-        elif group == "s":
-            size = read_size(words, idx)
+        group = m.lastindex
+        if group == 1:
+            term = m.group()
+            got = cache.get(term)
+            if got is None:
+                got = _templates(vocab, term)
+            e = m.end()
+            for kind, data in got:
+                append((s, e, kind, data))
+        elif group == 3:
+            ch = text[s + 1]
+            if ch == ";":
+                append((s, s + 2, BOUND, (CLAUSE, ch)))
+            elif ch != ".":  # a full stop left inside a chunk ends an abbreviation
+                append((s, s + 2, BOUND, (SEGMENT, ch)))
+        elif group == 2:
+            if words is None:
+                words = text.split()
+            i = text.count(" ", 0, s)
+            size = read_size(words, i)
             if size is not None:
-                out.append((idx, size[0], SIZE, size[1:]))
-                skip_to = size[0]
-    locs: list[tuple] = []
+                e = s + 1 + len(" ".join(words[i : size[0]]))
+                append((s, e, SIZE, size[1:]))
+                skip_to = e
     kind_of = vocab.location_kind
-    idx = last = 0
-    for m in vocab.location_regex.finditer(joined):
-        pos = m.start()
-        idx += count(" ", last, pos)
-        last = pos
-        text = m.group()
-        locs.append((idx, idx + text.count(" "), LOC, (kind_of(text[1:]),)))
+    locs = [(m.start(), m.end(), LOC, (kind_of(m.group()[1:]),)) for m in vocab.location_regex.finditer(text)]
     if locs:
         out.extend(locs)
-        out.sort()  # two sorted runs; tuples order by start token first
+        out.sort()  # two sorted runs; tuples order by start first
     return out
 
 
@@ -159,7 +172,7 @@ def sentences(words: list[str], vocab: Vocabulary, explain: bool = False) -> lis
 
 
 def _classify(
-    words: list[str], start: int, end: int, section: str, items: list[tuple], vocab: Vocabulary, explain: bool
+    text: str, start: int, end: int, section: str, items: list[tuple], vocab: Vocabulary, explain: bool
 ) -> Sentence:
     """Assign segment/clause ids, apply the cues' scopes, keep what is not deleted."""
     seg = zone = clause = 0
@@ -167,13 +180,12 @@ def _classify(
     cues: list[tuple[int, str, int, int, int]] = []  # (index, scope, seg, zone, clause)
     seg_clause = [0]
     bounds: list[tuple[int, int, int]] = []  # (start, end, level), for explain
-    n_words = len(words)
     for i, (s, e, kind, data) in enumerate(items):
         if kind == BOUND:
             level, word = data
-            after_comma = s > 0 and words[s - 1] == ","
+            after_comma = text[s - 1] == ","  # tokens are one space apart: the previous token ends at s - 1
             if word == "and":
-                nxt = words[e] if e < n_words else ""
+                nxt = text[e + 1 : text.find(" ", e + 1)] if e + 1 < len(text) else ""
                 if vocab.clause_starters.keys_for(nxt) and (after_comma or nxt == "there"):
                     level = CLAUSE
             elif after_comma and word in vocab.negation_stop_after_comma:
@@ -189,7 +201,7 @@ def _classify(
         elif kind == CUE and data[0] != "keep":
             cues.append((i, data[0], seg, zone, clause))
         ids.append((seg, zone, clause))
-    sent = Sentence(words, start, end, section, n_segments=seg + 1, segment_clause=seg_clause)
+    sent = Sentence(text, start, end, section, n_segments=seg + 1, segment_clause=seg_clause)
     kept = sent.kept
     for i, (s, e, kind, data) in enumerate(items):
         if kind == BOUND or kind == CUE:
@@ -255,13 +267,12 @@ def abnormal_phrases(text: str, vocab: Vocabulary) -> list[str]:
     """
     out = []
     for sent in sentences(normalize(text), vocab, explain=True):
-        words = sent.words
-        kept = [
-            words[p]
-            for p in range(sent.start, sent.end)
+        kept = "".join(
+            ch
+            for p, ch in enumerate(sent.text[sent.start : sent.end], sent.start)
             if not any(a <= p < b for a, b in sent.deleted_spans)
-        ]
-        phrase = _SPACE_BEFORE.sub(r"\1", " ".join(kept)).replace("( ", "(").strip(" ,;:.")
+        )
+        phrase = _SPACE_BEFORE.sub(r"\1", " ".join(kept.split())).replace("( ", "(").strip(" ,;:.")
         if re.search(r"[a-z]", phrase):
             out.append(phrase)
     return out

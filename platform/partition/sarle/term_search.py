@@ -28,7 +28,7 @@ _SIDE_WORDS = {"side_right": ("right_lung",), "side_left": ("left_lung",), "side
 _LUNG_SIDES = frozenset({"right_lung", "left_lung"})
 _SECTION_KINDS = frozenset({"right_lung", "left_lung", "lung", "heart", "great_vessel", "mediastinum"})
 _NON_LUNG = ("heart", "great_vessel", "mediastinum")
-_SHORT_AXIS_REACH = 4  # words between a measurement and "short axis"
+_SHORT_AXIS_REACH = 4  # tokens between a measurement and "short axis"
 
 
 def _locate(kinds: list[str], sides: set[str], groups: frozenset[str], listed: frozenset[str] = frozenset()) -> list[str]:
@@ -103,15 +103,26 @@ def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str,
     sizes: list[tuple[int, int, int, float, float]] = []
     words: list[tuple[int, int, str]] = []
     for s, e, k, data, sg, _ in sent.kept:
-        if k == ABN:
-            abn.setdefault(sg, []).append(data[0])
-            mentions.append((s, e, sg, True))
-        elif k == LOC:
+        if k == LOC:
             kind = data[0]
-            if kind in _SIDE_WORDS:
-                sides.setdefault(sg, set()).update(_SIDE_WORDS[kind])
+            side = _SIDE_WORDS.get(kind)
+            if side is None:
+                got = locs.get(sg)
+                if got is None:
+                    locs[sg] = [kind]
+                else:
+                    got.append(kind)
+            elif sg in sides:
+                sides[sg].update(side)
             else:
-                locs.setdefault(sg, []).append(kind)
+                sides[sg] = set(side)
+        elif k == ABN:
+            got = abn.get(sg)
+            if got is None:
+                abn[sg] = [data[0]]
+            else:
+                got.append(data[0])
+            mentions.append((s, e, sg, True))
         elif k == PAIR:
             pairs.setdefault(sg, {}).setdefault((data[0], data[1]), set()).add(data[2])
             mentions.append((s, e, sg, False))
@@ -133,23 +144,26 @@ def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str,
         terms = [m for m in mentions if m[3]]
         for sg, names in _measured(sizes, anchors, terms, words, vocab, sent):
             abn.setdefault(sg, []).extend(names)
-    for sg, names in list(abn.items()):
-        if sg in excl:
-            names = [x for x in names if x not in excl[sg]]
-        if names:
-            abn[sg] = list(dict.fromkeys(names))
-        else:
-            del abn[sg]
+    if excl:
+        for sg in list(abn):
+            if sg in excl:
+                names = [x for x in abn[sg] if x not in excl[sg]]
+                if names:
+                    abn[sg] = names
+                else:
+                    del abn[sg]
     if not abn:
         return _NOTHING
+    for sg, names in abn.items():
+        if len(names) > 1:
+            abn[sg] = list(dict.fromkeys(names))
 
     clause_of = sent.segment_clause
     with_findings = sorted(abn)
     own: dict[int, list[str]] = {sg: list(locs.get(sg, ())) for sg in with_findings}
     listed: dict[int, set[str]] = {}
-    for i in sorted(set(locs) | set(sides) | set(pairs)):  # segments without findings join a neighbour
-        if i in abn:
-            continue
+    lone = [i for i in {*locs, *sides, *pairs} if i not in abn]
+    for i in sorted(lone):  # segments without findings join a neighbour
         cl = clause_of[i]
         before = [j for j in with_findings if j < i and clause_of[j] == cl]
         target = before[-1] if before else next((j for j in with_findings if j > i and clause_of[j] == cl), None)
@@ -278,8 +292,18 @@ def _measured(
     lingula). For a short-axis rule, a measurement next to "short axis" is the one that counts for
     its anchor; otherwise the smallest dimension is taken as the short axis.
     """
+    # Distances count tokens (not characters), so that the numbers' spelling cannot matter.
+    count = sent.text.count
+
+    def gap(a_start: int, a_end: int, b_start: int, b_end: int) -> int:
+        if a_end <= b_start:
+            return count(" ", a_end, b_start)
+        if b_end <= a_start:
+            return count(" ", b_end, a_start)
+        return 0
+
     assigned: dict[tuple[int, int], list[tuple[float, float, bool]]] = {}
-    shorts = [ws for ws, _, tag in words if tag == "short"]
+    shorts = [(ws, ws + 1) for ws, _, tag in words if tag == "short"]
     for s, e, sg, largest, smallest in sizes:
         before = [tag for ws, wsg, tag in words if wsg == sg and ws < s and tag in ("prior", "current")]
         if before and before[-1] == "prior":
@@ -291,8 +315,8 @@ def _measured(
                 continue  # "3 cm mass and a 4 mm nodule": the 3 cm is the mass's
             same = list(range(len(anchors)))
             host = sg
-        best = min(same, key=lambda i: max(anchors[i][0] - e, s - anchors[i][1], 0))
-        near_short = any(s - _SHORT_AXIS_REACH <= ws <= e + _SHORT_AXIS_REACH for ws in shorts)
+        best = min(same, key=lambda i: (gap(s, e, anchors[i][0], anchors[i][1]), i))
+        near_short = any(gap(s, e, a, b) <= _SHORT_AXIS_REACH for a, b in shorts)
         assigned.setdefault((best, host), []).append((largest, smallest, near_short))
     out = []
     for (i, host), measures in assigned.items():

@@ -48,6 +48,9 @@ _NUMBER = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)(cm|mm|centimeters?|millimeters?)?$
 _DIMS = re.compile(r"^(\d+(?:\.\d+)?)x(\d+(?:\.\d+)?)(?:x(\d+(?:\.\d+)?))?(cm|mm)?$")
 _UNITS = {"cm": 1.0, "centimeter": 1.0, "centimeters": 1.0, "mm": 0.1, "millimeter": 0.1, "millimeters": 0.1}
 _DIM_WORDS = frozenset({"x", "by"})
+_NUMBER_IN_TOKEN = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_UNIT_SUFFIX = re.compile(r"(cm|mm|centimeters?|millimeters?)$")
+_DIGIT = re.compile(r"\d")
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,17 @@ class Vocabulary:
     phrase_regex: re.Pattern[str]  # over " ".join(tokens): terms, measurements, punctuation, "non X"
     location_regex: re.Pattern[str]
     relevant_regex: re.Pattern[str]  # any abnormality term, pair word, size anchor or section header
+    negated_start: re.Pattern[str]  # an optional header, then a forward cue ("no ...")
+    scope_breakers: re.Pattern[str]  # anything that could end or override that cue's scope
     clause_starters: WordTrie  # words after ", and" that start a new clause
     negation_stop_after_comma: frozenset[str]  # ", with": ends a forward cue's scope
     abnormality_terms: dict[str, tuple[str, ...]]  # name -> terms (for the medspaCy baseline)
     pair_terms: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]]
     location_terms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> terms
+    size_thresholds: tuple[float, ...] = ()  # every size rule's threshold (cm), sorted
     _meanings: dict[str, tuple] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
+    token_cache: dict[str, tuple] = field(default_factory=dict)  # phrases.py: matched text -> tokens
 
     def meanings(self, text: str) -> tuple:
         """Values of the phrase term spelled `text` (space-separated tokens), cached."""
@@ -309,24 +316,38 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
     _check_conflicts(table)
     locations, location_terms = _location_trie(_read_yaml(folder / "locations.yaml"))
     phrase_source = (
-        rf"(?P<t>{trie_regex(table.terms)})"
-        r"|(?P<s> (?=\.?[0-9]))"  # a number: read_size reads the measurement from the tokens
-        r"|(?P<p> [.;,:()](?= ))"
-        r"|(?P<n> non [a-z]+(?= ))"  # "non-calcified" is not calcified
+        rf"({trie_regex(table.terms)})"  # group 1: a term
+        r"|( (?=\.?[0-9]))"  # group 2: a number; read_size reads the measurement from the tokens
+        r"|( [.;,:()](?= ))"  # group 3: punctuation
+        r"|( non [a-z]+(?= ))"  # group 4: "non-calcified" is not calcified
     )
     relevant = [t for t, ms in table.terms.items() if any(m[0] in ("abn", "pair", "anchor", "header") for m in ms)]
+    headers = [t for t, ms in table.terms.items() if any(m[0] == "header" for m in ms)]
+    forward = [t for t, ms in table.terms.items() if ("cue", "forward") in ms]
+    # A forward cue's scope ends at a clause boundary or ", with"; keep cues override it; another
+    # header starts a new sentence. Anything of that kind, or any cue phrase that merely starts with
+    # a forward cue ("no change", "no longer seen"), rules the shortcut out.
+    breakers = [
+        t for t, ms in table.terms.items()
+        if any(m[0] == "header" or m[:2] == ("bound", CLAUSE) or m[0] == "cue" and m[1] != "forward" for m in ms)
+    ]
     return Vocabulary(
         rules=rules,
         phrases=table.trie(),
         locations=locations,
         phrase_regex=re.compile(phrase_source),
         relevant_regex=re.compile(trie_regex(relevant)),
+        negated_start=re.compile(rf"(?P<header>{trie_regex(headers)})?(?P<cue>{trie_regex(forward)}) "),
+        scope_breakers=re.compile(
+            trie_regex(breakers) + r"(?= )| ;| , and | and there | , (?:" + "|".join(map(re.escape, sorted(stops))) + ") "
+        ),
         location_regex=re.compile(trie_regex(list(locations.terms()))),
         clause_starters=clause_and,
         negation_stop_after_comma=stops,
         abnormality_terms=any_terms,
         pair_terms=pair_terms,
         location_terms=location_terms,
+        size_thresholds=tuple(sorted({r.size.greater_than_cm for r in rules.values() if r.size is not None})),
     )
 
 
@@ -375,3 +396,44 @@ def read_size(words: list[str], i: int) -> tuple[int, float, float] | None:
         dims = [max(dims)]
     cm = [d * scale if scale == 1.0 else d / 10 for d in dims]
     return j, max(cm), min(cm)
+
+
+def canonical_measurements(chunk: str, thresholds: tuple[float, ...]) -> str:
+    """`chunk` with every measurement's numbers replaced by a representative of their size class.
+
+    Findings depend on a measurement only through comparisons with the size rules' thresholds
+    ("> 1 cm"), and `read_size` reads the rewritten tokens the same way (same tokens, same order
+    of magnitudes between thresholds), so labels are unchanged; what changes is that "7 mm nodule"
+    and "4 mm nodule" become one sentence for the sentence cache.
+    """
+    if not thresholds or _DIGIT.search(chunk) is None:
+        return chunk
+    words = chunk.split()
+    i, n = 0, len(words)
+    while i < n:
+        w = words[i]
+        if w[0].isdigit() or (w[0] == "." and len(w) > 1):
+            size = read_size(words, i)
+            if size is not None:
+                end = size[0]
+                scale = next(
+                    (_UNITS[u] for t in words[i:end] for u in ([t] if t in _UNITS else _UNIT_SUFFIX.findall(t))), 1.0
+                )
+                for j in range(i, end):
+                    words[j] = _NUMBER_IN_TOKEN.sub(lambda m: _representative(float(m.group()), scale, thresholds), words[j])
+                i = end
+                continue
+        i += 1
+    return " ".join(words)
+
+
+def _representative(value: float, scale: float, thresholds: tuple[float, ...]) -> str:
+    cm = value * scale if scale == 1.0 else value / 10
+    k = sum(cm > t for t in thresholds)  # how many thresholds it exceeds
+    if k == 0:
+        rep = thresholds[0] / 2
+    elif k == len(thresholds):
+        rep = thresholds[-1] * 2
+    else:
+        rep = (thresholds[k - 1] + thresholds[k]) / 2
+    return f"{rep if scale == 1.0 else rep * 10:g}"

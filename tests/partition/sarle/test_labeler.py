@@ -130,3 +130,49 @@ def test_a_report_without_findings_is_labelled_with_80_zeros() -> None:
 def test_an_empty_report_fails_naming_the_volume_only(report) -> None:
     with pytest.raises(EmptyReportError, match="volume v3: the report is empty"):
         label_volume("v3", report)
+
+
+def test_measurements_reduced_to_size_classes_give_the_same_findings() -> None:
+    # The sentence cache keys on sentences whose measurements are reduced to size classes; that
+    # must never change a finding. Check on the written sentences with their numbers redrawn.
+    import random
+    import re
+
+    from ctplatform.partition.sarle.labeler import chunk_findings
+    from ctplatform.partition.sarle.phrases import chunks, normalize
+    from ctplatform.partition.sarle.vocabulary import canonical_measurements, load_vocabulary
+
+    vocab = load_vocabulary()
+    rng = random.Random(1)
+    sentences = [s for s, _ in read_gold(HERE / "sentences.tsv") if re.search(r"\d", s)]
+    assert len(sentences) >= 30
+    changed = 0
+    for _ in range(10):
+        for s in sentences:
+            text = re.sub(r"\d+(\.\d+)?", lambda _: rng.choice(["0.4", "0.9", "1", "1.0", "1.1", "2.5", "8", "10", "11", "35"]), s)
+            for chunk in chunks(normalize(text)):
+                canonical = canonical_measurements(chunk, vocab.size_thresholds)
+                changed += canonical != chunk
+                assert chunk_findings(canonical, "none", vocab) == chunk_findings(chunk, "none", vocab), text
+    assert changed > 100
+
+
+def test_the_negated_sentence_shortcut_agrees_with_the_full_parse() -> None:
+    from ctplatform.partition.sarle.labeler import chunk_findings
+    from ctplatform.partition.sarle.phrases import chunks, classify_chunk, normalize
+    from ctplatform.partition.sarle.term_search import sentence_findings
+    from ctplatform.partition.sarle.vocabulary import load_vocabulary
+
+    vocab = load_vocabulary()
+    texts = [s for path in ("sentences.tsv", "heldout.tsv") for s, _ in read_gold(HERE / path)]
+    texts += [f"{header}: {s}" for header in ("LUNGS", "HEART", "INDICATION") for s in texts[:150]]
+    shortcut = 0
+    for text in texts:
+        for chunk in chunks(normalize(text)):
+            sents, after = classify_chunk(chunk, "none", vocab)
+            full = (frozenset(f for s in sents for f in sentence_findings(s, vocab)), after)
+            assert chunk_findings(chunk, "none", vocab) == full, text
+            padded = f" {chunk} "
+            m = vocab.negated_start.match(padded)
+            shortcut += m is not None and vocab.scope_breakers.search(padded, m.start("cue")) is None
+    assert shortcut >= 50  # the shortcut is actually taken
