@@ -36,7 +36,8 @@ from ctplatform.partition.sarle.evaluation import Findings, evaluate, read_gold
 from ctplatform.partition.sarle.labeler import SentenceCache, label_report
 from ctplatform.partition.sarle.term_search import _locate, _place_by_group
 from ctplatform.partition.sarle.trie import tokens
-from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary, read_size
+from ctplatform.partition.sarle.sizes import read_size
+from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "sarle.md"

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from ctplatform.labels import LOCATION_GROUP, all_labels
 from ctplatform.partition.sarle.phrases import abnormal_phrases, chunks, classify_chunk, normalize
 from ctplatform.partition.sarle.term_search import sentence_findings
-from ctplatform.partition.sarle.vocabulary import Vocabulary, canonical_measurements, load_vocabulary
+from ctplatform.partition.sarle.sizes import canonical_measurements
+from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary
 
 LABEL_COLUMNS: tuple[str, ...] = ("volume_id", "abnormality", "location", "value")
 
@@ -24,7 +25,7 @@ class EmptyReportError(ValueError):
     """A report with no text. The message names the volume id only, never report text."""
 
 
-SENTENCE_CACHE_SIZE = 200_000
+SENTENCE_CACHE_SIZE = 100_000  # entries; ~40 MB when full
 
 
 class SentenceCache:
@@ -54,21 +55,32 @@ class SentenceCache:
         self.data[key] = value
 
 
-_CACHE = SentenceCache()
+_OWN_CACHE = SentenceCache(0)  # placeholder default: "the vocabulary's own cache"
+
+
+def sentence_cache(vocab: Vocabulary) -> SentenceCache:
+    """The vocabulary's own sentence cache (one per compiled vocabulary, so never shared across
+    different vocabularies)."""
+    got = vocab.__dict__.get("_sentence_cache")
+    if got is None:
+        got = vocab.__dict__["_sentence_cache"] = SentenceCache()
+    return got
 
 
 def label_report(
-    text: str, vocab: Vocabulary | None = None, cache: SentenceCache | None = _CACHE
+    text: str, vocab: Vocabulary | None = None, cache: SentenceCache | None = _OWN_CACHE
 ) -> set[tuple[str, str]]:
     """The (abnormality, location) pairs a report states as present.
 
     Locations are labels.parquet names: right_lung, left_lung, lung (side not stated), heart,
     great_vessel, mediastinum. A report with no abnormal finding gives an empty set. Sentences are
-    cached per process (`cache=None` turns that off), with their measurements reduced to size
+    cached per process and vocabulary (`cache=None` turns that off), with their measurements reduced to size
     classes first (labels depend on sizes only through the 1 cm rules); a sentence with no
     abnormality term and no section header is skipped without being parsed.
     """
     vocab = vocab or load_vocabulary()
+    if cache is _OWN_CACHE:
+        cache = sentence_cache(vocab)
     found: set[tuple[str, str]] = set()
     section = "none"
     relevant = vocab.relevant_regex.search

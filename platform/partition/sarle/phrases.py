@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from ctplatform.partition.sarle.trie import tokens as split_tokens
-from ctplatform.partition.sarle.vocabulary import CLAUSE, NEGATION_STOP, SEGMENT, Vocabulary, read_size
+from ctplatform.partition.sarle.sizes import read_size
+from ctplatform.partition.sarle.vocabulary import CLAUSE, NEGATION_STOP, SEGMENT, Vocabulary
 
 _LINE_START = re.compile(r"\n(?=[ \t]*(?:[A-Z0-9]|[-*\u2022]))")
 _ABBREVIATIONS = frozenset({"approx", "vs", "e.g", "i.e", "eg", "ie", "dr", "mr", "mrs", "ms", "fig", "cf"})

@@ -140,7 +140,8 @@ def test_measurements_reduced_to_size_classes_give_the_same_findings() -> None:
 
     from ctplatform.partition.sarle.labeler import chunk_findings
     from ctplatform.partition.sarle.phrases import chunks, normalize
-    from ctplatform.partition.sarle.vocabulary import canonical_measurements, load_vocabulary
+    from ctplatform.partition.sarle.sizes import canonical_measurements
+    from ctplatform.partition.sarle.vocabulary import load_vocabulary
 
     vocab = load_vocabulary()
     rng = random.Random(1)

@@ -9,7 +9,8 @@ import pytest
 
 from ctplatform.labels import all_labels
 from ctplatform.partition.sarle.trie import WordTrie, tokens, validate_term
-from ctplatform.partition.sarle.vocabulary import DATA_DIR, load_vocabulary, read_size
+from ctplatform.partition.sarle.sizes import read_size
+from ctplatform.partition.sarle.vocabulary import DATA_DIR, load_vocabulary
 
 
 def test_every_abnormality_has_a_rule_with_its_organ_groups() -> None:
@@ -54,8 +55,10 @@ def test_an_extended_vocabulary_is_used(tmp_path: Path) -> None:
     from ctplatform.partition.sarle.labeler import label_report
 
     vocab = load_vocabulary(str(folder))
-    assert label_report("Lace-like changes in the left lower lobe.", vocab, cache=None) == {("reticulation", "left_lung")}
-    assert label_report("Lace-like changes in the left lower lobe.", cache=None) == set()
+    text = "Lace-like changes in the left lower lobe."
+    assert label_report(text) == set()  # the default vocabulary (and its sentence cache)
+    assert label_report(text, vocab) == {("reticulation", "left_lung")}  # not the other's cache
+    assert label_report(text) == set()
 
 
 def test_term_checks() -> None:
