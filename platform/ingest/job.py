@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from ctplatform.ingest.scan import ScanError
 log = logging.getLogger("ctplatform.ingest")
 
 MANIFEST_EVERY = 200
+#: Retries of a task whose worker died (ingest_one itself never raises for bad input).
+TASK_RETRIES = 2
 MANIFEST_SECONDS = 60.0
 #: Manifest columns, in order (the store contract's columns first).
 MANIFEST_COLUMNS = [
@@ -246,13 +249,18 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
         # One row per block: a worker killed (e.g. by the OOM killer) loses only its own scan.
         ctx.max_errored_blocks = len(todo)
         try:
-            ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
-                ingest_one,
-                fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
-                compute=ray.data.TaskPoolStrategy(size=cfg.ingest.max_tasks_in_flight),
-                num_cpus=cfg.ingest.cpus_per_task,
-                memory=request,
-            )
+            with warnings.catch_warnings():
+                # Ray 2.60 has no named parameter for max_retries yet (ray_remote_args is deprecated
+                # for removal in 2.64); without it a scan that kills its worker is retried forever.
+                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+                ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
+                    ingest_one,
+                    fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
+                    compute=ray.data.TaskPoolStrategy(size=cfg.ingest.max_tasks_in_flight),
+                    num_cpus=cfg.ingest.cpus_per_task,
+                    memory=request,
+                    max_retries=TASK_RETRIES,
+                )
             pending: list[dict] = []
             last = time.monotonic()
             for out in ds.iter_rows():
