@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("phantom", "ctplatform.phantom.command"),
     ("ingest", "ctplatform.ingest.command"),
     ("partition", "ctplatform.partition.command"),
+    ("train", "ctplatform.train.command"),
     ("label-reports", "ctplatform.partition.sarle.command"),
     ("evaluate", "ctplatform.eval.command"),
     ("compare", "ctplatform.eval.compare_command"),

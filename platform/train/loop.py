@@ -1,0 +1,376 @@
+"""The Ray Train per-worker function: DDP training of AxialNet with validation, checkpoints and early stopping.
+
+Each rank reads its own shard of the store (rows are ids; arrays never travel through Ray). Every
+step all-reduces the four loss figures, so all ranks see the same numbers and take the same
+decision when a loss is NaN or explodes: they stop before applying that step, and the run ends
+with the last good checkpoint intact. Validation runs each rank on a disjoint shard through the
+unwrapped module (no collectives inside), then gathers the small per-scan results, so every rank
+computes the same validation loss and early-stopping decision.
+
+A checkpoint holds `model_state.pt`, `optimizer_state.pt`, `best_model_state.pt` (state dicts,
+saved with torch.save, loaded with weights_only=True) and `train_state.json`. On (re)start the
+latest checkpoint of the run, if any, is restored: after a worker failure (FailureConfig) or a
+`--resume` of a killed run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ctplatform.config import Config
+from ctplatform.store import Store
+from ctplatform.train.dataset import (
+    EpochSampler,
+    ShardSampler,
+    StoreDataset,
+    load_split,
+    make_loader,
+)
+from ctplatform.train.losses import class_loss, forbidden_cells, mask_loss, total_loss
+from ctplatform.train.model import AxialNet, build_model, unwrap
+
+log = logging.getLogger("ctplatform.train")
+
+STATUS_RUNNING, STATUS_EARLY_STOPPED, STATUS_COMPLETED, STATUS_DIVERGED = (
+    "running",
+    "early_stopped",
+    "completed",
+    "diverged",
+)
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides the weights (train_state.json)."""
+
+    next_epoch: int = 0
+    best_val_loss: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    reference_loss: float | None = None
+    status: str = STATUS_RUNNING
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainState":
+        d = json.loads(text)
+        d["best_val_loss"] = math.inf if d.get("best_val_loss") is None else d["best_val_loss"]
+        return cls(**d)
+
+
+# ------------------------------------------------------------------------------ distributed helpers
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if _distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def weights_rank_spread(model: torch.nn.Module) -> float:
+    """Largest difference between ranks of three parameter checksums (0.0: identical weights)."""
+    vec = torch.cat([p.detach().reshape(-1).double().cpu() for p in unwrap(model).parameters()])
+    sums = torch.stack([vec.sum(), vec.abs().sum(), (vec * vec).sum()])
+    gathered = torch.stack([torch.as_tensor(s) for s in all_gather_objects(sums)])
+    return float((gathered - gathered[0]).abs().max())
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def save_checkpoint(
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    best_state: dict[str, torch.Tensor] | None,
+    state: TrainState,
+) -> None:
+    torch.save(unwrap(model).state_dict(), directory / "model_state.pt")
+    torch.save(optimizer.state_dict(), directory / "optimizer_state.pt")
+    if best_state is not None:
+        torch.save(best_state, directory / "best_model_state.pt")
+    (directory / "train_state.json").write_text(state.to_json())
+
+
+def load_checkpoint(directory: Path) -> tuple[dict, dict, dict | None, TrainState]:
+    load = lambda name: torch.load(directory / name, map_location="cpu", weights_only=True)  # noqa: E731
+    best = load("best_model_state.pt") if (directory / "best_model_state.pt").exists() else None
+    state = TrainState.from_json((directory / "train_state.json").read_text())
+    return load("model_state.pt"), load("optimizer_state.pt"), best, state
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+
+
+# ------------------------------------------------------------------------------ one epoch
+@dataclass
+class EpochResult:
+    loss: float
+    class_loss: float
+    mask_loss: float
+    steps: int
+    diverged: str | None = None  # why the epoch stopped early, if it did
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    cfg: Config,
+    device: torch.device,
+    state: TrainState,
+) -> EpochResult:
+    model.train()
+    t = cfg.train
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp)
+    sums = torch.zeros(4, dtype=torch.float64)
+    steps = 0
+    for batch in loader:
+        if t.steps_per_epoch is not None and steps >= t.steps_per_epoch:
+            break
+        b = _to_device(batch, device)
+        with autocast:
+            out = model(b["x"], cam=t.lambda_mask > 0)
+        terms = total_loss(
+            out.logits, out.hirescam, b["y"], b["region_bits"], b["grid"], t.lambda_mask, t.mask_loss
+        )
+        # Every rank sees the same (summed) figures, so all decide alike on a bad step.
+        step_stats = all_reduce_sum(
+            torch.stack([terms.total.detach(), terms.cls.detach(), terms.mask.detach(), torch.ones((), device=device)])
+            .double()
+            .to(device)
+        ).cpu()
+        n_ranks = float(step_stats[3])
+        mean_total = float(step_stats[0]) / n_ranks
+        if state.reference_loss is None and math.isfinite(mean_total):
+            state.reference_loss = mean_total
+        limit = t.explode_factor * max(abs(state.reference_loss or 0.0), 1.0)
+        if not math.isfinite(mean_total):
+            return EpochResult(*_means(sums), steps, diverged=f"loss is {mean_total} at step {steps + 1}")
+        if mean_total > limit:
+            return EpochResult(
+                *_means(sums),
+                steps,
+                diverged=f"loss {mean_total:.4g} exceeds {t.explode_factor:g} x the first loss "
+                f"({state.reference_loss:.4g}) at step {steps + 1}",
+            )
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+        sums += step_stats
+        steps += 1
+    return EpochResult(*_means(sums), steps)
+
+
+def _means(sums: torch.Tensor) -> tuple[float, float, float]:
+    n = float(sums[3])
+    if n == 0:
+        return (math.nan, math.nan, math.nan)
+    return (float(sums[0]) / n, float(sums[1]) / n, float(sums[2]) / n)
+
+
+@torch.no_grad()
+def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) -> dict[str, float]:
+    """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards."""
+    from ctplatform.eval.metrics import auroc_per_label, auroc_summary, organ_iou
+    from ctplatform.partition.allowed_regions import allowed_regions
+
+    t = cfg.train
+    model.eval()
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp)
+    cls_sum = mask_sum = 0.0
+    n = 0
+    ys, scores, ious = [], [], []
+    for batch in loader:
+        b = _to_device(batch, device)
+        with autocast:
+            out = model(b["x"], cam=True)
+        logits, cam = out.logits.float(), out.hirescam.float()
+        g_true = allowed_regions(b["region_bits"], b["grid"])
+        for k in range(logits.shape[0]):  # per scan, so the mean does not depend on batch layout
+            cls_sum += float(class_loss(logits[k : k + 1], b["y"][k : k + 1]))
+            mask_sum += float(mask_loss(cam[k : k + 1], ~g_true[k : k + 1], t.mask_loss))
+        n += logits.shape[0]
+        ys.append(b["y"].cpu().numpy())
+        scores.append(logits.cpu().numpy())
+        iou = organ_iou(cam, g_true, positive=b["y"] > 0, thresholds=np.array([t.organ_iou_threshold]))
+        ious.append(iou[..., 0][np.isfinite(iou[..., 0])])
+    parts = all_gather_objects(
+        (cls_sum, mask_sum, n, _cat(ys, 2), _cat(scores, 2), np.concatenate(ious) if ious else np.zeros(0))
+    )
+    n_all = sum(p[2] for p in parts)
+    if n_all == 0:
+        raise ValueError("the validation split is empty")
+    val_cls = sum(p[0] for p in parts) / n_all
+    val_mask = sum(p[1] for p in parts) / n_all
+    y_all = np.concatenate([p[3] for p in parts])
+    s_all = np.concatenate([p[4] for p in parts])
+    iou_all = np.concatenate([p[5] for p in parts])
+    auroc = auroc_summary(auroc_per_label(y_all, s_all))
+    return {
+        "val_loss": val_cls + t.lambda_mask * val_mask,
+        "val_class_loss": val_cls,
+        "val_mask_loss": val_mask,
+        "val_auroc_median": auroc["auroc_median"],
+        "val_auroc_labels": auroc["auroc_labels"],
+        "val_organ_iou": float(iou_all.mean()) if iou_all.size else math.nan,
+        "val_scans": n_all,
+    }
+
+
+def _cat(arrays: list[np.ndarray], ndim: int) -> np.ndarray:
+    return np.concatenate(arrays) if arrays else np.zeros((0,) * (ndim - 1) + (80,), np.float32)
+
+
+def write_outcome(config: dict[str, Any], status: str, metrics: dict[str, Any], reason: str | None = None) -> None:
+    """Rank 0: the attempt's outcome beside the checkpoints, for the driver (see rundir.py)."""
+    if config.get("storage_path") and config.get("run_name"):
+        from ctplatform.train import rundir
+
+        payload = {"status": status, "stop_reason": reason, "metrics": metrics}
+        rundir.write_json(config["storage_path"], config["run_name"], rundir.OUTCOME, payload)
+
+
+# ------------------------------------------------------------------------------ the worker function
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. config: {"cfg": Config as JSON dict, "mlflow_run_id", "tracking_uri"}."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.model_validate(config["cfg"])
+    t = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if isinstance(device, list):
+        device = device[0]
+
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed)
+    model = build_model(cfg)
+    state, best_state, opt_state = TrainState(), None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model_state, opt_state, best_state, state = load_checkpoint(Path(d))
+        model.load_state_dict(model_state)
+        if rank == 0:
+            log.info("restored checkpoint: continuing at epoch %d", state.next_epoch)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+        for group in optimizer.param_groups:  # a resume may change them (e.g. a lower lr after divergence)
+            group["lr"], group["momentum"] = t.lr, t.momentum
+
+    tracker = None
+    if rank == 0 and config.get("mlflow_run_id"):
+        from ctplatform.train.tracking import RankZeroTracker
+
+        tracker = RankZeroTracker(config["tracking_uri"], config["mlflow_run_id"])
+
+    if (
+        state.status in (STATUS_COMPLETED, STATUS_EARLY_STOPPED)
+        and state.next_epoch < t.epochs
+        and state.bad_epochs < t.early_stopping_patience
+    ):
+        state.status = STATUS_RUNNING  # a resume with more epochs (or patience) extends a finished run
+    if state.status != STATUS_RUNNING:  # a resumed run that had already finished: redo the final logging
+        if tracker is not None and best_state is not None:
+            tracker.log_best(copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status})
+        if rank == 0:
+            write_outcome(config, state.status, state.last_metrics)
+        ray.train.report(state.last_metrics)
+        return
+
+    store = Store(cfg.store_path)
+    train_index = load_split(store, t.splits["train"])
+    val_index = load_split(store, t.splits["valid"])
+    train_set = StoreDataset.from_config(cfg, train_index, augment=True)
+    val_set = StoreDataset.from_config(cfg, val_index, augment=False)
+    sampler = EpochSampler(len(train_set), rank, world, seed=t.seed)
+    train_loader = make_loader(train_set, sampler, t.batch_size, t.loader_workers)
+    val_loader = make_loader(val_set, ShardSampler(len(val_set), rank, world), t.batch_size, t.loader_workers)
+
+    attempt_start_epoch = state.next_epoch  # > 0 after a recovery or a resume
+    for epoch in range(state.next_epoch, t.epochs):
+        sampler.set_epoch(epoch)
+        result = train_one_epoch(model, train_loader, optimizer, cfg, device, state)
+        if result.diverged:
+            metrics = {"epoch": epoch, "status": STATUS_DIVERGED}
+            if rank == 0:
+                log.error("training diverged: %s; the last good checkpoint is kept", result.diverged)
+                write_outcome(config, STATUS_DIVERGED, metrics, result.diverged)
+            # No checkpoint: the last good one stays the latest.
+            ray.train.report(metrics)
+            return
+        val = validate(unwrap(model), val_loader, cfg, device)
+        improved = val["val_loss"] < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_epoch, state.bad_epochs = val["val_loss"], epoch, 0
+            best_state = _cpu_state(model)
+        else:
+            state.bad_epochs += 1
+        state.next_epoch = epoch + 1
+        if state.bad_epochs >= t.early_stopping_patience:
+            state.status = STATUS_EARLY_STOPPED
+        elif state.next_epoch >= t.epochs:
+            state.status = STATUS_COMPLETED
+        metrics = {
+            "epoch": epoch,
+            "steps": result.steps,
+            "train_loss": result.loss,
+            "train_class_loss": result.class_loss,
+            "train_mask_loss": result.mask_loss,
+            **val,
+            "best_val_loss": state.best_val_loss,
+            "best_epoch": state.best_epoch,
+            "weights_rank_spread": weights_rank_spread(model),
+            "attempt_start_epoch": attempt_start_epoch,
+            "status": state.status,
+        }
+        state.last_metrics = metrics
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                save_checkpoint(Path(tmp), model, optimizer, best_state, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            else:
+                ray.train.report(metrics)
+        if tracker is not None:
+            tracker.log_epoch(metrics, epoch)
+        if state.status != STATUS_RUNNING:
+            break
+
+    if tracker is not None and best_state is not None:
+        tracker.log_best(copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status})
+    if rank == 0:
+        write_outcome(config, state.status, state.last_metrics)

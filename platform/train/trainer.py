@@ -1,0 +1,251 @@
+"""The training driver: checks the inputs, creates the MLflow run, builds and fits a Ray Train TorchTrainer.
+
+    outcome = run_training(cfg)                       # a new run
+    outcome = run_training(cfg, resume=True)          # continue the latest run in the storage path
+
+`build_trainer` is reusable on its own: a Tune trial's driver function creates its MLflow run with
+`tracking.start_mlflow_run(cfg, name, parent_run_id=...)` and fits
+`build_trainer(cfg, run_name=name, mlflow_run_id=..., callbacks=[TuneReportCallback()])`.
+
+Runs live in the storage path (`train.storage_path`, default <workdir>/ray_results; local, NFS or
+s3://) as `<storage>/<run name>/`; beside Ray Train's checkpoints, small JSON files (rundir.py)
+record the MLflow run id, so `--resume` continues both the checkpoints and the MLflow run, and the
+outcome of the last attempt. Ray Train V2 restores a run whose name and storage path match an
+earlier one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ctplatform.config import Config
+from ctplatform.store import Store
+from ctplatform.train import rundir
+from ctplatform.train.dataset import check_grid_masks, load_split
+
+if TYPE_CHECKING:
+    from ray.train.torch import TorchTrainer
+
+log = logging.getLogger("ctplatform.train")
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or exploded; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    run_name: str
+    storage_path: str
+    status: str  # completed | early_stopped | diverged
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    mlflow_run_id: str | None
+    experiment_id: str | None
+    tracking_uri: str
+
+
+# ------------------------------------------------------------------------------ configuration for workers
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def storage_root(cfg: Config) -> str:
+    """Ray Train storage path: train.storage_path, else <workdir>/ray_results (absolute)."""
+    if cfg.train.storage_path:
+        p = cfg.train.storage_path
+        return p if _is_url(p) else str(Path(p).expanduser().resolve())
+    return str((cfg.workdir / "ray_results").resolve())
+
+
+def worker_config(cfg: Config) -> Config:
+    """A copy with absolute local paths: workers may run in another directory or on another node."""
+    c = cfg.model_copy(deep=True)
+    c.workdir = cfg.workdir.expanduser().resolve()
+    if not _is_url(cfg.store_path):
+        c.store = str(Path(cfg.store_path).expanduser().resolve())
+    if cfg.model.pretrained_weights is not None:
+        c.model.pretrained_weights = cfg.model.pretrained_weights.expanduser().resolve()
+    return c
+
+
+def resolve_use_gpu(cfg: Config) -> bool:
+    """train.use_gpu, with "auto" meaning: the connected Ray cluster has GPUs."""
+    if cfg.train.use_gpu != "auto":
+        return bool(cfg.train.use_gpu)
+    import ray
+
+    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def build_trainer(
+    cfg: Config,
+    *,
+    run_name: str,
+    mlflow_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    callbacks: list[Any] | None = None,
+    storage_path: str | None = None,
+) -> "TorchTrainer":
+    """A TorchTrainer (Train V2) running `loop.train_loop_per_worker` with this configuration.
+
+    Rank 0 logs to `mlflow_run_id` (none: no MLflow logging); `callbacks` are Ray Train user
+    callbacks (e.g. Tune's TuneReportCallback).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ctplatform.train.loop import train_loop_per_worker
+
+    wcfg = worker_config(cfg)
+    t = wcfg.train
+    use_gpu = resolve_use_gpu(wcfg)
+    storage = storage_path or storage_root(wcfg)
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": wcfg.model_dump(mode="json"),
+            "mlflow_run_id": mlflow_run_id,
+            "tracking_uri": tracking_uri or wcfg.tracking_uri,
+            "storage_path": storage,
+            "run_name": run_name,
+        },
+        # backend None: NCCL on GPU workers, gloo on CPU ones (the same code path).
+        torch_config=TorchConfig(backend=None),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoints_to_keep),
+            callbacks=callbacks,
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------ run records (resume)
+def read_run_record(storage: str, run_name: str) -> dict[str, Any] | None:
+    return rundir.read_json(storage, run_name, rundir.RUN_RECORD)
+
+
+def latest_run_name(storage: str) -> str | None:
+    """The most recently created run in the storage path (by its record), or None."""
+    records = rundir.list_records(storage)
+    if not records:
+        return None
+    return max(records, key=lambda r: (float(r.get("created", 0)), r["run_name"]))["run_name"]
+
+
+def new_run_name(cfg: Config) -> str:
+    lam = f"{cfg.train.lambda_mask:.3g}".replace(".", "p")
+    return f"axialnet-{cfg.model.geometry.name}-{cfg.train.grid_variant}-lambda{lam}-{uuid.uuid4().hex[:8]}"
+
+
+def resolve_run(storage: str, resume: bool, run_name: str | None) -> tuple[str, dict[str, Any] | None]:
+    """(run name, its record when resuming); clear errors for a missing or clashing run."""
+    if resume:
+        name = run_name or latest_run_name(storage)
+        if name is None:
+            raise FileNotFoundError(f"--resume: no earlier training run in {storage}; start one without --resume")
+        record = read_run_record(storage, name)
+        if record is None:
+            raise FileNotFoundError(
+                f"--resume: run {name!r} is not in {storage} (runs there: see `ls {storage}`)"
+            )
+        return name, record
+    name = run_name or None
+    if name is not None and read_run_record(storage, name) is not None:
+        raise FileExistsError(
+            f"run {name!r} already exists in {storage}: pass --resume to continue it, or choose another --run-name"
+        )
+    return name, None
+
+
+# ------------------------------------------------------------------------------ the driver
+def check_inputs(cfg: Config) -> tuple[int, int]:
+    """(n_train, n_valid) after checking splits, labels and grid masks exist; clear errors otherwise."""
+    store = Store(cfg.store_path)
+    if not store.exists():
+        raise FileNotFoundError(f"no store at {cfg.store_path}: pass --store or run `ctplatform ingest` first")
+    counts = []
+    for role in ("train", "valid"):
+        split = cfg.train.splits[role]
+        index = load_split(store, split)
+        if len(index) == 0:
+            raise ValueError(
+                f"no labelled scans with status ok in split {split!r} of {store.root}; "
+                f"check manifest.parquet's split column or set train.splits.{role}"
+            )
+        check_grid_masks(store, cfg.model.geometry, cfg.train.grid_variant, index.ids)
+        counts.append(len(index))
+    return counts[0], counts[1]
+
+
+def run_training(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+) -> TrainingOutcome:
+    """Train one AxialNet on the configured store; returns where the run and its results are.
+
+    Raises TrainingDivergedError when the loss became NaN or exploded (the MLflow run is FAILED and
+    the last good checkpoint is kept), and Ray's TrainingFailedError when workers kept failing.
+    """
+    from ctplatform.runtime import init_ray
+    from ctplatform.train.tracking import finish_mlflow_run, start_mlflow_run
+
+    n_train, n_valid = check_inputs(cfg)
+    storage = storage_root(cfg)
+    name, record = resolve_run(storage, resume, run_name)
+    tracking_uri = cfg.tracking_uri
+    if record is not None:
+        mlflow_run_id = record["mlflow_run_id"]
+        experiment_id = record.get("experiment_id")
+        from ctplatform.runtime import setup_mlflow
+
+        setup_mlflow(cfg)
+        log.info("resuming run %s (MLflow run %s)", name, mlflow_run_id)
+    else:
+        name = name or new_run_name(cfg)
+        mlflow_run_id = start_mlflow_run(cfg, name, parent_run_id=parent_run_id, n_train=n_train, n_valid=n_valid)
+        import mlflow
+
+        experiment_id = mlflow.get_run(mlflow_run_id).info.experiment_id
+        rundir.write_json(
+            storage,
+            name,
+            rundir.RUN_RECORD,
+            {"run_name": name, "mlflow_run_id": mlflow_run_id, "experiment_id": experiment_id, "created": time.time()},
+        )
+    rundir.remove(storage, name, rundir.OUTCOME)  # only this attempt's outcome counts
+    init_ray(cfg)
+    trainer = build_trainer(cfg, run_name=name, mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, storage_path=storage)
+    try:
+        result = trainer.fit()
+    except BaseException as e:
+        finish_mlflow_run(mlflow_run_id, "FAILED" if not isinstance(e, KeyboardInterrupt) else "KILLED", type(e).__name__)
+        raise
+    reported = rundir.read_json(storage, name, rundir.OUTCOME) or {}
+    metrics = dict(reported.get("metrics") or result.metrics or {})
+    status = str(reported.get("status") or metrics.get("status", "unknown"))
+    checkpoint_path = result.checkpoint.path if result.checkpoint is not None else None
+    outcome = TrainingOutcome(
+        name, storage, status, metrics, checkpoint_path, mlflow_run_id, experiment_id, tracking_uri
+    )
+    if status == "diverged":
+        reason = str(reported.get("stop_reason", "non-finite loss"))
+        finish_mlflow_run(mlflow_run_id, "FAILED", f"diverged: {reason}")
+        raise TrainingDivergedError(
+            f"training stopped: {reason}. The last good checkpoint is kept at {checkpoint_path or '(none yet)'}; "
+            "lower train.lr, check the inputs, or resume from that checkpoint with --resume"
+        )
+    finish_mlflow_run(mlflow_run_id, "FINISHED", status)
+    return outcome
