@@ -235,7 +235,9 @@ def generate_cohort(
                 failure(row, err)
             bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+        ctx = get_context("forkserver")  # no fork: the caller may hold threads (Ray, tqdm)
+        ctx.set_forkserver_preload(["ctplatform.phantom.generate", "ctplatform.phantom.nifti"])  # import once
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futs = [(row, pool.submit(make_one, str(out), seed, row, size, row["index"] < preview)) for row in todo]
             for row, f in futs:
                 try:
