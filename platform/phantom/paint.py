@@ -42,6 +42,11 @@ def render_anatomy(p: Patient, grid: Grid, trees: bool = True) -> tuple[np.ndarr
     _paint(hu, org, fat, HU["fat"], C["subcutaneous_fat"])
     muscle = ((x / aM) ** 2 + ((y - yM) / bM) ** 2 < 1) & above_table
     _paint(hu, org, muscle, HU["muscle"], C["soft_tissue"])
+    # a fat plane between the pectoral and the deeper chest-wall muscles, front and sides
+    half_m = 0.5 * p.muscle
+    q_plane = (x / (aM - half_m)) ** 2 + ((y - yM) / (bM - half_m)) ** 2
+    plane = (q_plane < 1) & (q_plane > (1 - 2.4 / (aM - half_m)) ** 2) & (y - yM < 0.2 * bM) & (z < 0.75 * p.L)
+    _paint(hu, org, plane, HU["fat"], C["soft_tissue"])
 
     # ribs, costal cartilage, scapulae, sternum: bands in the ring just outside the cavity
     yr = y - yc
