@@ -306,7 +306,8 @@ def label_rows(lesions: list[Lesion], cardiomegaly: bool, pericardial: bool) -> 
         for lab in les.labels:
             group = lab.split("_")[0] if not lab.startswith("great_vessel") else "great_vessel"
             if group == "lung":
-                locs = {f"{s}_lung" for s in les.sides} if les.kind != "emphysema" else {"lung"}
+                side_less = les.kind == "emphysema" and not les.params.get("bilateral_wording")
+                locs = {"lung"} if side_less else {f"{s}_lung" for s in les.sides}
             else:
                 locs = {group}
             found.setdefault(lab, set()).update(locs)

@@ -172,7 +172,11 @@ def place_emphysema(p: Patient, plan: Plan, rng, spec: dict[str, Any]) -> Lesion
         if cand.any():
             r = rng.uniform(9.0, 15.0)
             blobs.append((tuple(_pick(plan, rng, cand, "a bulla")), (r, r, r), None))
-    return Lesion("emphysema", ("lung_emphysema",), None, None, 0.0, blobs, {"sides": ("right", "left")})
+    # the report either names both lungs ("in the upper lobes") or no side at all ("Centrilobular
+    # emphysema."): the label rows follow the wording (right_lung + left_lung, or lung)
+    stated = bool(spec.get("bilateral_wording", rng.random() < 0.5))
+    return Lesion("emphysema", ("lung_emphysema",), None, None, 0.0, blobs,
+                  {"sides": ("right", "left"), "bilateral_wording": stated})
 
 
 def _sides(rng, spec: dict[str, Any], p_both: float) -> tuple[str, ...]:

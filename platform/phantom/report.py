@@ -46,13 +46,19 @@ def write_report(lesions: list[Lesion], cardiomegaly: bool, pericardial_mm: floa
         findings.append(c(["The lungs are clear.", "Lungs are clear bilaterally.", "The lungs are well aerated and clear."]))
     for les in by.get("emphysema", []):
         bullae = any(r[0] >= 9.0 for _, r, _ in les.blobs)
-        s = c(["Centrilobular emphysema, most pronounced in the upper lobes.",
-               "Moderate centrilobular emphysema with upper lobe predominance.",
-               "Emphysematous changes are present in the upper lobes."])
-        if bullae:
-            s = s[:-1] + c([", with apical bullae.", ". Paraseptal bullae are seen at the apices."])
+        if les.params.get("bilateral_wording"):  # both lungs named: rows right_lung + left_lung
+            s = c(["Centrilobular emphysema, most pronounced in the upper lobes.",
+                   "Emphysematous changes are present in both upper lobes.", "Bilateral upper lobe emphysema."])
+            if bullae:
+                s = s[:-1] + c([", with apical bullae.", ". Paraseptal bullae are seen at the apices."])
+            impression.append(c(["Bilateral emphysema.", "Emphysema in both lungs."]))
+        else:  # no side stated: row lung
+            s = c(["Centrilobular emphysema.", "Moderate centrilobular emphysema with upper lobe predominance.",
+                   "Mild emphysema."])
+            if bullae:
+                s = s[:-1] + c([", with bullae.", ". Paraseptal emphysema with bullae."])
+            impression.append("Emphysema.")
         findings.append(s)
-        impression.append("Emphysema.")
     for les in sorted(by.get("nodule", []), key=lambda x: -x.size_mm):
         d, lobe = int(les.size_mm), LOBE_WORDS[les.lobe]
         findings.append(c([f"There is a {d} mm nodule in the {lobe}.",
@@ -100,8 +106,8 @@ def write_report(lesions: list[Lesion], cardiomegaly: bool, pericardial_mm: floa
         impression.append(f"{_cap(size)} {side} pleural effusion.")
     rest = [s for s in atel_sides if s not in joined]
     if len(rest) == 2:
-        findings.append(c(["Dependent atelectasis in the right and left lower lobes.",
-                           "Atelectasis at the right and left lung bases."]))
+        findings.append(c(["Dependent atelectasis in the right lower lobe and left lower lobe.",
+                           "Atelectasis at the right and left lung bases.", "Bibasilar atelectasis."]))
     elif rest:
         findings.append(c([f"Dependent atelectasis in the {rest[0]} lower lobe.",
                            f"Subsegmental atelectasis at the {rest[0]} lung base.",

@@ -26,6 +26,7 @@ TERMS: dict[str, tuple[str, ...]] = {
 }
 NEGATION = re.compile(r"\b(no|without|negative for)\b")
 NORMAL = re.compile(r"\b(normal|unremarkable|clear|patent)\b")
+BILATERAL = re.compile(r"\b(bilateral|bibasilar|both|lobes|apices)\b")
 SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(mm|cm)\b")
 #: Words the phantom must never write: a labeller would find labels the phantom does not draw.
 FORBIDDEN = ("opaci", "density", "densities", "plaque", "scatter", "lesion", "linear", "dilat", "disease",
@@ -54,6 +55,8 @@ def asserted(report: str) -> set[tuple[str, str]]:
                 continue
             if label.startswith("lung_"):
                 sides = [w for w in ("right", "left") if re.search(rf"\b{w}\b", s)]
+                if BILATERAL.search(s):
+                    sides = ["right", "left"]
                 locs = [f"{w}_lung" for w in sides] or ["lung"]
             else:
                 locs = [label.split("_")[0] if not label.startswith("great_vessel") else "great_vessel"]

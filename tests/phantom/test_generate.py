@@ -246,3 +246,12 @@ def test_cardiomegaly_enlarges_the_same_patient():
     assert (big.organs == heart).sum() > 1.6 * (base.organs == heart).sum()
     assert big.fat_mm == base.fat_mm and big.hu.shape == base.hu.shape  # the rest of the patient is unchanged
     assert np.array_equal(big.lesions["heart_cardiomegaly"], big.organs == heart)
+
+
+def test_platform_sarle_reads_the_reports_exactly():
+    """The platform's rule-based labeller recovers exactly the truth rows from phantom reports."""
+    labeler = pytest.importorskip("ctplatform.partition.sarle.labeler")
+    for seed in range(16):
+        ph = make_phantom(3000 + seed, "tiny", None if seed % 4 else ALL_FINDINGS)
+        truth = {(a, loc) for a, loc, v in ph.label_rows if v}
+        assert labeler.label_report(ph.report) == truth, ph.report
