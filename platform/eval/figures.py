@@ -65,14 +65,6 @@ def curves_from_sums(sums: SliceSums, label_indices: list[int]) -> list[SliceCur
     return out
 
 
-def curve_labels_from_counts(sums: SliceSums, k: int = 9, min_each: int = 2) -> list[int]:
-    """The k labels with the most balanced presence (each side needs min_each scans to draw a band)."""
-    pos, neg = sums.n_pos, sums.n_neg
-    ok = np.nonzero((pos >= min_each) & (neg >= min_each))[0]
-    order = ok[np.argsort(-np.minimum(pos[ok], neg[ok]), kind="stable")]
-    return [int(i) for i in order[:k]]
-
-
 def _slice_up(grid_slice: np.ndarray, shape: tuple[int, int], mode: str) -> np.ndarray:
     """[D1, D2] -> [Y, X]; a depth of one makes trilinear interpolation bilinear in-plane."""
     return upsample_grid(grid_slice[None], (1, *shape), mode=mode)[0]

@@ -68,8 +68,8 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     """Evaluate MLflow run `run_id` on `split` (default cfg.eval.split); see the module docstring."""
     import ray
 
-    from ctplatform.eval.figures import choose_figure_scans, curve_labels_from_counts, curves_from_sums
-    from ctplatform.eval.plots import plot_slice_scores
+    from ctplatform.eval.figures import choose_figure_scans, curves_from_sums
+    from ctplatform.eval.plots import choose_curve_labels, plot_slice_scores
     from ctplatform.eval.report import predictions_frame, scan_key, write_summary
     from ctplatform.eval.summary import evaluate_scores
     from ctplatform.eval.tracking import log_evaluation
@@ -165,9 +165,10 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
 
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    labels = (
-        [label_by_name(n).index for n in e.curve_labels] if e.curve_labels else curve_labels_from_counts(sums)
-    )
+    if e.curve_labels:
+        labels = [label_by_name(n).index for n in e.curve_labels]
+    else:
+        labels = choose_curve_labels(sums.n_pos, sums.n_neg)
     files: list[Path] = []
     if labels:
         files.append(

@@ -71,11 +71,13 @@ def slice_score_curves(slice_scores: np.ndarray, y_true: np.ndarray, label_indic
     return out
 
 
-def choose_curve_labels(y_true: np.ndarray, k: int = 9, min_each: int = 2) -> list[int]:
-    """The k labels with the most balanced presence (both groups need `min_each` scans to draw a band)."""
-    pos = y_true.astype(bool).sum(axis=0)
-    neg = y_true.shape[0] - pos
-    ok = np.nonzero((pos >= min_each) & (neg >= min_each))[0]
+def choose_curve_labels(n_present: np.ndarray, n_absent: np.ndarray, k: int = 9) -> list[int]:
+    """The k labels with the most balanced presence: per label, scans with / without it ([80] each).
+
+    A label needs at least one scan on each side (a 95% band needs two).
+    """
+    pos, neg = np.asarray(n_present), np.asarray(n_absent)
+    ok = np.nonzero((pos >= 1) & (neg >= 1))[0]
     order = ok[np.argsort(-np.minimum(pos[ok], neg[ok]), kind="stable")]
     return [int(i) for i in order[:k]]
 
@@ -83,6 +85,8 @@ def choose_curve_labels(y_true: np.ndarray, k: int = 9, min_each: int = 2) -> li
 def plot_slice_scores(curves: list[SliceCurves], path: str | Path, title: str = "") -> Path:
     """A grid of per-slice score plots: orange with the abnormality, blue without, 95% bands."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     n = max(1, len(curves))
     cols = min(3, n)
     rows = int(np.ceil(n / cols))
@@ -100,10 +104,14 @@ def plot_slice_scores(curves: list[SliceCurves], path: str | Path, title: str = 
             ax.plot(h, mean, color=color, lw=1.6, label=f"{name} (n={cnt})")
             ax.fill_between(h, lo, hi, color=color, alpha=0.25, lw=0)
         ax.set_title(cur.label.replace("_", " "), fontsize=11)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # slice groups are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    for ax in axes[-1]:
-        ax.set_xlabel("slice group (0 = head end)")
+    for c in range(cols):  # label the lowest drawn plot of each column (the grid may be ragged)
+        col = [ax for ax in axes[:, c] if ax.get_visible()]
+        if col:
+            col[-1].xaxis.set_tick_params(labelbottom=True)
+            col[-1].set_xlabel("slice group (0 = head end)")
     for ax in axes[:, 0]:
         ax.set_ylabel("per-slice score C")
     fig.suptitle(title or "Per-slice abnormality scores: mean and 95% interval", fontsize=12)
@@ -137,14 +145,7 @@ def plot_explanations(rows: list[ExplanationSlice], path: str | Path, alpha: flo
                 # near-zero attention stays transparent so the anatomy under it remains readable
                 ax.imshow(np.ma.masked_less(heat, 0.05), cmap="jet", vmin=0, vmax=1, alpha=alpha,
                           interpolation="bilinear")
-                if row.allowed.any():
-                    # pad with "not allowed" so a region touching the image edge is still closed
-                    ny, nx = row.allowed.shape
-                    padded = np.pad(row.allowed.astype(float), 1)
-                    ax.contour(np.arange(-1, nx + 1), np.arange(-1, ny + 1), padded, levels=[0.5],
-                               colors="white", linewidths=1.4)
-                    ax.set_xlim(-0.5, nx - 0.5)
-                    ax.set_ylim(ny - 0.5, -0.5)
+                _draw_allowed(ax, row.allowed)
                 if heat.max() < 0.05:  # say so, rather than leave the reader guessing
                     ax.text(0.5, 0.04, "no positive attention on this slice", color="yellow", fontsize=8,
                             ha="center", transform=ax.transAxes)
@@ -161,8 +162,25 @@ def plot_explanations(rows: list[ExplanationSlice], path: str | Path, alpha: flo
         image = ScalarMappable(norm=Normalize(0, 1), cmap="jet")
         cbar = fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, pad=0.02)
         cbar.set_label("normalised attention (ReLU, min-max over the volume)")
-    fig.suptitle("HiResCAM vs Grad-CAM on the top slice (white outline: allowed region)", fontsize=12)
+    fig.suptitle("HiResCAM vs Grad-CAM on the top slice (white outline: allowed region; hatched: forbidden)", fontsize=12)
     return _save(fig, path)
+
+
+def _draw_allowed(ax, allowed: np.ndarray) -> None:
+    """Outline the allowed region in white and hatch the forbidden one, so the two cannot be confused."""
+    import matplotlib.pyplot as plt
+
+    ny, nx = allowed.shape
+    xs, ys = np.arange(nx), np.arange(ny)
+    if (~allowed).any():
+        with plt.rc_context({"hatch.color": "white", "hatch.linewidth": 0.6}):
+            ax.contourf(xs, ys, (~allowed).astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
+    if allowed.any():
+        # pad with "not allowed" so a region touching the image edge is still closed
+        padded = np.pad(allowed.astype(float), 1)
+        ax.contour(np.arange(-1, nx + 1), np.arange(-1, ny + 1), padded, levels=[0.5], colors="white", linewidths=1.6)
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(ny - 0.5, -0.5)
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -28,7 +28,7 @@ def test_slice_score_curves_separate_present_and_absent(tmp_path):
     y = rng.random((n, 80)) < 0.4
     c = rng.normal(size=(n, 80, h))
     c += 2.0 * y[:, :, None] * np.exp(-((np.arange(h) - 10) ** 2) / 20)[None, None, :]
-    labels = choose_curve_labels(y, k=4)
+    labels = choose_curve_labels(y.sum(axis=0), (~y).sum(axis=0), k=4)
     assert len(labels) == 4
     curves = slice_score_curves(c, y, labels)
     for cur in curves:
