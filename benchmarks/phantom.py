@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--no-paper", action="store_true", help="skip the paper-size scan (needs ~2.5 GB)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
+    described = machine()  # before the run: the load average it reports is the machine's, not ours
     rows = []
     t_par = cohort_seconds(args.n, cores)
     t_ser = cohort_seconds(args.n, 1)
@@ -120,7 +121,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         "# Phantom generation benchmark\n\n"
-        f"Machine: {machine()}\n\n"
+        f"Machine: {described}\n\n"
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `python benchmarks/phantom.py"
         + (f" --n {args.n}" if args.n != 60 else "") + (" --no-paper" if args.no_paper else "")
         + "` (timings on a shared machine are noisy)\n\n"
