@@ -32,7 +32,9 @@ def _evaluation(cfg: Config, run_id: str, split: str, tmp: str) -> tuple[str, pd
     per_label = pd.read_csv(_fetch(eval_id, "per_label.csv", str(d)))
     prefix = f"{split}_"
     metrics = {
-        k[len(prefix):]: v for k, v in MlflowClient().get_run(eval_id).data.metrics.items() if k.startswith(prefix)
+        k[len(prefix):]: v
+        for k, v in MlflowClient().get_run(eval_id).data.metrics.items()
+        if k.startswith(prefix) and "/" not in k  # per-label metrics are in per_label.csv
     }
     return eval_id, pred, per_label, metrics
 

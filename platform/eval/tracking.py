@@ -35,6 +35,10 @@ HEADLINE = (
 )
 
 
+#: Per-label columns of the evaluation logged as metrics.
+PER_LABEL_METRICS = ("auroc", "organ_iou_hirescam", "organ_iou_gradcam", "lesion_dice_hirescam", "loc_utility_hirescam")
+
+
 def _finite(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     out = {}
     for k, v in metrics.items():
@@ -70,6 +74,10 @@ def log_evaluation(
     eval_id = run.info.run_id
     now = int(1000 * time.time())
     metrics = _finite(ev.metrics, f"{split}_")
+    # per-label numbers too, grouped by "/" in the MLflow UI (e.g. test_auroc/lung_nodule)
+    for col in PER_LABEL_METRICS:
+        if col in ev.per_label.columns:
+            metrics.update(_finite(dict(zip(ev.per_label["label"], ev.per_label[col])), f"{split}_{col}/"))
     params = {
         "split": split,
         "organ_iou_threshold_source": ev.threshold_source,

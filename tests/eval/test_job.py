@@ -131,6 +131,7 @@ def test_evaluate_logs_metrics_pictures_and_tables(setup):
     assert ev.data.tags["mlflow.parentRunId"] == runs[0]
     assert "test_auroc_median" in ev.data.metrics and "test_organ_iou_hirescam_overall" in ev.data.metrics
     assert -1 <= ev.data.metrics["test_sanity_rank_corr_mean"] <= 1
+    assert ev.data.metrics["test_auroc/lung_nodule"] == pytest.approx(nodule["auroc"])
     arts = {a.path for a in client.list_artifacts(ev.info.run_id)} | {
         a.path for a in client.list_artifacts(ev.info.run_id, "figures")}
     assert {"summary.md", "summary.html", "predictions.parquet", "figures/slice_scores.png"} <= arts
