@@ -116,6 +116,18 @@ def check_grid_masks(store: Store, geometry: ModelGeometry, variant: str, ids: l
         raise MissingGridMaskError(missing_grid_message(store.root, geometry.name, variant, missing))
 
 
+def check_volumes(store: Store, ids: list[str]) -> None:
+    """Raise FileNotFoundError naming the scans whose volume is absent or unfinished."""
+    have = set(store.volume_ids())
+    missing = [i for i in ids if i not in have]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(missing)} volume(s) of the manifest are not (completely) in {store.root}: {shown}. "
+            f"Re-run `ctplatform ingest` for that store (it resumes), or mark them failed in the manifest"
+        )
+
+
 # ------------------------------------------------------------------------------ one item
 def read_crop(volume: Any, input_shape: tuple[int, int, int]) -> np.ndarray:
     """Centre crop / pad of a [z, y, x] array (zarr or numpy) to input_shape, reading only the window."""

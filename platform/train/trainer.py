@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ctplatform.config import Config
 from ctplatform.store import Store
 from ctplatform.train import rundir
-from ctplatform.train.dataset import check_grid_masks, load_split
+from ctplatform.train.dataset import check_grid_masks, check_volumes, load_split
 
 if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer
@@ -182,6 +182,7 @@ def check_inputs(cfg: Config) -> tuple[int, int]:
                 f"no labelled scans with status ok in split {split!r} of {store.root}; "
                 f"check manifest.parquet's split column or set train.splits.{role}"
             )
+        check_volumes(store, index.ids)
         check_grid_masks(store, cfg.model.geometry, cfg.train.grid_variant, index.ids)
         counts.append(len(index))
     return counts[0], counts[1]

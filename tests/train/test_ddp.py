@@ -17,6 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from ctplatform.store import Store
 from ctplatform.train.model import load_from_run
 from ctplatform.train.trainer import TrainingDivergedError, read_run_record, run_training
 from tests.conftest import REPO
@@ -191,3 +192,6 @@ def test_clear_errors_before_launch(tmp_path: Path) -> None:
     cfg = small_config(tmp_path, tmp_path / "store")
     with pytest.raises(FileNotFoundError, match="no earlier training run"):
         run_training(cfg, resume=True)
+    Store(str(tmp_path / "store")).volume("vol001").attrs["complete"] = False  # a killed ingest
+    with pytest.raises(FileNotFoundError, match="vol001.*ctplatform ingest"):
+        run_training(cfg)
