@@ -37,7 +37,9 @@ def init_ray(cfg: Config) -> None:
     ray.init(
         address="local",
         num_cpus=cfg.ray.num_cpus,
-        include_dashboard=False,
+        # The dashboard serves Ray's state API, which Ray Train V2 polls to clean up after a dead
+        # controller; it binds to this machine only.
+        include_dashboard=True,
         dashboard_host="127.0.0.1",
     )
 
