@@ -157,7 +157,7 @@ def bench_hirescam(shape, pad, labels: int) -> dict[str, float]:
     x = _batch(geom)["x"]
     t0 = time.perf_counter()
     with torch.no_grad():
-        plain = model(x, cam=False)
+        model(x, cam=False)
     t_plain = time.perf_counter() - t0
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -7,26 +7,23 @@ with the last good checkpoint intact. Validation runs each rank on a disjoint sh
 unwrapped module (no collectives inside), then gathers the small per-scan results, so every rank
 computes the same validation loss and early-stopping decision.
 
-A checkpoint holds `model_state.pt`, `optimizer_state.pt`, `best_model_state.pt` (state dicts,
-saved with torch.save, loaded with weights_only=True) and `train_state.json`. On (re)start the
-latest checkpoint of the run, if any, is restored: after a worker failure (FailureConfig) or a
-`--resume` of a killed run.
+Each epoch ends with a checkpoint (state.py). On (re)start the latest checkpoint of the run, if
+any, is restored: after a worker failure (FailureConfig) or a `--resume` of a killed run.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import tempfile
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ctplatform.config import Config
 from ctplatform.store import Store
@@ -37,95 +34,21 @@ from ctplatform.train.dataset import (
     load_split,
     make_loader,
 )
-from ctplatform.train.losses import class_loss, forbidden_cells, mask_loss, total_loss
+from ctplatform.train.distributed import all_gather_objects, all_reduce_sum, weights_rank_spread
+from ctplatform.train.losses import class_loss, mask_loss, total_loss
 from ctplatform.train.model import AxialNet, build_model, unwrap
-
-log = logging.getLogger("ctplatform.train")
-
-STATUS_RUNNING, STATUS_EARLY_STOPPED, STATUS_COMPLETED, STATUS_DIVERGED = (
-    "running",
-    "early_stopped",
-    "completed",
-    "diverged",
+from ctplatform.train.state import (
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_EARLY_STOPPED,
+    STATUS_RUNNING,
+    TrainState,
+    cpu_state,
+    load_checkpoint,
+    save_checkpoint,
 )
 
-
-@dataclass
-class TrainState:
-    """What a resumed run needs besides the weights (train_state.json)."""
-
-    next_epoch: int = 0
-    best_val_loss: float = math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    reference_loss: float | None = None
-    status: str = STATUS_RUNNING
-    last_metrics: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d["best_val_loss"] = None if math.isinf(self.best_val_loss) else self.best_val_loss
-        return json.dumps(d)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TrainState":
-        d = json.loads(text)
-        d["best_val_loss"] = math.inf if d.get("best_val_loss") is None else d["best_val_loss"]
-        return cls(**d)
-
-
-# ------------------------------------------------------------------------------ distributed helpers
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    if not _distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def weights_rank_spread(model: torch.nn.Module) -> float:
-    """Largest difference between ranks of three parameter checksums (0.0: identical weights)."""
-    vec = torch.cat([p.detach().reshape(-1).double().cpu() for p in unwrap(model).parameters()])
-    sums = torch.stack([vec.sum(), vec.abs().sum(), (vec * vec).sum()])
-    gathered = torch.stack([torch.as_tensor(s) for s in all_gather_objects(sums)])
-    return float((gathered - gathered[0]).abs().max())
-
-
-# ------------------------------------------------------------------------------ checkpoints
-def save_checkpoint(
-    directory: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    best_state: dict[str, torch.Tensor] | None,
-    state: TrainState,
-) -> None:
-    torch.save(unwrap(model).state_dict(), directory / "model_state.pt")
-    torch.save(optimizer.state_dict(), directory / "optimizer_state.pt")
-    if best_state is not None:
-        torch.save(best_state, directory / "best_model_state.pt")
-    (directory / "train_state.json").write_text(state.to_json())
-
-
-def load_checkpoint(directory: Path) -> tuple[dict, dict, dict | None, TrainState]:
-    load = lambda name: torch.load(directory / name, map_location="cpu", weights_only=True)  # noqa: E731
-    best = load("best_model_state.pt") if (directory / "best_model_state.pt").exists() else None
-    state = TrainState.from_json((directory / "train_state.json").read_text())
-    return load("model_state.pt"), load("optimizer_state.pt"), best, state
-
-
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-
+log = logging.getLogger("ctplatform.train")
 
 # ------------------------------------------------------------------------------ one epoch
 @dataclass
@@ -148,6 +71,7 @@ def train_one_epoch(
     cfg: Config,
     device: torch.device,
     state: TrainState,
+    progress: "StepProgress | None" = None,
 ) -> EpochResult:
     model.train()
     t = cfg.train
@@ -188,7 +112,30 @@ def train_one_epoch(
         optimizer.step()
         sums += step_stats
         steps += 1
+        if progress is not None:
+            progress.step(steps, float(sums[0]) / float(sums[3]))
     return EpochResult(*_means(sums), steps)
+
+
+class StepProgress:
+    """Rank 0's progress lines within an epoch, at most one per `every_s` seconds (epochs on the
+    paper's data take hours)."""
+
+    def __init__(self, epoch: int, epochs: int, total: int, every_s: float = 60.0) -> None:
+        self.epoch, self.epochs, self.total, self.every_s = epoch, epochs, total, every_s
+        self.start = self.last = time.monotonic()
+
+    def step(self, done: int, mean_loss: float) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = done / (now - self.start)
+        eta = (self.total - done) / rate if rate > 0 else math.inf
+        log.info(
+            "epoch %d/%d: step %d/%d, mean loss %.4f, %.2f steps/s, ~%.0f s left in the epoch",
+            self.epoch + 1, self.epochs, done, self.total, mean_loss, rate, eta,
+        )
 
 
 def _means(sums: torch.Tensor) -> tuple[float, float, float]:
@@ -324,7 +271,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     attempt_start_epoch = state.next_epoch  # > 0 after a recovery or a resume
     for epoch in range(state.next_epoch, t.epochs):
         sampler.set_epoch(epoch)
-        result = train_one_epoch(model, train_loader, optimizer, cfg, device, state)
+        epoch_start = time.monotonic()
+        total_steps = len(train_loader) if t.steps_per_epoch is None else min(len(train_loader), t.steps_per_epoch)
+        progress = StepProgress(epoch, t.epochs, total_steps) if rank == 0 else None
+        result = train_one_epoch(model, train_loader, optimizer, cfg, device, state, progress)
         if result.diverged:
             metrics = {"epoch": epoch, "status": STATUS_DIVERGED}
             if rank == 0:
@@ -337,7 +287,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         improved = val["val_loss"] < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_epoch, state.bad_epochs = val["val_loss"], epoch, 0
-            best_state = _cpu_state(model)
+            best_state = cpu_state(model)
         else:
             state.bad_epochs += 1
         state.next_epoch = epoch + 1
@@ -359,6 +309,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "status": state.status,
         }
         state.last_metrics = metrics
+        if rank == 0:
+            log.info(
+                "epoch %d/%d (%.0f s): train loss %.4f (class %.4f, mask %.4f); validation loss %.4f, "
+                "median AUROC %.3f, OrganIoU %.3f%s",
+                epoch + 1, t.epochs, time.monotonic() - epoch_start, result.loss, result.class_loss,
+                result.mask_loss, val["val_loss"], val["val_auroc_median"], val["val_organ_iou"],
+                "" if state.status == STATUS_RUNNING else f"; {state.status.replace('_', ' ')}",
+            )
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 save_checkpoint(Path(tmp), model, optimizer, best_state, state)
