@@ -19,8 +19,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("phantom", "ctplatform.phantom.command"),
     ("ingest", "ctplatform.ingest.command"),
     ("partition", "ctplatform.partition.command"),
-    ("train", "ctplatform.train.command"),
     ("label-reports", "ctplatform.partition.sarle.command"),
+    ("train", "ctplatform.train.command"),
     ("evaluate", "ctplatform.eval.command"),
     ("compare", "ctplatform.eval.compare_command"),
 ]
