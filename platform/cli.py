@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("partition", "ctplatform.partition.command"),
     ("label-reports", "ctplatform.partition.sarle.command"),
     ("train", "ctplatform.train.command"),
+    ("tune", "ctplatform.train.tune_command"),
     ("evaluate", "ctplatform.eval.command"),
     ("compare", "ctplatform.eval.compare_command"),
 ]

@@ -183,20 +183,77 @@ class TrainConfig(Section):
         return v
 
 
+#: Per-epoch validation metrics a sweep can select on (reported by train/loop.py) and their better direction.
+TUNE_METRICS: dict[str, str] = {
+    "val_class_loss": "min",
+    "val_loss": "min",
+    "val_mask_loss": "min",
+    "val_auroc_median": "max",
+    "val_organ_iou": "max",
+}
+
+
 class TuneConfig(Section):
-    lambdas: list[float] = Field(default_factory=lambda: [0.0, 1 / 3])
-    variants: list[str] = Field(default_factory=lambda: list(GRID_VARIANTS))
-    lrs: list[float] | None = None
-    seeds: list[int] | None = None
+    """A Ray Tune sweep (`ctplatform tune`): each trial is one Ray Train run of the train section with
+    its lambda, grid variant, lr and seed replaced by the trial's values."""
+
+    lambdas: list[float] = Field(default_factory=lambda: [0.0, 1 / 3], description="mask-loss weights (0: class-only baseline)")
+    variants: list[str] = Field(default_factory=lambda: list(GRID_VARIANTS), description="grid-mask variants")
+    lrs: list[float] | None = Field(None, description="learning rates (None: train.lr)")
+    lr_range: tuple[float, float] | None = Field(
+        None, description="random search only: draw lr log-uniformly from [low, high] instead of lrs"
+    )
+    seeds: list[int] | None = Field(None, description="seeds (None: train.seed)")
     search: Literal["grid", "random"] = "grid"
-    num_samples: int = 1
-    metric: str = "val_loss"
-    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the whole grid; random: trials drawn")
+    # val_loss = class + lambda * mask differs in scale between lambdas, so it cannot rank them.
+    metric: str = Field("val_class_loss", description="validation metric for ASHA and the best trial")
+    mode: Literal["min", "max"] | None = Field(None, description="None: the metric's better direction (losses min, AUROC/OrganIoU max)")
     asha: bool = True
-    max_concurrent_trials: int | None = None
-    trial_cpus: float = 1.0
-    trial_gpus: float = 0.0
-    max_trial_retries: int = 1
+    asha_grace_period: int = Field(2, ge=1, description="epochs every trial runs before ASHA may stop it")
+    asha_reduction_factor: float = Field(3.0, gt=1, description="ASHA keeps the best 1/factor at each rung")
+    max_concurrent_trials: int | None = Field(
+        None, description="None: as many as the cluster's GPUs (or CPUs) fit at once"
+    )
+    # The trial's driver function only launches and watches its Ray Train run; the Train workers
+    # request train.num_workers x train.cpus_per_worker (and a GPU each) themselves.
+    trial_cpus: float = Field(0.0, ge=0, description="CPUs of a trial's driver function")
+    trial_gpus: float = Field(0.0, ge=0, description="GPUs of a trial's driver function (its workers get their own)")
+    trial_memory_gb: float = Field(0.5, ge=0, description="memory reserved for a trial's driver function")
+    max_trial_retries: int = Field(1, ge=0, description="retries of a failed trial before it is recorded as failed")
+    storage_path: str | None = Field(
+        None, description="Tune experiments (local, NFS or s3://); None: <workdir>/tune_results"
+    )
+
+    @field_validator("variants")
+    @classmethod
+    def _known_tune_variants(cls, v: list[str]) -> list[str]:
+        bad = sorted(set(v) - set(GRID_VARIANTS))
+        if bad or not v:
+            raise ValueError(f"tune.variants: unknown or none {bad}; choose from {list(GRID_VARIANTS)}")
+        return v
+
+    @field_validator("lambdas")
+    @classmethod
+    def _lambdas(cls, v: list[float]) -> list[float]:
+        if not v or any(x < 0 for x in v):
+            raise ValueError("tune.lambdas must list at least one weight, each >= 0")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in TUNE_METRICS:
+            raise ValueError(f"tune.metric {v!r} is not reported per epoch; choose from {list(TUNE_METRICS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _resources(self) -> "TuneConfig":
+        if self.mode is None:
+            object.__setattr__(self, "mode", TUNE_METRICS[self.metric])  # no re-validation loop
+        if self.trial_cpus == 0 and self.trial_gpus == 0 and self.trial_memory_gb == 0:
+            raise ValueError("a trial's driver must request something: set tune.trial_memory_gb > 0 (or trial_cpus)")
+        return self
 
 
 class EvalConfig(Section):

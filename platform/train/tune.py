@@ -1,0 +1,291 @@
+"""The sweep driver: Ray Tune over Ray Train runs of lambda x grid-mask variant (x lr x seed), in MLflow.
+
+    outcome = run_sweep(cfg)                               # a new sweep
+    outcome = run_sweep(cfg, resume=True)                  # continue the latest interrupted sweep
+    outcome = run_sweep(cfg, resume=True, name="sweep-...", retry_failed=True)
+
+Layout (tune.storage_path, default <workdir>/tune_results; local, NFS or s3://):
+    <storage>/<sweep>/                   Tune's experiment (state, one folder per trial id)
+    <storage>/<sweep>/ctplatform_sweep.json   the parent MLflow run and the sweep's configuration
+    <storage>/<sweep>/train_runs/<label>-<trial id>/   each trial's Ray Train run (checkpoints)
+
+A resumed sweep keeps the configuration it started with (from ctplatform_sweep.json) and the same
+parent run; `Tuner.restore` skips finished trials and restarts unfinished ones, whose Train runs
+continue from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler
+
+from ctplatform.config import Config
+from ctplatform.train import rundir
+from ctplatform.train.tune_space import (
+    concurrent_trials,
+    driver_bundle,
+    n_trials,
+    search_space,
+    trial_config,
+    trial_label,
+    varied_params,
+)
+from ctplatform.train.tune_table import TrialRow, best_trial
+from ctplatform.train.tune_trial import EPOCHS_DONE, SweepContext
+
+log = logging.getLogger("ctplatform.tune")
+
+SWEEP_RECORD = "ctplatform_sweep.json"
+TRAIN_RUNS = "train_runs"
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    name: str
+    experiment_path: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    rows: list[TrialRow]
+    best: TrialRow | None
+    markdown: str
+    wall_s: float
+
+
+# ------------------------------------------------------------------------------ storage and names
+def tune_storage_root(cfg: Config) -> str:
+    """tune.storage_path (absolute), else <workdir>/tune_results."""
+    p = cfg.tune.storage_path
+    if p:
+        return p if "://" in p else str(Path(p).expanduser().resolve())
+    return str((cfg.workdir.expanduser() / "tune_results").resolve())
+
+
+def latest_sweep(storage: str) -> str | None:
+    import json
+
+    fs, root = rundir._fs(storage)
+    records = []
+    for path in fs.glob(f"{root}/*/{SWEEP_RECORD}"):
+        with fs.open(path, "r") as f:
+            records.append(json.load(f))
+    if not records:
+        return None
+    return max(records, key=lambda r: (float(r.get("created", 0)), r["name"]))["name"]
+
+
+def resolve_sweep(storage: str, resume: bool, name: str | None) -> tuple[str, dict[str, Any] | None]:
+    """(sweep name, its record when resuming); clear errors for a missing or clashing sweep."""
+    if resume:
+        name = name or latest_sweep(storage)
+        if name is None:
+            raise FileNotFoundError(f"--resume: no earlier sweep in {storage}; start one without --resume")
+        record = rundir.read_json(storage, name, SWEEP_RECORD)
+        if record is None:
+            raise FileNotFoundError(f"--resume: sweep {name!r} is not in {storage} (sweeps there: see `ls {storage}`)")
+        return name, record
+    if name is not None and rundir.read_json(storage, name, SWEEP_RECORD) is not None:
+        raise FileExistsError(f"sweep {name!r} already exists in {storage}: pass --resume to continue it, or choose another --name")
+    return name or f"sweep-{uuid.uuid4().hex[:8]}", None
+
+
+def sweep_base_config(cfg: Config, train_storage: str) -> Config:
+    """The configuration every trial starts from: absolute paths (a trial runs in its own directory,
+    maybe on another node), the tracking URI written out, the trials' Train storage."""
+    from ctplatform.train.trainer import worker_config
+
+    base = worker_config(cfg)
+    base.mlflow.tracking_uri = cfg.tracking_uri
+    base.train.storage_path = train_storage
+    return base
+
+
+def check_sweep_inputs(cfg: Config) -> dict[str, str]:
+    """{variant: why its trials will fail} for variants whose grid masks are missing. Problems every
+    trial shares (no store, an empty split, unfinished volumes) raise: the sweep cannot run."""
+    from ctplatform.train.dataset import MissingGridMaskError
+    from ctplatform.train.trainer import check_inputs
+
+    problems: dict[str, str] = {}
+    for variant in cfg.tune.variants:
+        try:
+            check_inputs(trial_config(cfg, {"grid_variant": variant}))
+        except MissingGridMaskError as e:
+            problems[variant] = str(e)
+    if len(problems) == len(cfg.tune.variants):
+        raise MissingGridMaskError(next(iter(problems.values())))
+    return problems
+
+
+# ------------------------------------------------------------------------------ Tune pieces
+class TrainRunASHA(ASHAScheduler):
+    """ASHA that stops only trials whose Train run would go on. A run that reported its last epoch
+    (completed, early stopped, diverged) ends by itself; stopping it then saves nothing and kills
+    the trial while rank 0 still logs its best model (Tune does not wait for the trial's thread)."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == self.STOP and result.get("status") != "running":
+            self._num_stopped -= 1
+            return self.CONTINUE
+        return action
+
+
+class TrialNamer:
+    """Tune trial names ('area-dilated-lambda0p333_00003') and folder names (the trial id)."""
+
+    def __init__(self, varied: list[str]) -> None:
+        self.varied = set(varied)
+
+    def __call__(self, trial: Any) -> str:
+        return f"{trial_label(trial.config, self.varied)}_{trial.trial_id.rsplit('_', 1)[-1]}"
+
+
+def trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+def make_trainable(base: Config, ctx: SweepContext) -> Any:
+    from ray import tune
+
+    from ctplatform.train.tune_trial import run_trial
+
+    return tune.with_resources(
+        tune.with_parameters(run_trial, sweep=ctx.to_dict()),
+        tune.PlacementGroupFactory([driver_bundle(base)]),
+    )
+
+
+def make_tuner(base: Config, ctx: SweepContext, storage: str, concurrency: int, trainable: Any) -> Any:
+    from ray import tune
+
+    from ctplatform.train.tune_tracking import SweepTracker
+
+    t = base.tune
+    scheduler = None
+    if t.asha:
+        scheduler = TrainRunASHA(
+            time_attr=EPOCHS_DONE,
+            max_t=base.train.epochs,
+            grace_period=min(t.asha_grace_period, base.train.epochs),
+            reduction_factor=t.asha_reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(base),
+        tune_config=tune.TuneConfig(
+            metric=t.metric,
+            mode=t.mode,
+            scheduler=scheduler,
+            num_samples=t.num_samples,
+            max_concurrent_trials=concurrency,
+            trial_name_creator=TrialNamer(ctx.varied),
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=ctx.name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=t.max_trial_retries),
+            callbacks=[SweepTracker(ctx.to_dict())],
+            verbose=1,
+        ),
+    )
+
+
+def views_of_results(grid: Any) -> list[Any]:
+    """TrialViews of a finished ResultGrid (the trial id is the folder name: trial_dirname)."""
+    from ctplatform.train.tune_tracking import TrialView
+
+    views = []
+    for result in grid:
+        trial_id = Path(str(result.path).rstrip("/")).name
+        status = "ERROR" if result.error is not None else "TERMINATED"
+        views.append(TrialView(trial_id, dict(result.config or {}), status, dict(result.metrics or {})))
+    return views
+
+
+# ------------------------------------------------------------------------------ the driver
+def run_sweep(
+    cfg: Config, *, name: str | None = None, resume: bool = False, retry_failed: bool = False
+) -> SweepOutcome:
+    """Run (or resume) a sweep; returns its table rows, best trial and where everything is.
+
+    Raises FileNotFoundError / FileExistsError / ValueError for unusable inputs before anything starts.
+    """
+    import ray
+    from ray import tune
+
+    from ctplatform.runtime import init_ray, setup_mlflow
+    from ctplatform.train.trainer import resolve_use_gpu
+    from ctplatform.train.tracking import finish_mlflow_run
+    from ctplatform.train.tune_tracking import collect_rows, log_table, start_parent_run, sweep_params
+
+    start = time.monotonic()
+    storage = tune_storage_root(cfg)
+    name, record = resolve_sweep(storage, resume, name)
+    experiment_path = f"{storage}/{name}"
+    if record is not None:
+        ctx = SweepContext.from_dict(record["context"])
+        base = Config.model_validate(ctx.config)
+        setup_mlflow(base)
+        log.info("resuming sweep %s (MLflow parent run %s)", name, ctx.parent_run_id)
+    else:
+        base = sweep_base_config(cfg, f"{experiment_path}/{TRAIN_RUNS}")
+        search_space(base)  # refuses inconsistent settings before anything is created
+        for variant, problem in check_sweep_inputs(base).items():
+            log.warning("variant %s: its trials will fail: %s", variant, problem)
+    init_ray(cfg)
+    use_gpu = resolve_use_gpu(base)
+    concurrency = concurrent_trials(base, ray.cluster_resources(), use_gpu)
+    if record is None:
+        parent_run_id, experiment_id = start_parent_run(base, name, sweep_params(base, n_trials(base), concurrency))
+        ctx = SweepContext(
+            name=name,
+            parent_run_id=parent_run_id,
+            config=base.model_dump(mode="json"),
+            train_storage=f"{experiment_path}/{TRAIN_RUNS}",
+            metric=base.tune.metric,
+            mode=base.tune.mode,
+            varied=sorted(varied_params(base)),
+        )
+        record = {"name": name, "created": time.time(), "experiment_id": experiment_id, "context": ctx.to_dict()}
+        rundir.write_json(storage, name, SWEEP_RECORD, record)
+    log.info(
+        "sweep %s: %d trial(s), %d at once (each: driver %s + %d Train worker(s)); experiment %s",
+        name, n_trials(base), concurrency, driver_bundle(base), base.train.num_workers, experiment_path,
+    )
+    trainable = make_trainable(base, ctx)
+    if resume and tune.Tuner.can_restore(experiment_path):
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed
+        )
+    else:  # a new sweep, or one killed before Tune saved its first state
+        tuner = make_tuner(base, ctx, storage, concurrency, trainable)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(base.tracking_uri)
+    client.update_run(ctx.parent_run_id, status="RUNNING")
+    try:
+        grid = tuner.fit()
+    except BaseException as e:
+        finish_mlflow_run(ctx.parent_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", type(e).__name__)
+        raise
+    rows = collect_rows(ctx, views_of_results(grid))
+    wall = time.monotonic() - start
+    md = log_table(ctx, rows, extra={"experiment": experiment_path, "wall time of this run": f"{wall:.0f} s"}, final=True)
+    n_failed = sum(r.status == "failed" for r in rows)
+    finish_mlflow_run(ctx.parent_run_id, "FINISHED", f"{len(rows)} trials, {n_failed} failed")
+    rundir_md = f"{experiment_path}/sweep_table.md"
+    fs, path = rundir._fs(rundir_md)
+    with fs.open(path, "w") as f:
+        f.write(md)
+    return SweepOutcome(
+        name, experiment_path, ctx.parent_run_id, str(record.get("experiment_id", "")), base.tracking_uri,
+        rows, best_trial(rows, ctx.mode), md, wall,
+    )
