@@ -13,7 +13,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ctplatform.labels import LOCATION_GROUP, all_labels
-from ctplatform.partition.sarle.phrases import abnormal_phrases, chunks, classify_chunk, normalize
+from ctplatform.partition.sarle.phrases import (
+    CUE,
+    HAS_ABN,
+    HEADER,
+    abnormal_phrases,
+    add_locations,
+    classify_tokens,
+    could_state_finding,
+    may_state_finding,
+    place_plain_locations,
+    plain_sentence,
+    report_chunks,
+    scan_locations,
+    scan_phrases,
+    scan_report,
+)
 from ctplatform.partition.sarle.term_search import sentence_findings
 from ctplatform.partition.sarle.sizes import canonical_measurements
 from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary
@@ -29,8 +44,8 @@ SENTENCE_CACHE_SIZE = 100_000  # entries; ~40 MB when full
 
 
 class SentenceCache:
-    """Findings per (section, sentence): report sentences repeat a lot ("No pleural effusion.").
-
+    """Findings per (section, sentence chunk), and the section after it: report sentences repeat
+    ("No pleural effusion."). Keyed on the chunk with its measurements reduced to size classes.
     Bounded: emptied when full. `size=0` disables it.
     """
 
@@ -73,51 +88,91 @@ def label_report(
     """The (abnormality, location) pairs a report states as present.
 
     Locations are labels.parquet names: right_lung, left_lung, lung (side not stated), heart,
-    great_vessel, mediastinum. A report with no abnormal finding gives an empty set. Sentences are
-    cached per process and vocabulary (`cache=None` turns that off), with their measurements reduced to size
-    classes first (labels depend on sizes only through the 1 cm rules); a sentence with no
-    abnormality term and no section header is skipped without being parsed.
+    great_vessel, mediastinum. A report with no abnormal finding gives an empty set. Sentence
+    chunks are cached per process and vocabulary (`cache=None` turns that off: see
+    report_findings), with their measurements reduced to size classes first (labels depend on
+    sizes only through the 1 cm rules).
     """
     vocab = vocab or load_vocabulary()
     if cache is _OWN_CACHE:
         cache = sentence_cache(vocab)
+    if cache is None:
+        return report_findings(text, vocab)
     found: set[tuple[str, str]] = set()
     section = "none"
-    relevant = vocab.relevant_regex.search
     thresholds = vocab.size_thresholds
-    for chunk in chunks(normalize(text)):
+    for chunk in report_chunks(text)[1]:
         chunk = canonical_measurements(chunk, thresholds)
         key = (section, chunk)
-        got = cache.get(key) if cache is not None else None
+        got = cache.get(key)
         if got is None:
-            got = chunk_findings(chunk, section, vocab) if relevant(f" {chunk} ") else (frozenset(), section)
-            if cache is not None:
-                cache.put(key, got)
+            got = chunk_findings(chunk, section, vocab)
+            cache.put(key, got)
         found.update(got[0])
         section = got[1]
+    return found
+
+
+def report_findings(text: str, vocab: Vocabulary) -> set[tuple[str, str]]:
+    """label_report without a cache: the report is scanned once for the phrase vocabulary, and
+    only chunks that name an abnormality term (or both words of a pair) are parsed, each in the
+    section its last header set (see phrases.scan_report)."""
+    joined, parts = report_chunks(text)
+    found: set[tuple[str, str]] = set()
+    for start, end, tokens, flags, section in scan_report(joined, parts, vocab):
+        if flags & HAS_ABN or could_state_finding(tokens):
+            _chunk_findings(joined, tokens, start, end, section, vocab, found)
     return found
 
 
 _NONE: frozenset[tuple[str, str]] = frozenset()
 
 
+def _chunk_findings(
+    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set
+) -> None:
+    """Add the findings of the chunk `text[start:end]` (its phrase mentions `tokens`, starting in
+    `section`) to `found`."""
+    if tokens[0][0] == start and tokens[0][2] in _OPENING_KINDS:
+        if _negated_sentence(text, start, end, vocab):
+            return
+    plain = plain_sentence(text, tokens, start, end, section)
+    if plain is not None:  # one sentence of one segment, nothing deleted (most findings)
+        sent = plain[0]
+        if sent is not None and sent.may_state_finding():
+            place_plain_locations(sent, text, vocab)
+            found.update(sentence_findings(sent, vocab))
+        return
+    sents, _ = classify_tokens(text, tokens, section, vocab, start=start, end=end)
+    if not may_state_finding(sents):
+        return  # every finding term deleted (most normal sentences), so locations do not matter
+    add_locations(sents, scan_locations(text, vocab, start, end))
+    for sent in sents:
+        found.update(sentence_findings(sent, vocab))
+
+
+_OPENING_KINDS = frozenset({CUE, HEADER})
+
+
+def _negated_sentence(text: str, start: int, end: int, vocab: Vocabulary) -> bool:
+    """Whether the chunk `text[start:end]` reads "[HEADER:] No X, Y or Z.": then the forward cue
+    deletes everything after it and nothing can stop or override it (breakers are searched from
+    the cue itself, so "no change" and "no longer seen" do not count as "no"), and the chunk states
+    no finding. Checked against the full parse in the tests."""
+    opening = vocab.negated_start.match(text, start, end)
+    return opening is not None and vocab.scope_breakers.search(text, opening.start("cue"), end) is None
+
+
 def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozenset[tuple[str, str]], str]:
     """Findings of one sentence chunk starting in `section`, and the section after it."""
     padded = f" {chunk} "
-    start = vocab.negated_start.match(padded)
-    if start is not None and vocab.scope_breakers.search(padded, start.start("cue")) is None:
-        # "[HEADER:] No X, Y or Z." - the forward cue deletes everything after it and nothing can
-        # stop or override it (breakers are searched from the cue itself, so "no change" and
-        # "no longer seen" do not count as "no"): no finding. Only the header (if any) matters.
-        header = start.group("header")
-        if header:
-            section = next((m[1] for m in vocab.meanings(header[1:]) if m[0] == "header"), section)
-        return _NONE, section
-    sents, after = classify_chunk(chunk, section, vocab)
-    findings: set[tuple[str, str]] = set()
-    for sent in sents:
-        findings.update(sentence_findings(sent, vocab))
-    return frozenset(findings), after
+    tokens = scan_phrases(padded, vocab)
+    after = next((tok[3][0] for tok in reversed(tokens) if tok[2] == HEADER), section)
+    if not tokens or not could_state_finding(tokens):
+        return _NONE, after
+    found: set[tuple[str, str]] = set()
+    _chunk_findings(padded, tokens, 0, len(padded), section, vocab, found)
+    return (frozenset(found) if found else _NONE), after
 
 
 def label_rows(volume_id: str, findings: Iterable[tuple[str, str]]) -> list[tuple[str, str, str, int]]:

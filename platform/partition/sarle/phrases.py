@@ -13,16 +13,15 @@ Positions are character offsets in the sentence chunk.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from bisect import bisect_right
 
+from ctplatform.partition.sarle.sizes import read_size_at
+from ctplatform.partition.sarle.trie import BLANK_TABLE, PAD, STOPS
 from ctplatform.partition.sarle.trie import tokens as split_tokens
-from ctplatform.partition.sarle.sizes import read_size
 from ctplatform.partition.sarle.vocabulary import CLAUSE, NEGATION_STOP, SEGMENT, Vocabulary
 
 _LINE_START = re.compile(r"\n(?=[ \t]*(?:[A-Z0-9]|[-*\u2022]))")
 _ABBREVIATIONS = frozenset({"approx", "vs", "e.g", "i.e", "eg", "ie", "dr", "mr", "mrs", "ms", "fig", "cf"})
-_SENTENCE_END = 5
-_ABBREVIATION_STOP = re.compile(r" (?:" + "|".join(re.escape(a) for a in sorted(_ABBREVIATIONS)) + r") \. ")
 
 # Token kinds.
 BOUND, CUE, HEADER = "b", "c", "h"
@@ -36,48 +35,137 @@ def normalize(text: str) -> list[str]:
     return split_tokens(_LINE_START.sub(" . ", text).lower())
 
 
-@dataclass(slots=True)
-class Sentence:
-    """One sentence after step 1.
-
-    `kept` holds (start, end, kind, data, segment, clause) for every mention that survived
-    deletion (exclusions are kept even inside deleted text); positions are character offsets in
-    `text` (the sentence's tokens joined by single spaces, with a space before and after).
-    `deleted_locations` are the location kinds of the deleted part; `segment_clause[s]` the clause
-    of segment s.
-    """
-
-    text: str
-    start: int
-    end: int
-    section: str
-    kept: list[tuple] = field(default_factory=list)
-    deleted_locations: list[str] = field(default_factory=list)
-    n_segments: int = 1
-    segment_clause: list[int] = field(default_factory=list)
-    deleted_spans: list[tuple[int, int]] = field(default_factory=list)  # filled by explain only
-
-
 def chunks(words: list[str]) -> list[str]:
     """The report's sentences as space-joined token strings (split at "." but not "approx.")."""
-    joined = " " + " ".join(words) + " "
-    parts = joined.split(" . ")
-    if _ABBREVIATION_STOP.search(joined) is not None:  # rare: glue "approx ." back to its sentence
-        glued: list[str] = []
-        for part in parts:
-            if glued and glued[-1].rsplit(" ", 1)[-1] in _ABBREVIATIONS:
-                glued[-1] = f"{glued[-1]} . {part}"
-            else:
-                glued.append(part)
-        parts = glued
+    return _chunks(" " + " ".join(words) + " ")
+
+
+def report_chunks(text: str) -> tuple[str, list[str]]:
+    """`chunks(normalize(text))`, and those chunks joined by " . " with a space before and after
+    (one string to scan for the whole report). Built without the word list: the same tokenising
+    steps as `trie.tokens`, on the report string."""
+    t = _LINE_START.sub(" . ", text).lower().translate(BLANK_TABLE)
+    if "?" in t or "!" in t or "\u2022" in t:
+        t = STOPS.sub(" . ", t)
+    if "\u00d7" in t:
+        t = t.replace("\u00d7", " x ")
+    for ch in PAD:
+        if ch in t:
+            t = t.replace(ch, f" {ch} ")
+    t = t.replace(". ", " . ")
+    if t.endswith("."):
+        t = t[:-1] + " ."
+    core = " ".join(t.split())
+    joined = f" {core} "
+    if ". . " in core or core.startswith(". ") or core.endswith(" .") or core == "." or _abbreviation_stop(joined):
+        parts = _chunks(joined)  # empty sentences or "approx .": the general way
+        return " " + " . ".join(parts) + " ", parts
+    return joined, core.split(" . ") if core else []  # the same chunks, found in C
+
+
+_ABBREVIATION_ENDS = tuple(f" {a}" for a in sorted(_ABBREVIATIONS))
+_ABBREVIATION_STOPS = tuple(f" {a} . " for a in sorted(_ABBREVIATIONS))
+
+
+def _abbreviation_stop(joined: str) -> bool:
+    for stop in _ABBREVIATION_STOPS:
+        if stop in joined:
+            return True
+    return False
+
+
+def _chunks(joined: str) -> list[str]:
     out = []
-    for part in parts:
-        part = part.strip()
-        if part and part != ".":
-            while part[:2] == ". ":  # empty sentences (". ." from a line start)
-                part = part[2:]
-            out.append(part)
+    pending = None
+    for part in joined.split(" . "):
+        if pending is not None and (pending.endswith(_ABBREVIATION_ENDS) or pending in _ABBREVIATIONS):
+            pending = f"{pending} . {part}"  # "approx . 5 mm": the stop ends an abbreviation
+            continue
+        if pending is not None:
+            _add_chunk(out, pending)
+        pending = part
+    if pending is not None:
+        _add_chunk(out, pending)
     return out
+
+
+def _add_chunk(out: list[str], part: str) -> None:
+    part = part.strip()
+    if part and part != ".":
+        while part[:2] == ". ":  # empty sentences (". ." from a line start)
+            part = part[2:]
+        out.append(part)
+
+
+class Sentence:
+    """One sentence after step 1: what its cues left, grouped by kind and segment.
+
+    Positions are character offsets in `text` (tokens joined by single spaces, with a space before
+    and after); the sentence spans `text[start:end]` and segment s lies in clause
+    `segment_clause[s]`. The mention tables hold only what survived deletion (exclusions are kept
+    even inside deleted text):
+    - abnormalities: segment -> abnormality names of its terms, in order; terms_at: (start, name);
+    - pairs: segment -> (name, pair number) -> the pair's halves present;
+    - exclusions: segment -> excluded names;
+    - anchors (start, end, segment, name), sizes (start, end, segment, largest cm, smallest cm),
+      words (start, segment, tag: prior, current, short, interp);
+    - locations: segment -> location kinds and side words; deleted_locations: kinds in deleted text.
+    The other fields record where segments start and what each cue deletes, so that location
+    mentions can be placed after the fact (`add_locations`).
+    """
+
+    __slots__ = (
+        "text", "start", "end", "section", "segment_clause", "abnormalities", "terms_at", "pairs",
+        "exclusions", "anchors", "sizes", "words", "locations", "deleted_locations", "bounds",
+        "segment_zone", "first_forward", "last_backward", "dropped_segments", "dropped_clauses",
+        "opener", "closer", "deleted_spans",
+    )  # fmt: skip
+
+    def __init__(self, text: str, start: int, end: int, section: str, segment_clause: list[int] | None = None) -> None:
+        self.text, self.start, self.end, self.section = text, start, end, section
+        self.segment_clause: list[int] = [0] if segment_clause is None else segment_clause
+        self.abnormalities: dict[int, list[str]] = {}
+        self.terms_at: list[tuple[int, str]] = []
+        self.pairs: dict[int, dict[tuple[str, int], set[int]]] = {}
+        self.exclusions: dict[int, set[str]] = {}
+        self.anchors: list[tuple[int, int, int, str]] = []
+        self.sizes: list[tuple[int, int, int, float, float]] = []
+        self.words: list[tuple[int, int, str]] = []
+        self.locations: dict[int, list[str]] = {}
+        self.deleted_locations: list[str] = []
+        self.bounds: list[tuple] = []  # the boundary mentions: segment s starts after bounds[s - 1]
+        self.segment_zone: list[int] = [0]  # negation zone of each segment
+        self.first_forward: dict[int, tuple] = {}  # zone -> its first forward cue
+        self.last_backward: dict[int, tuple] = {}  # clause -> its last backward cue
+        self.dropped_segments: set[int] = set()  # deleted whole by a segment cue
+        self.dropped_clauses: set[int] = set()  # deleted whole by a clause cue
+        self.opener: tuple | None = None  # the header mention before the sentence, if any
+        self.closer: tuple | None = None  # the header mention after it, if any
+        self.deleted_spans: list[tuple[int, int]] = []  # filled by explain only
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.segment_clause)
+
+    def is_deleted(self, item: tuple, seg: int) -> bool:
+        """Whether a cue deletes the mention `item` of segment `seg` (mentions order as tuples)."""
+        f = self.first_forward.get(self.segment_zone[seg])
+        if f is not None and item > f:
+            return True
+        clause = self.segment_clause[seg]
+        b = self.last_backward.get(clause)
+        return (b is not None and item < b) or seg in self.dropped_segments or clause in self.dropped_clauses
+
+    def may_state_finding(self) -> bool:
+        """False when term_search cannot find anything here: no abnormality term, no co-occurring
+        pair with both words in one segment, and no pair word with a measurement and its anchor."""
+        if self.abnormalities:
+            return True
+        for got in self.pairs.values():
+            for halves in got.values():
+                if len(halves) == 2:
+                    return True
+        return bool(self.pairs and self.sizes and self.anchors)
 
 
 def classify_chunk(chunk: str, section: str, vocab: Vocabulary, explain: bool = False) -> tuple[list[Sentence], str]:
@@ -85,80 +173,213 @@ def classify_chunk(chunk: str, section: str, vocab: Vocabulary, explain: bool = 
     starts a new one) and the section after it. Sentences without any abnormality term are left
     out unless `explain` is set, as are sentences of `skip` sections (indication, technique ...)."""
     text = f" {chunk} "
+    return classify_tokens(text, scan(text, vocab), section, vocab, explain)
+
+
+def classify_tokens(
+    text: str,
+    tokens: list[tuple],
+    section: str,
+    vocab: Vocabulary,
+    explain: bool = False,
+    start: int = 0,
+    end: int | None = None,
+) -> tuple[list[Sentence], str]:
+    """classify_chunk over the mentions `scan` found in a padded chunk: `text[start:end]` (by
+    default all of `text`; a report-wide scan passes each chunk's span)."""
+    end = len(text) if end is None else end
     out: list[Sentence] = []
-    start = 0
-    current: list[tuple] = []
+    lo = 0
     has_finding = False
-    tokens = scan(text, vocab)
-    tokens.append((len(text), len(text), BOUND, (_SENTENCE_END, "")))
-    for tok in tokens:
+    opener: tuple | None = None
+    for i, tok in enumerate(tokens):
         kind = tok[2]
-        if kind == HEADER or (kind == BOUND and tok[3][0] == _SENTENCE_END):
-            if (has_finding or explain) and section != "skip" and current:
-                out.append(_classify(text, start, tok[0], section, current, vocab, explain))
-            if kind == HEADER:
-                section = tok[3][0]
-            start, current, has_finding = tok[1], [], False
-            continue
-        if kind in _FINDING_KINDS:
+        if kind == HEADER:
+            if (has_finding or explain) and section != "skip" and i > lo:
+                sent = _classify(text, start, tok[0], end, section, tokens[lo:i], vocab, explain)
+                sent.opener, sent.closer = opener, tok
+                out.append(sent)
+            section = tok[3][0]
+            start, lo, has_finding, opener = tok[1], i + 1, False, tok
+        elif kind in _FINDING_KINDS:
             has_finding = True
-        current.append(tok)
+    if (has_finding or explain) and section != "skip" and len(tokens) > lo:
+        sent = _classify(text, start, end, end, section, tokens[lo:] if lo else tokens, vocab, explain)
+        sent.opener = opener
+        out.append(sent)
     return out, section
 
 
-def _templates(vocab: Vocabulary, text: str) -> tuple:
-    """(kind, data) tokens a matched phrase term stands for (cached per spelling)."""
-    got = vocab.token_cache.get(text)
-    if got is None:
+def may_state_finding(sents: list[Sentence]) -> bool:
+    """False when no sentence can state a finding (see Sentence.may_state_finding)."""
+    for sent in sents:
+        if sent.may_state_finding():
+            return True
+    return False
+
+
+def could_state_finding(mentions: list[tuple]) -> bool:
+    """False when `mentions` (of one sentence or more, before deletion) hold no abnormality term,
+    no co-occurring pair with both words, and no pair word with a measurement and its anchor:
+    term_search makes findings from those only."""
+    halves: dict[tuple, int] = {}
+    pair = size = anchor = False
+    for k in mentions:
+        kind = k[2]
+        if kind == ABN:
+            return True
+        if kind == PAIR:
+            name, n, side = k[3]
+            if halves.setdefault((name, n), side) != side:
+                return True
+            pair = True
+        elif kind == SIZE:
+            size = True
+        elif kind == ANCHOR:
+            anchor = True
+    return pair and size and anchor
+
+
+_MEASUREMENT: tuple = ((SIZE, None),)  # a number: read_size reads the measurement that starts there
+
+
+def _templates(vocab: Vocabulary, text: str, group: int) -> tuple:
+    """(kind, data) tokens a text matched by the phrase regex stands for (cached per spelling;
+    the spelling decides which of the regex's groups matched)."""
+    if group == 1:  # a term
         out = []
         for v in vocab.meanings(text[1:]):
             kind = _MEANING_KIND.get(v[0], WORD)
             out.append((kind, v[1:] if kind != WORD else (v[0],)))
-        got = vocab.token_cache[text] = tuple(out)
+        got: tuple = tuple(out)
+    elif group == 2:
+        got = _MEASUREMENT
+    elif group == 3:  # punctuation
+        got = ((BOUND, (CLAUSE if text[1] == ";" else SEGMENT, text[1])),)
+    else:  # "non X": consumed so that X is not read, stands for nothing
+        got = ()
+    vocab.token_cache[text] = got
     return got
 
 
 def scan(text: str, vocab: Vocabulary) -> list[tuple]:
     """Phrase and location mentions of a space-padded chunk, in order: (start, end, kind, data),
     with character positions (a mention starts at the space before it)."""
+    out = scan_phrases(text, vocab)
+    locs = scan_locations(text, vocab)
+    if locs:
+        out.extend(locs)
+        out.sort()  # two sorted runs; tuples order by start first
+    return out
+
+
+def scan_phrases(text: str, vocab: Vocabulary) -> list[tuple]:
+    """The phrase mentions of `scan` (no locations): enough for step 1, since locations neither
+    bound nor delete anything. `text` may hold several chunks joined by " . "."""
     out: list[tuple] = []
     append = out.append
     cache = vocab.token_cache
     skip_to = 0
-    words: list[str] | None = None
     for m in vocab.phrase_regex.finditer(text):
+        term = m.group()
+        got = cache.get(term)
+        if got is None:
+            got = _templates(vocab, term, m.lastindex)
+        if not got:
+            continue
         s = m.start()
         if s < skip_to:
             continue
-        group = m.lastindex
-        if group == 1:
-            term = m.group()
-            got = cache.get(term)
-            if got is None:
-                got = _templates(vocab, term)
-            e = m.end()
-            for kind, data in got:
-                append((s, e, kind, data))
-        elif group == 3:
-            ch = text[s + 1]
-            if ch == ";":
-                append((s, s + 2, BOUND, (CLAUSE, ch)))
-            elif ch != ".":  # a full stop left inside a chunk ends an abbreviation
-                append((s, s + 2, BOUND, (SEGMENT, ch)))
-        elif group == 2:
-            if words is None:
-                words = text.split()
-            i = text.count(" ", 0, s)
-            size = read_size(words, i)
+        if got is _MEASUREMENT:
+            # A measurement never reaches past a full stop: read the words up to the chunk's end.
+            stop = text.find(" . ", s)
+            size = read_size_at(text, s + 1, stop if stop >= 0 else len(text) - 1)
             if size is not None:
-                e = s + 1 + len(" ".join(words[i : size[0]]))
-                append((s, e, SIZE, size[1:]))
-                skip_to = e
-    kind_of = vocab.location_kind
-    locs = [(m.start(), m.end(), LOC, (kind_of(m.group()[1:]),)) for m in vocab.location_regex.finditer(text)]
-    if locs:
-        out.extend(locs)
-        out.sort()  # two sorted runs; tuples order by start first
+                append((s, size[0], SIZE, size[1:]))
+                skip_to = size[0]
+            continue
+        e = s + len(term)
+        for kind, data in got:
+            append((s, e, kind, data))
+    return out
+
+
+# Kind flags of a chunk's mentions (scan_report).
+HAS_ABN, HAS_PAIR, HAS_HEADER = 1, 2, 4
+_KIND_FLAG = {ABN: HAS_ABN, PAIR: HAS_PAIR, HEADER: HAS_HEADER}
+
+
+def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[int, int, list[tuple], int, str]]:
+    """scan_phrases over a whole report (`report_chunks`), cut by chunk, keeping the chunks that
+    name an abnormality term or a pair word: (start, end, mentions, flags, section) for each, where
+    `joined[start:end]` is the chunk with a space on each side, `flags` tell whether it has
+    abnormality terms, pair words, headers (HAS_*) and `section` is the section it starts in (the
+    last header before it: no other chunk can state a finding)."""
+    out: list[tuple[int, int, list[tuple], int, str]] = []
+    ends = iter(parts)
+    start = 0
+    end = len(next(ends, "")) + 2
+    tokens: list[tuple] = []
+    append = tokens.append
+    flags = 0
+    section = opening_section = "none"
+    cache = vocab.token_flags
+    skip_to = 0
+    for m in vocab.phrase_regex.finditer(joined):
+        term = m.group()
+        got = cache.get(term)
+        if got is None:
+            templates = vocab.token_cache.get(term) or _templates(vocab, term, m.lastindex)
+            header = next((d[0] for k, d in templates if k == HEADER), None)
+            got = cache[term] = (templates, sum({_KIND_FLAG.get(k, 0) for k, _ in templates}), header)
+        templates = got[0]
+        if not templates:
+            continue
+        s = m.start()
+        if s < skip_to:
+            continue
+        if s >= end:  # the mention lies in a later chunk: close this one
+            if flags & _CANDIDATE:
+                out.append((start, end, tokens, flags, opening_section))
+            if tokens:
+                tokens, flags = [], 0
+                append = tokens.append
+            opening_section = section
+            while s >= end:
+                start = end + 1
+                end = start + len(next(ends)) + 2
+        if templates is _MEASUREMENT:
+            size = read_size_at(joined, s + 1, end - 1)  # the chunk's words from here
+            if size is not None:
+                append((s, size[0], SIZE, size[1:]))
+                skip_to = size[0]
+            continue
+        e = s + len(term)
+        for kind, data in templates:
+            append((s, e, kind, data))
+        if got[1]:
+            flags |= got[1]
+            if got[2] is not None:
+                section = got[2]
+    if flags & _CANDIDATE:
+        out.append((start, end, tokens, flags, opening_section))
+    return out
+
+
+_CANDIDATE = HAS_ABN | HAS_PAIR
+
+
+def scan_locations(text: str, vocab: Vocabulary, start: int = 0, end: int | None = None) -> list[tuple]:
+    """The location mentions of `scan` in `text[start:end]`, in order."""
+    kinds = vocab.location_tokens
+    out = []
+    for m in vocab.location_regex.finditer(text, start, len(text) if end is None else end):
+        term = m.group()
+        data = kinds.get(term)
+        if data is None:
+            data = kinds[term] = (vocab.location_kind(term[1:]),)
+        s = m.start()
+        out.append((s, s + len(term), LOC, data))
     return out
 
 
@@ -173,20 +394,29 @@ def sentences(words: list[str], vocab: Vocabulary, explain: bool = False) -> lis
 
 
 def _classify(
-    text: str, start: int, end: int, section: str, items: list[tuple], vocab: Vocabulary, explain: bool
+    text: str, start: int, end: int, limit: int, section: str, items: list[tuple], vocab: Vocabulary, explain: bool
 ) -> Sentence:
-    """Assign segment/clause ids, apply the cues' scopes, keep what is not deleted."""
+    """Assign segment/clause ids, apply the cues' scopes, file what is not deleted.
+
+    One pass assigns ids and records each scope's reach (the first forward cue of each negation
+    zone, the last backward cue of each clause, the segments and clauses deleted whole); a second
+    pass tests each mention against it and files it in the sentence's tables. `items` are in order
+    (as tuples, which sort by position); `limit` is the end of the chunk.
+    """
+    sent = Sentence(text, start, end, section)
     seg = zone = clause = 0
-    ids: list[tuple[int, int, int]] = []
-    cues: list[tuple[int, str, int, int, int]] = []  # (index, scope, seg, zone, clause)
-    seg_clause = [0]
-    bounds: list[tuple[int, int, int]] = []  # (start, end, level), for explain
-    for i, (s, e, kind, data) in enumerate(items):
+    seg_clause, seg_zone, bounds = sent.segment_clause, sent.segment_zone, sent.bounds
+    first_forward, last_backward = sent.first_forward, sent.last_backward
+    mentions: list[tuple] = []  # (item, seg) of everything but bounds and cues
+    cues: list[tuple[int, str, int, int, int]] = []  # (index, scope, seg, zone, clause), for explain
+    levels: list[tuple[int, int, int]] = []  # (start, end, level) of each bound, for explain
+    for item in items:
+        kind = item[2]
         if kind == BOUND:
-            level, word = data
+            s, e, _, (level, word) = item
             after_comma = text[s - 1] == ","  # tokens are one space apart: the previous token ends at s - 1
             if word == "and":
-                nxt = text[e + 1 : text.find(" ", e + 1)] if e + 1 < len(text) else ""
+                nxt = text[e + 1 : text.find(" ", e + 1)] if e + 1 < limit else ""  # the chunk's next word
                 if vocab.clause_starters.keys_for(nxt) and (after_comma or nxt == "there"):
                     level = CLAUSE
             elif after_comma and word in vocab.negation_stop_after_comma:
@@ -197,36 +427,190 @@ def _classify(
             if level >= CLAUSE:
                 clause += 1
             seg_clause.append(clause)
+            seg_zone.append(zone)
+            bounds.append(item)
             if explain:
-                bounds.append((s, e, level))
-        elif kind == CUE and data[0] != "keep":
-            cues.append((i, data[0], seg, zone, clause))
-        ids.append((seg, zone, clause))
-    sent = Sentence(text, start, end, section, n_segments=seg + 1, segment_clause=seg_clause)
-    kept = sent.kept
-    for i, (s, e, kind, data) in enumerate(items):
-        if kind == BOUND or kind == CUE:
-            continue
-        sg, zn, cl = ids[i]
-        deleted = False
-        for ci, scope, csg, czn, ccl in cues:
+                levels.append((s, e, level))
+        elif kind == CUE:
+            scope = item[3][0]
             if scope == "forward":
-                deleted = i > ci and zn == czn
-            elif scope == "segment":
-                deleted = sg == csg
+                if zone not in first_forward:
+                    first_forward[zone] = item
             elif scope == "backward":
-                deleted = i < ci and cl == ccl
-            else:  # clause
-                deleted = cl == ccl
-            if deleted:
-                break
-        if not deleted or kind == EXCL:  # exclusions hold even inside deleted text
-            kept.append((s, e, kind, data, sg, cl))
+                last_backward[clause] = item
+            elif scope == "segment":
+                sent.dropped_segments.add(seg)
+            elif scope == "clause":
+                sent.dropped_clauses.add(clause)
+            else:  # keep
+                continue
+            if explain:
+                cues.append((items.index(item), scope, seg, zone, clause))
+        else:
+            mentions.append((item, seg))
+    deleting = first_forward or last_backward or sent.dropped_segments or sent.dropped_clauses
+    abnormalities, locations = sent.abnormalities, sent.locations
+    for item, sg in mentions:
+        s, e, kind, data = item
+        if deleting and kind != EXCL and sent.is_deleted(item, sg):  # exclusions hold even when deleted
+            if kind == LOC:
+                sent.deleted_locations.append(data[0])
+        elif kind == ABN:
+            got = abnormalities.get(sg)
+            if got is None:
+                abnormalities[sg] = [data[0]]
+            else:
+                got.append(data[0])
+            sent.terms_at.append((s, data[0]))
+        elif kind == PAIR:
+            by_pair = sent.pairs.get(sg)
+            if by_pair is None:
+                by_pair = sent.pairs[sg] = {}
+            halves = by_pair.get((data[0], data[1]))
+            if halves is None:
+                by_pair[(data[0], data[1])] = {data[2]}
+            else:
+                halves.add(data[2])
         elif kind == LOC:
-            sent.deleted_locations.append(data[0])
+            got = locations.get(sg)
+            if got is None:
+                locations[sg] = [data[0]]
+            else:
+                got.append(data[0])
+        elif kind == EXCL:
+            sent.exclusions.setdefault(sg, set()).add(data[0])
+        elif kind == ANCHOR:
+            sent.anchors.append((s, e, sg, data[0]))
+        elif kind == SIZE:
+            sent.sizes.append((s, e, sg, data[0], data[1]))
+        elif kind == WORD:
+            sent.words.append((s, sg, data[0]))
     if explain:
-        sent.deleted_spans = _deleted_spans(start, end, items, cues, bounds)
+        sent.deleted_spans = _deleted_spans(start, end, items, cues, levels)
     return sent
+
+
+def plain_sentence(
+    text: str, tokens: list[tuple], start: int, end: int, section: str
+) -> tuple[Sentence | None, str] | None:
+    """classify_tokens for the commonest chunks: no boundary, a header at most at the start. Then
+    there is one sentence of one segment, and a cue deletes all of it (segment or clause scope),
+    everything after it (forward) or before it (backward): (the sentence or None when nothing can
+    be in it, the section after the chunk). None for any other chunk."""
+    opener = None
+    if tokens[0][2] == HEADER:
+        opener = tokens[0]
+        section = opener[3][0]
+    body = tokens if opener is None else tokens[1:]
+    has_finding = dropped = False
+    forward = backward = None
+    for tok in body:
+        kind = tok[2]
+        if kind == CUE:
+            scope = tok[3][0]
+            if scope == "forward":
+                if forward is None:
+                    forward = tok
+            elif scope == "backward":
+                backward = tok
+            elif scope != "keep":
+                dropped = True  # the whole (only) segment is deleted
+        elif kind == BOUND or kind == HEADER:
+            return None
+        elif kind in _FINDING_KINDS:
+            has_finding = True
+    if dropped or not has_finding or section == "skip":
+        return None, section
+    sent = Sentence(text, opener[1] if opener else start, end, section)
+    sent.opener = opener
+    if forward is not None:
+        sent.first_forward[0] = forward
+    if backward is not None:
+        sent.last_backward[0] = backward
+    abnormalities = sent.abnormalities
+    for item in body:
+        s, e, kind, data = item
+        if kind == CUE or (
+            kind != EXCL and ((forward is not None and item > forward) or (backward is not None and item < backward))
+        ):
+            continue  # deleted (exclusions hold even when deleted)
+        if kind == ABN:
+            got = abnormalities.get(0)
+            if got is None:
+                abnormalities[0] = [data[0]]
+            else:
+                got.append(data[0])
+            sent.terms_at.append((s, data[0]))
+        elif kind == PAIR:
+            by_pair = sent.pairs.get(0)
+            if by_pair is None:
+                by_pair = sent.pairs[0] = {}
+            halves = by_pair.get((data[0], data[1]))
+            if halves is None:
+                by_pair[(data[0], data[1])] = {data[2]}
+            else:
+                halves.add(data[2])
+        elif kind == EXCL:
+            sent.exclusions.setdefault(0, set()).add(data[0])
+        elif kind == ANCHOR:
+            sent.anchors.append((s, e, 0, data[0]))
+        elif kind == SIZE:
+            sent.sizes.append((s, e, 0, data[0], data[1]))
+        elif kind == WORD:
+            sent.words.append((s, 0, data[0]))
+    return sent, section
+
+
+def place_plain_locations(sent: Sentence, text: str, vocab: Vocabulary) -> None:
+    """add_locations for a plain_sentence: the locations of its chunk after its header."""
+    kinds = vocab.location_tokens
+    opener = sent.opener
+    forward, backward = sent.first_forward.get(0), sent.last_backward.get(0)
+    kept = []
+    for m in vocab.location_regex.finditer(text, sent.start if opener is None else opener[0], sent.end):
+        term = m.group()
+        data = kinds.get(term)
+        if data is None:
+            data = kinds[term] = (vocab.location_kind(term[1:]),)
+        if opener is not None or forward is not None or backward is not None:
+            s = m.start()
+            item = (s, s + len(term), LOC, data)
+            if opener is not None and item < opener:
+                continue  # it sorts before the header: it belongs to the (left-out) text before it
+            if (forward is not None and item > forward) or (backward is not None and item < backward):
+                sent.deleted_locations.append(data[0])
+                continue
+        kept.append(data[0])
+    if kept:
+        sent.locations[0] = kept
+
+
+def add_locations(sents: list[Sentence], locations: list[tuple]) -> None:
+    """Place location mentions (from `scan_locations` over the same chunk) into sentences that were
+    classified without them: the same result as classifying with them, since locations neither
+    bound nor delete anything. A location in no sentence (a left-out one) is dropped."""
+    if not sents or not locations:
+        return
+    k, n = 0, len(locations)
+    for sent in sents:
+        # Sentences split at header mentions; a location belongs to a sentence by its order among
+        # them as tuples (as when classified together), not by character position alone.
+        opener, closer = sent.opener, sent.closer
+        while k < n and opener is not None and locations[k] < opener:
+            k += 1
+        bounds, table = sent.bounds, sent.locations
+        while k < n and (closer is None or locations[k] < closer):
+            item = locations[k]
+            k += 1
+            sg = bisect_right(bounds, item) if bounds else 0
+            if sent.is_deleted(item, sg):
+                sent.deleted_locations.append(item[3][0])
+            else:
+                got = table.get(sg)
+                if got is None:
+                    table[sg] = [item[3][0]]
+                else:
+                    got.append(item[3][0])
 
 
 def _deleted_spans(

@@ -18,12 +18,39 @@ _UNIT_SUFFIX = re.compile(r"(cm|mm|centimeters?|millimeters?)$")
 _DIGIT = re.compile(r"\d")
 
 
+def read_size_at(text: str, start: int, stop: int) -> tuple[int, float, float] | None:
+    """`read_size` of the words of `text[start:stop]` (single spaces between them), from the first:
+    (character end of the measurement, largest, smallest cm), or None. Splits only the first few
+    words: a measurement is short, and the rest of a long sentence need not be cut into words."""
+    rest = text[start:stop]
+    words = rest.split(" ", _FEW)
+    if len(words) > _FEW:
+        words.pop()  # the unsplit remainder
+        size, looked = _read_size(words, 0)
+        if looked >= len(words):  # it could have read further: read all of it
+            words = rest.split(" ")
+            size, _ = _read_size(words, 0)
+    else:
+        size, _ = _read_size(words, 0)
+    if size is None:
+        return None
+    return start + len(" ".join(words[: size[0]])), size[1], size[2]
+
+
+_FEW = 12
+
+
 def read_size(words: list[str], i: int) -> tuple[int, float, float] | None:
     """A measurement starting at words[i]: (end index, largest, smallest dimension in cm), or None.
 
     Reads "12 mm", "1.5cm", "1.2 x 0.8 cm", "1.2x0.8 cm" and ranges "5-7 mm" (tokenised "5 7 mm",
     counted as one dimension, its upper end). A number without a unit is no measurement.
     """
+    return _read_size(words, i)[0]
+
+
+def _read_size(words: list[str], i: int) -> tuple[tuple[int, float, float] | None, int]:
+    """read_size, and an index past every word it looked at (its decisions depend on no other)."""
     dims: list[float] = []
     unit = None
     j = i
@@ -56,13 +83,14 @@ def read_size(words: list[str], i: int) -> tuple[int, float, float] | None:
             continue
         if j < n and not (_NUMBER.match(words[j]) or _DIMS.match(words[j])):
             break
+    looked = j + 2  # it read words[j] at most, and asked whether words[j + 1] exists
     if not unit or not dims:
-        return None
+        return None, looked
     scale = _UNITS[unit]
     if ranged:
         dims = [max(dims)]
     cm = [d * scale if scale == 1.0 else d / 10 for d in dims]
-    return j, max(cm), min(cm)
+    return (j, max(cm), min(cm)), looked
 
 
 def canonical_measurements(chunk: str, thresholds: tuple[float, ...]) -> str:

@@ -20,7 +20,7 @@ other findings ("..., consistent with pulmonary edema") it takes their sides.
 from __future__ import annotations
 
 from ctplatform.labels import LOCATION_GROUP
-from ctplatform.partition.sarle.phrases import ABN, ANCHOR, EXCL, LOC, PAIR, SIZE, WORD, Sentence
+from ctplatform.partition.sarle.phrases import Sentence
 from ctplatform.partition.sarle.vocabulary import LOCATION_KINDS, AbnormalityRule, Vocabulary
 
 _SIDED = {"right_lung": ("right_lung",), "left_lung": ("left_lung",), "both_lungs": ("right_lung", "left_lung")}
@@ -31,25 +31,36 @@ _NON_LUNG = ("heart", "great_vessel", "mediastinum")
 _SHORT_AXIS_REACH = 4  # tokens between a measurement and "short axis"
 
 
-def _locate(kinds: list[str], sides: set[str], groups: frozenset[str], listed: frozenset[str] = frozenset()) -> list[str]:
+def _locate(kinds: list[str], sides: set[str], groups: frozenset[str], listed: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Locations (labels.parquet names) of `kinds` that fit `groups`; [] when none fits.
 
     `sides` are side words of the finding's own phrase (used when no location term has a side);
-    `listed` are sides from a list around it ("moderate right and small left effusions").
+    `listed` are sides from a list around it ("moderate right and small left effusions"), which
+    count when some location term names the lung.
     """
+    if not kinds:
+        return []
     out: list[str] = []
     if "lung" in groups:
-        sided: set[str] = set(listed) if any(group_of(k) == "lung" for k in kinds) else set()
+        sided: set[str] | None = None
         lung = False
         for k in kinds:
-            if k in _SIDED:
-                sided.update(_SIDED[k])
+            got = _SIDED.get(k)
+            if got is not None:
+                if sided is None:
+                    sided = set(got)
+                else:
+                    sided.update(got)
             elif k == "lung":
                 lung = True
+        if listed and (sided or lung):
+            sided = listed | (sided or set())
         if sided:
-            out.extend(sorted(sided))
+            out = sorted(sided)
         elif lung:
-            out.extend(sorted(sides) if sides else ["lung"])
+            out = sorted(sides) if sides else ["lung"]
+        if len(groups) == 1:
+            return out
     for g in _NON_LUNG:
         if g in groups and g in kinds:
             out.append(g)
@@ -93,57 +104,19 @@ _NOTHING: frozenset[tuple[str, str]] = frozenset()
 
 def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str, str]]:
     """(abnormality, location) pairs one classified sentence states."""
-    abn: dict[int, list[str]] = {}  # per segment (only segments that hold something)
-    locs: dict[int, list[str]] = {}
-    sides: dict[int, set[str]] = {}
-    excl: dict[int, set[str]] = {}
-    pairs: dict[int, dict[tuple[str, int], set[int]]] = {}
-    anchors: list[tuple[int, int, int, str]] = []  # (start, end, seg, name)
-    mentions: list[tuple[int, int, int, bool]] = []  # (start, end, seg, is a term) of kept findings
-    sizes: list[tuple[int, int, int, float, float]] = []
-    words: list[tuple[int, int, str]] = []
-    for s, e, k, data, sg, _ in sent.kept:
-        if k == LOC:
-            kind = data[0]
-            side = _SIDE_WORDS.get(kind)
-            if side is None:
-                got = locs.get(sg)
-                if got is None:
-                    locs[sg] = [kind]
-                else:
-                    got.append(kind)
-            elif sg in sides:
-                sides[sg].update(side)
-            else:
-                sides[sg] = set(side)
-        elif k == ABN:
-            got = abn.get(sg)
-            if got is None:
-                abn[sg] = [data[0]]
-            else:
-                got.append(data[0])
-            mentions.append((s, e, sg, True))
-        elif k == PAIR:
-            pairs.setdefault(sg, {}).setdefault((data[0], data[1]), set()).add(data[2])
-            mentions.append((s, e, sg, False))
-        elif k == EXCL:
-            excl.setdefault(sg, set()).add(data[0])
-        elif k == ANCHOR:
-            anchors.append((s, e, sg, data[0]))
-        elif k == SIZE:
-            sizes.append((s, e, sg, data[0], data[1]))
-        elif k == WORD:
-            words.append((s, sg, data[0]))
-    if not mentions:
+    pairs = sent.pairs
+    if not sent.abnormalities and not pairs:
         return _NOTHING
-    for sg, got in pairs.items():
-        done = [name for (name, _), halves in got.items() if len(halves) == 2]
-        if done:
-            abn.setdefault(sg, []).extend(done)
-    if sizes and anchors:
-        terms = [m for m in mentions if m[3]]
-        for sg, names in _measured(sizes, anchors, terms, words, vocab, sent):
-            abn.setdefault(sg, []).extend(names)
+    abn = dict(sent.abnormalities)  # per segment (only segments that hold something); lists never mutated
+    for sg, by_pair in pairs.items():
+        for (name, _), halves in by_pair.items():
+            if len(halves) == 2:
+                abn[sg] = [*abn.get(sg, ()), name]
+    words = sent.words
+    if sent.sizes and sent.anchors:
+        for sg, names in _measured(sent.sizes, sent.anchors, set(sent.abnormalities), words, vocab, sent):
+            abn[sg] = [*abn.get(sg, ()), *names]
+    excl = sent.exclusions
     if excl:
         for sg in list(abn):
             if sg in excl:
@@ -158,12 +131,118 @@ def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str,
         if len(names) > 1:
             abn[sg] = list(dict.fromkeys(names))
 
-    clause_of = sent.segment_clause
-    with_findings = sorted(abn)
-    own: dict[int, list[str]] = {sg: list(locs.get(sg, ())) for sg in with_findings}
+    locs: dict[int, list[str]] = {}
+    sides: dict[int, set[str]] = {}
+    for sg, kinds in sent.locations.items():
+        for kind in kinds:
+            side = _SIDE_WORDS.get(kind)
+            if side is None:
+                got = locs.get(sg)
+                if got is None:
+                    locs[sg] = [kind]
+                else:
+                    got.append(kind)
+            elif sg in sides:
+                sides[sg].update(side)
+            else:
+                sides[sg] = set(side)
+
+    rules = vocab.rules
+    placed: dict[tuple[int, str], list[str]] = {}
+    pending: list[tuple[int, str]] = []
     listed: dict[int, set[str]] = {}
+    no_sides: set[str] = set()
+    clause_of = sent.segment_clause
+    if len(clause_of) == 1:  # one segment (most sentences): its own locations or none
+        own_0 = locs.get(0, [])
+        sides_0 = sides.get(0, no_sides)
+        for name in abn[0]:
+            got = _first_pass(rules[name], own_0, [], sides_0, no_sides)
+            if got is None:
+                pending.append((0, name))
+            else:
+                placed[(0, name)] = got
+    else:
+        _place_by_segments(abn, locs, sides, pairs, listed, clause_of, rules, placed, pending)
+    for attempt in range(2) if pending else ():  # fallbacks; the second round lets defaults feed co-occurrence
+        still: list[tuple[int, str]] = []
+        for i, name in pending:
+            got = _fallback(rules[name], i, placed, sent, sides.get(i, no_sides) | listed.get(i, no_sides), attempt == 0)
+            if got is None:
+                still.append((i, name))
+            else:
+                placed[(i, name)] = got
+        pending = still
+
+    if words:
+        _interpretations_take_sides(placed, words)
+    out: set[tuple[str, str]] = set()
+    for (_, name), locations in placed.items():
+        implies = rules[name].implies
+        for loc in locations:
+            out.add((name, loc))
+            for implied in implies:
+                if _in_group(loc, rules[implied].groups):
+                    out.add((implied, loc))
+    return frozenset(out)
+
+
+def _place_by_segments(
+    abn: dict[int, list[str]],
+    locs: dict[int, list[str]],
+    sides: dict[int, set[str]],
+    pairs: dict[int, dict[tuple[str, int], set[int]]],
+    listed: dict[int, set[str]],
+    clause_of: list[int],
+    rules: dict[str, AbnormalityRule],
+    placed: dict[tuple[int, str], list[str]],
+    pending: list[tuple[int, str]],
+) -> None:
+    """Steps 1-2 in a sentence of several segments (fills `placed`, `pending` and `listed`)."""
+    with_findings = sorted(abn) if len(abn) > 1 else list(abn)
+    own: dict[int, list[str]] = {sg: list(locs.get(sg, ())) for sg in with_findings}
     lone = [i for i in {*locs, *sides, *pairs} if i not in abn]
-    for i in sorted(lone):  # segments without findings join a neighbour
+    if lone:
+        pairs = {sg: {key: set(halves) for key, halves in by_pair.items()} for sg, by_pair in pairs.items()}
+        _join_lone_segments(sorted(lone), with_findings, clause_of, abn, own, listed, locs, sides, pairs)
+    located = sorted(locs) if len(locs) > 1 else list(locs)
+    no_sides: set[str] = set()
+    for i in with_findings:
+        borrowed: list[str] = []
+        own_i = own[i]
+        if not own_i and located:
+            cl = clause_of[i]
+            after = [j for j in located if j > i and clause_of[j] == cl]
+            if after:
+                borrowed = locs[after[0]]
+            else:
+                before = [j for j in located if j < i and clause_of[j] == cl]
+                if before:
+                    borrowed = locs[before[-1]]
+        own_sides = sides.get(i, no_sides)
+        extra = listed.get(i, no_sides)
+        for name in abn[i]:
+            got = _first_pass(rules[name], own_i, borrowed, own_sides, extra)
+            if got is None:
+                pending.append((i, name))
+            else:
+                placed[(i, name)] = got
+
+
+def _join_lone_segments(
+    lone: list[int],
+    with_findings: list[int],
+    clause_of: list[int],
+    abn: dict[int, list[str]],
+    own: dict[int, list[str]],
+    listed: dict[int, set[str]],
+    locs: dict[int, list[str]],
+    sides: dict[int, set[str]],
+    pairs: dict[int, dict[tuple[str, int], set[int]]],
+) -> None:
+    """Segments without findings join a neighbour in their clause (the one before, else after):
+    "nodules in the right upper lobe and left lower lobe"."""
+    for i in lone:
         cl = clause_of[i]
         before = [j for j in with_findings if j < i and clause_of[j] == cl]
         target = before[-1] if before else next((j for j in with_findings if j > i and clause_of[j] == cl), None)
@@ -175,51 +254,8 @@ def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str,
         for key, got in pairs.get(i, {}).items():  # "coronary artery and aortic calcifications"
             merged = pairs.setdefault(target, {}).setdefault(key, set())
             if len(merged) < 2 and len(merged | got) == 2:
-                abn[target].append(key[0])
+                abn[target] = [*abn[target], key[0]]
             merged |= got
-
-    rules = vocab.rules
-    placed: dict[tuple[int, str], list[str]] = {}
-    pending: list[tuple[int, str]] = []
-    located = sorted(locs)
-    for i in with_findings:
-        borrowed: list[str] = []
-        if not own[i]:
-            cl = clause_of[i]
-            after = [j for j in located if j > i and clause_of[j] == cl]
-            before = [j for j in located if j < i and clause_of[j] == cl]
-            if after:
-                borrowed = locs[after[0]]
-            elif before:
-                borrowed = locs[before[-1]]
-        own_sides = sides.get(i, set())
-        extra = frozenset(listed.get(i, ()))
-        for name in abn[i]:
-            got = _first_pass(rules[name], own[i], borrowed, own_sides, extra)
-            if got is None:
-                pending.append((i, name))
-            else:
-                placed[(i, name)] = got
-    for attempt in range(2):  # fallbacks; the second round lets defaults feed co-occurrence
-        still: list[tuple[int, str]] = []
-        for i, name in pending:
-            got = _fallback(rules[name], i, placed, sent, sides.get(i, set()) | listed.get(i, set()), attempt == 0)
-            if got is None:
-                still.append((i, name))
-            else:
-                placed[(i, name)] = got
-        pending = still
-
-    _interpretations_take_sides(placed, words)
-    out: set[tuple[str, str]] = set()
-    for (_, name), locations in placed.items():
-        implies = rules[name].implies
-        for loc in locations:
-            out.add((name, loc))
-            for implied in implies:
-                if _in_group(loc, rules[implied].groups):
-                    out.add((implied, loc))
-    return frozenset(out)
 
 
 def _interpretations_take_sides(placed: dict[tuple[int, str], list[str]], words: list[tuple[int, int, str]]) -> None:
@@ -245,7 +281,7 @@ def _fallback(
 ) -> list[str] | None:
     """Steps 3-6 for a mention that steps 1-2 did not place."""
     groups = rule.groups
-    if not rule.defined:
+    if not rule.defined and placed:
         for same_segment in (True, False):
             near = [
                 loc
@@ -258,10 +294,10 @@ def _fallback(
                 return near
     if not use_defaults:
         return None
-    deleted = [k for k in sent.deleted_locations if k != "outside_chest"]
-    found = _locate(deleted, sides, groups)
-    if found:
-        return found
+    if sent.deleted_locations:
+        found = _locate([k for k in sent.deleted_locations if k != "outside_chest"], sides, groups)
+        if found:
+            return found
     if sent.section in _SECTION_KINDS:
         found = _locate([sent.section], sides, groups)
         if found:
@@ -278,7 +314,7 @@ def _fallback(
 def _measured(
     sizes: list[tuple[int, int, int, float, float]],
     anchors: list[tuple[int, int, int, str]],
-    mentions: list[tuple[int, int, int, bool]],
+    term_segments: set[int],
     words: list[tuple[int, int, str]],
     vocab: Vocabulary,
     sent: Sentence,
@@ -311,7 +347,7 @@ def _measured(
         same = [i for i, a in enumerate(anchors) if a[2] == sg]
         host = -1
         if not same:
-            if any(m[2] == sg for m in mentions):
+            if sg in term_segments:
                 continue  # "3 cm mass and a 4 mm nodule": the 3 cm is the mass's
             same = list(range(len(anchors)))
             host = sg
@@ -333,6 +369,6 @@ def _measured(
             if host < 0:
                 out.append((a_seg, [name]))
             else:
-                own = [m[3][0] for m in sent.kept if m[2] == ABN and m[0] == a_start]
+                own = [name for start, name in sent.terms_at if start == a_start]
                 out.append((host, [*own, name]))
     return out

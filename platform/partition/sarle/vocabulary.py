@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ctplatform.labels import all_labels
-from ctplatform.partition.sarle.trie import WordTrie, trie_regex, validate_term
+from ctplatform.partition.sarle.trie import WordTrie, trie_body, trie_regex, validate_term
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "sarle"
 
@@ -75,7 +75,6 @@ class Vocabulary:
     locations: WordTrie
     phrase_regex: re.Pattern[str]  # over " ".join(tokens): terms, measurements, punctuation, "non X"
     location_regex: re.Pattern[str]
-    relevant_regex: re.Pattern[str]  # any abnormality term, pair word, size anchor or section header
     negated_start: re.Pattern[str]  # an optional header, then a forward cue ("no ...")
     scope_breakers: re.Pattern[str]  # anything that could end or override that cue's scope
     clause_starters: WordTrie  # words after ", and" that start a new clause
@@ -87,6 +86,8 @@ class Vocabulary:
     _meanings: dict[str, tuple] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
     token_cache: dict[str, tuple] = field(default_factory=dict)  # phrases.py: matched text -> tokens
+    location_tokens: dict[str, tuple[str]] = field(default_factory=dict)  # matched text -> (kind,)
+    token_flags: dict[str, tuple[tuple, int]] = field(default_factory=dict)  # matched text -> (tokens, kind flags)
 
     def meanings(self, text: str) -> tuple:
         """Values of the phrase term spelled `text` (space-separated tokens), cached."""
@@ -307,12 +308,13 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
     _check_conflicts(table)
     locations, location_terms = _location_trie(_read_yaml(folder / "locations.yaml"))
     phrase_source = (
-        rf"({trie_regex(table.terms)})"  # group 1: a term
-        r"|( (?=\.?[0-9]))"  # group 2: a number; read_size reads the measurement from the tokens
-        r"|( [.;,:()](?= ))"  # group 3: punctuation
-        r"|( non [a-z]+(?= ))"  # group 4: "non-calcified" is not calcified
+        " (?:"  # every mention starts at the space before it (a literal prefix: fast search)
+        rf"({trie_body(table.terms)})"  # group 1: a term
+        r"|((?=\.?[0-9]))"  # group 2: a number; read_size reads the measurement from the tokens
+        r"|([;,:()](?= ))"  # group 3: punctuation (full stops end chunks before this scan)
+        r"|(non [a-z]+(?= ))"  # group 4: "non-calcified" is not calcified
+        ")"
     )
-    relevant = [t for t, ms in table.terms.items() if any(m[0] in ("abn", "pair", "anchor", "header") for m in ms)]
     headers = [t for t, ms in table.terms.items() if any(m[0] == "header" for m in ms)]
     forward = [t for t, ms in table.terms.items() if ("cue", "forward") in ms]
     # A forward cue's scope ends at a clause boundary or ", with"; keep cues override it; another
@@ -327,7 +329,6 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
         phrases=table.trie(),
         locations=locations,
         phrase_regex=re.compile(phrase_source),
-        relevant_regex=re.compile(trie_regex(relevant)),
         negated_start=re.compile(rf"(?P<header>{trie_regex(headers)})?(?P<cue>{trie_regex(forward)}) "),
         scope_breakers=re.compile(
             trie_regex(breakers) + r"(?= )| ;| , and | and there | , (?:" + "|".join(map(re.escape, sorted(stops))) + ") "
