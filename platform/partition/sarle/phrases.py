@@ -370,7 +370,8 @@ _CANDIDATE = HAS_ABN | HAS_PAIR
 
 
 def scan_locations(text: str, vocab: Vocabulary, start: int = 0, end: int | None = None) -> list[tuple]:
-    """The location mentions of `scan` in `text[start:end]`, in order."""
+    """The location mentions of `scan` in `text[start:end]`, in order (coordinated sides read as
+    lung locations: see `_coordinate_sides`)."""
     kinds = vocab.location_tokens
     out = []
     for m in vocab.location_regex.finditer(text, start, len(text) if end is None else end):
@@ -380,7 +381,34 @@ def scan_locations(text: str, vocab: Vocabulary, start: int = 0, end: int | None
             data = kinds[term] = (vocab.location_kind(term[1:]),)
         s = m.start()
         out.append((s, s + len(term), LOC, data))
+    if len(out) > 1:
+        _coordinate_sides(text, out)
     return out
+
+
+# Words that coordinate a side with the next location ("right and left lower lobes", "right greater
+# than left lower lobe"); the words between must all be of these, one of them a conjunction.
+_CONJUNCTIONS = frozenset({"and", "or", ",", "/", "than"})
+_COORDINATING = _CONJUNCTIONS | {"the", "greater", "more", "larger", "worse", "less", "slightly", "much"}
+_SIDE_LUNG = {"side_right": ("right_lung",), "side_left": ("left_lung",)}
+_SIDED_LUNG = frozenset({"right_lung", "left_lung"})
+
+
+def _coordinate_sides(text: str, locations: list[tuple]) -> None:
+    """A side word coordinated with a sided lung location names the same part of its own lung:
+    "atelectasis in the right and left lower lobes" is in the right lower lobe too, "nodules in the
+    left or right upper lobe" in either. Such a side word becomes a location of its lung (in place);
+    a side word before anything else ("right and left pleural effusions", "left pneumonia") stays a
+    side word."""
+    for k in range(len(locations) - 1):
+        s, e, kind, data = locations[k]
+        lung = _SIDE_LUNG.get(data[0])
+        if lung is not None:
+            after = locations[k + 1]
+            if after[3][0] in _SIDED_LUNG and after[0] - e < 40:
+                between = text[e : after[0]].split()
+                if between and _COORDINATING.issuperset(between) and not _CONJUNCTIONS.isdisjoint(between):
+                    locations[k] = (s, e, kind, lung)
 
 
 def sentences(words: list[str], vocab: Vocabulary, explain: bool = False) -> list[Sentence]:
@@ -563,24 +591,16 @@ def plain_sentence(
 
 def place_plain_locations(sent: Sentence, text: str, vocab: Vocabulary) -> None:
     """add_locations for a plain_sentence: the locations of its chunk after its header."""
-    kinds = vocab.location_tokens
     opener = sent.opener
     forward, backward = sent.first_forward.get(0), sent.last_backward.get(0)
     kept = []
-    for m in vocab.location_regex.finditer(text, sent.start if opener is None else opener[0], sent.end):
-        term = m.group()
-        data = kinds.get(term)
-        if data is None:
-            data = kinds[term] = (vocab.location_kind(term[1:]),)
-        if opener is not None or forward is not None or backward is not None:
-            s = m.start()
-            item = (s, s + len(term), LOC, data)
-            if opener is not None and item < opener:
-                continue  # it sorts before the header: it belongs to the (left-out) text before it
-            if (forward is not None and item > forward) or (backward is not None and item < backward):
-                sent.deleted_locations.append(data[0])
-                continue
-        kept.append(data[0])
+    for item in scan_locations(text, vocab, sent.start if opener is None else opener[0], sent.end):
+        if opener is not None and item < opener:
+            continue  # it sorts before the header: it belongs to the (left-out) text before it
+        if (forward is not None and item > forward) or (backward is not None and item < backward):
+            sent.deleted_locations.append(item[3][0])
+        else:
+            kept.append(item[3][0])
     if kept:
         sent.locations[0] = kept
 
