@@ -29,6 +29,7 @@ from ctplatform.config import Config
 from ctplatform.train import rundir
 from ctplatform.train.tune_space import (
     concurrent_trials,
+    describe_resources,
     driver_bundle,
     n_trials,
     search_space,
@@ -257,8 +258,9 @@ def run_sweep(
         record = {"name": name, "created": time.time(), "experiment_id": experiment_id, "context": ctx.to_dict()}
         rundir.write_json(storage, name, SWEEP_RECORD, record)
     log.info(
-        "sweep %s: %d trial(s), %d at once (each: driver %s + %d Train worker(s)); experiment %s",
-        name, n_trials(base), concurrency, driver_bundle(base), base.train.num_workers, experiment_path,
+        "sweep %s: %d trial(s), %d at once (each: driver %s + %d Train worker(s) x %g CPU%s); experiment %s",
+        name, n_trials(base), concurrency, describe_resources(driver_bundle(base)), base.train.num_workers,
+        base.train.cpus_per_worker, " + 1 GPU" if use_gpu else "", experiment_path,
     )
     trainable = make_trainable(base, ctx)
     if resume and tune.Tuner.can_restore(experiment_path):

@@ -122,15 +122,17 @@ def concurrent_trials(cfg: Config, cluster: dict[str, float], use_gpu: bool) -> 
     if fits < 1:
         have = {k: cluster.get(k, 0.0) for k in need}
         raise ValueError(
-            f"one trial needs {_fmt(need)} (driver {_fmt(driver_bundle(cfg))} + {cfg.train.num_workers} Train "
-            f"worker(s) x {cfg.train.cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''}) but the cluster has "
-            f"{_fmt(have)}: lower train.num_workers, train.cpus_per_worker or tune.trial_cpus "
+            f"one trial needs {describe_resources(need)} (driver {describe_resources(driver_bundle(cfg))} + "
+            f"{cfg.train.num_workers} Train worker(s) x {cfg.train.cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''}) "
+            "but the cluster has "
+            f"{describe_resources(have)}: lower train.num_workers, train.cpus_per_worker or tune.trial_cpus "
             "(on an autoscaling cluster set tune.max_concurrent_trials to start anyway)"
         )
     return int(fits) if math.isfinite(fits) else 1
 
 
-def _fmt(resources: dict[str, float]) -> str:
+def describe_resources(resources: dict[str, float]) -> str:
+    """'0.5 GiB memory, 2 CPU' for a Ray resource dict."""
     out = []
     for k, v in resources.items():
         out.append(f"{v / 2**30:.2g} GiB memory" if k == "memory" else f"{v:g} {k}")

@@ -145,9 +145,11 @@ def trial_row(ctx: SweepContext, view: TrialView, client: Any) -> TrialRow:
 
     values = [v for v in history.get(ctx.metric, {}).values() if math.isfinite(v)]
     metric_best = (min(values) if ctx.mode == "min" else max(values)) if values else math.nan
-    error = str(trial.get("error") or "") if status == "failed" else ""
-    if status == "diverged":
-        error = str((outcome or {}).get("stop_reason") or "")
+    error = ""  # the exception type only: the table goes to MLflow (messages stay in the trial record)
+    if status == "failed":
+        error = str(trial.get("error_type") or "error")
+    elif status == "diverged":
+        error = str((outcome or {}).get("stop_reason") or "")  # loss figures only
     return TrialRow(
         trial_id=view.trial_id,
         run_name=name,

@@ -100,14 +100,15 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     name = trial_run_name(trial_id, params, ctx.varied)
 
     trial = rundir.read_json(storage, name, TRIAL_RECORD) or {"trial_id": trial_id, "params": params, "attempts": 0}
-    trial.update(attempts=int(trial["attempts"]) + 1, error=None, status="running")
+    trial.update(attempts=int(trial["attempts"]) + 1, error=None, error_type=None, status="running")
     rundir.write_json(storage, name, TRIAL_RECORD, trial)
 
     def fail(e: BaseException) -> None:
-        reason = short_error(e)
-        trial.update(error=reason, status="failed")
+        # The message stays in the trial record beside the checkpoints; MLflow gets the exception
+        # type only (as `ctplatform train` does): messages can name volumes, and ids may carry PHI.
+        trial.update(error=short_error(e), error_type=type(e).__name__, status="failed")
         rundir.write_json(storage, name, TRIAL_RECORD, trial)
-        finish_mlflow_run(mlflow_run_id, "FAILED", reason)
+        finish_mlflow_run(mlflow_run_id, "FAILED", type(e).__name__)
 
     counts: tuple[int, int] | None = None
     input_error: Exception | None = None

@@ -42,7 +42,9 @@ def test_tiny_sweep_leaves_a_parent_run_child_runs_and_the_table_with_the_failed
         assert 0 <= ok.val_auroc_median <= 1 and 0 <= ok.val_organ_iou <= 1 and math.isfinite(ok.val_class_loss)
         assert Path(ok.checkpoint, "best_model_state.pt").is_file()
         # Missing grid masks: tried once, retried once (tune.max_trial_retries), then listed as failed.
-        assert bad.status == "failed" and bad.attempts == 2 and "grid/8x2x2/area" in bad.error
+        assert bad.status == "failed" and bad.attempts == 2 and bad.error == "MissingGridMaskError"
+        record = rundir.read_json(str(Path(outcome.experiment_path, TRAIN_RUNS)), bad.run_name, TRIAL_RECORD)
+        assert "grid/8x2x2/area" in record["error"]  # the message, beside the checkpoints (not in MLflow)
     assert outcome.best is not None and outcome.best.grid_variant == "nearest"
 
     client = MlflowClient(outcome.tracking_uri)
