@@ -32,6 +32,7 @@ from ctplatform.partition.lungs import (
     lung_candidates,
     min_voxels_at,
     remove_small_components,
+    segment_lungs_reference,
 )
 
 RIGHT_LUNG, LEFT_LUNG, MEDIASTINUM = 1, 2, 3
@@ -204,15 +205,15 @@ def segment_organs(
     if method not in ("reference", "improved"):
         raise ValueError(f"method must be 'reference' or 'improved', not {method!r}")
     min_voxels = min_voxels_at(spacing_mm, min_lung_voxels_at_0p8mm)
-    clear = "border" if method == "reference" else "exterior"
+    if method == "reference":
+        lungs = segment_lungs_reference(hu, spacing_mm, hu_threshold, min_lung_voxels_at_0p8mm, threads)
+        right, left = split_midline(lungs)
+        return Segmentation(organ_map(right, left, mediastinum_region(lungs)), split="midline", airways="not_run")
     candidates = lung_candidates(
-        hu, hu_threshold, clear=clear, exterior_air_hu=exterior_air_hu, spacing_mm=spacing_mm, threads=threads
+        hu, hu_threshold, clear="exterior", exterior_air_hu=exterior_air_hu, spacing_mm=spacing_mm, threads=threads
     )
     lungs = remove_small_components(candidates, min_voxels)
     del candidates
-    if method == "reference":
-        right, left = split_midline(lungs)
-        return Segmentation(organ_map(right, left, mediastinum_region(lungs)), split="midline", airways="not_run")
     airway = find_airways(hu, lungs, spacing_mm, airway_hu=airway_hu, max_airway_ml=max_airway_ml)
     if airway.removed is not None:
         lungs &= ~airway.removed

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctplatform.partition.lungs import keep_two_largest, lung_candidates, min_voxels_at, segment_lungs_reference
+from ctplatform.partition.lungs import (
+    border_cleared_candidates,
+    keep_two_largest,
+    lung_candidates,
+    min_voxels_at,
+    segment_lungs_reference,
+)
 from tests.partition.published import published_lungs
 
 
@@ -42,6 +48,32 @@ def test_reference_matches_published_on_random_volumes(seed):
     for min_size in (1, 5, 20, 60):
         ours = segment_lungs_reference(hu, (0.8, 0.8, 0.8), min_voxels_at_0p8mm=min_size)
         assert np.array_equal(ours, published_lungs(hu, min_size=min_size))
+
+
+def _random_bodies(seed: int, shape=(10, 50, 60)) -> np.ndarray:
+    """Outside air around a tissue blob of varying size per slice, air pockets inside it, some
+    cutting its edge or meeting outside air only at a corner: the labelled box is the tissue's."""
+    rng = np.random.default_rng(seed)
+    hu = np.full(shape, -1000, dtype=np.int16)
+    for z in range(shape[0]):
+        y0, x0 = rng.integers(0, 8, size=2)
+        y1, x1 = shape[1] - rng.integers(0, 8), shape[2] - rng.integers(0, 8)
+        hu[z, y0:y1, x0:x1] = 30
+        for _ in range(12):
+            y, x = rng.integers(y0, y1), rng.integers(x0, x1)
+            h, w = rng.integers(1, 12, size=2)
+            hu[z, y : y + h, x : x + w] = -850
+        hu[z, y0, x0] = -850  # a corner pocket: 8-connected to the outside air
+    return hu
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_matches_published_with_outside_air(seed):
+    hu = _random_bodies(seed)
+    for min_size in (1, 30):
+        ours = segment_lungs_reference(hu, (0.8, 0.8, 0.8), min_voxels_at_0p8mm=min_size)
+        assert np.array_equal(ours, published_lungs(hu, min_size=min_size))
+    assert np.array_equal(border_cleared_candidates(hu, threads=2), border_cleared_candidates(hu))
 
 
 def test_threads_give_the_same_mask():
