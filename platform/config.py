@@ -101,6 +101,9 @@ class PartitionConfig(Section):
     )
     airway_hu: float = Field(-950.0, description="improved: airway lumen threshold for removing the trachea and bronchi")
     max_airway_ml: float = Field(250.0, description="improved: a grown airway tree larger than this is a leak into lung")
+    closing_mm: float = Field(
+        5.0, ge=0, description="improved: per-slice closing of each lung (square half-side, mm) taking back soft tissue; 0: off"
+    )
     threads: int = Field(1, ge=1, description="threads labelling slabs inside one task (1 under Ray: one CPU per task)")
     max_concurrent_tasks: int | None = Field(None, description="Ray tasks at once (None: as many as CPUs allow)")
     qc: PartitionQCConfig = Field(default_factory=lambda: PartitionQCConfig())

@@ -11,7 +11,10 @@ smaller x. Two methods:
   3. the lungs are split where they really separate: by their 3D components when they are two,
      else per slice at the emptiest column near the middle (the anterior junction line);
   4. each lung's holes are filled slice by slice (vessels, bronchial walls, nodules and masses
-     surrounded by lung are lung), which the published mask leaves out.
+     surrounded by lung are lung), which the published mask leaves out;
+  5. each lung is closed slice by slice (a 5 mm square), taking only the soft-tissue voxels it
+     adds (-300 to 200 HU, not the other lung): dense findings that bite into the lung's edge
+     (peripheral consolidation, masses, the blurred pleural edge) come back.
 
 Mediastinum (both methods, the published rule): the non-lung voxels inside the lungs' bounding box,
 narrowed in x to [xmin + q, xmax - int(q / 2)) with q = int((xmax - xmin) / 4): the centre of the
@@ -169,6 +172,41 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def close_per_slice(
+    lung: np.ndarray,
+    other: np.ndarray,
+    hu: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+    radius_mm: float = 5.0,
+    tissue_hu: tuple[float, float] = (-300.0, 200.0),
+) -> np.ndarray:
+    """ONE lung closed slice by slice with a square of half-side `radius_mm`, keeping only the
+    voxels the closing adds that are soft tissue (`tissue_hu`: not air, not bone) and not the other
+    lung; holes are filled again afterwards. A square is separable (four running max/min passes over
+    the lung's box for every slice at once), so the cost does not grow with the radius. Measured on
+    phantoms (docs/partition.md): 5 mm lifts the lung Dice of every cohort; 10 mm starts taking
+    chest wall in normal scans. `radius_mm <= 0` turns it off.
+    """
+    r = int(round(radius_mm / float(spacing_mm[1]))) if radius_mm > 0 else 0
+    box = bounding_box(lung)
+    if r < 1 or box is None:
+        return lung
+    z, y, x = box
+    y = slice(max(0, y.start - r), min(lung.shape[1], y.stop + r))
+    x = slice(max(0, x.start - r), min(lung.shape[2], x.stop + r))
+    size = 2 * r + 1
+    grown = np.pad(lung[z, y, x], ((0, 0), (r, r), (r, r))).view(np.uint8)  # pad: no edge effects
+    for axis in (1, 2):
+        grown = ndimage.maximum_filter1d(grown, size, axis=axis)
+    for axis in (1, 2):
+        grown = ndimage.minimum_filter1d(grown, size, axis=axis)
+    closed = grown[:, r:-r, r:-r].view(bool)
+    sub_hu = hu[z, y, x]
+    out = lung.copy()
+    out[z, y, x] |= closed & (sub_hu >= tissue_hu[0]) & (sub_hu < tissue_hu[1]) & ~other[z, y, x]
+    return fill_holes_per_slice(out)
+
+
 def mediastinum_region(lungs: np.ndarray) -> np.ndarray:
     """The published rule (module docstring): non-lung inside the narrowed lung bounding box."""
     out = np.zeros(lungs.shape, dtype=bool)
@@ -200,6 +238,7 @@ def segment_organs(
     airway_hu: float = -950.0,
     max_airway_ml: float = 250.0,
     threads: int = 1,
+    closing_mm: float = 5.0,
 ) -> Segmentation:
     """The organ map of one volume (HU [z, y, x] in stored orientation) by `method`."""
     if method not in ("reference", "improved"):
@@ -222,5 +261,7 @@ def segment_organs(
     right, left, how = split_components(lungs, spacing_mm)
     right, left = fill_holes_per_slice(right), fill_holes_per_slice(left)
     right &= ~left  # a hole of one lung never takes the other's voxels
+    right = close_per_slice(right, left, hu, spacing_mm, closing_mm)
+    left = close_per_slice(left, right, hu, spacing_mm, closing_mm)
     organs = organ_map(right, left, mediastinum_region(right | left))
     return Segmentation(organs, split=how, airways=airway.status, airway_ml=airway.volume_ml)

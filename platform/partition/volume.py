@@ -59,6 +59,7 @@ def partition_array(
         airway_hu=cfg.airway_hu,
         max_airway_ml=cfg.max_airway_ml,
         threads=cfg.threads,
+        closing_mm=cfg.closing_mm,
     )
     notes = []
     if seg.airways == "leak":
