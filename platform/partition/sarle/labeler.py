@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 from ctplatform.labels import LOCATION_GROUP, all_labels
 from ctplatform.partition.sarle.phrases import (
-    CUE,
     HAS_ABN,
     HEADER,
     abnormal_phrases,
@@ -133,7 +132,11 @@ def _chunk_findings(
 ) -> None:
     """Add the findings of the chunk `text[start:end]` (its phrase mentions `tokens`, starting in
     `section`) to `found`."""
-    if tokens[0][0] == start and tokens[0][2] in _OPENING_KINDS:
+    first = tokens[0]
+    if first[0] == start and (
+        first[3] == _FORWARD
+        or (first[2] == HEADER and len(tokens) > 1 and tokens[1][3] == _FORWARD and tokens[1][0] == first[1])
+    ):  # "[HEADER:] no ...": the only chunks the shortcut can apply to
         if _negated_sentence(text, start, end, vocab):
             return
     plain = plain_sentence(text, tokens, start, end, section)
@@ -151,7 +154,7 @@ def _chunk_findings(
         found.update(sentence_findings(sent, vocab))
 
 
-_OPENING_KINDS = frozenset({CUE, HEADER})
+_FORWARD = ("forward",)  # the data of a forward cue mention
 
 
 def _negated_sentence(text: str, start: int, end: int, vocab: Vocabulary) -> bool:
