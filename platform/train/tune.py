@@ -57,6 +57,7 @@ class SweepOutcome:
     best: TrialRow | None
     markdown: str
     wall_s: float
+    interrupted: bool = False  # stopped by Ctrl-C: trials left running or pending
 
 
 # ------------------------------------------------------------------------------ storage and names
@@ -149,6 +150,7 @@ class TrialNamer:
 
 
 def trial_dirname(trial: Any) -> str:
+    """A trial's folder in the experiment: its id (what the Train run and the MLflow child are named after)."""
     return str(trial.trial_id)
 
 
@@ -199,16 +201,14 @@ def make_tuner(base: Config, ctx: SweepContext, storage: str, concurrency: int, 
     )
 
 
-def views_of_results(grid: Any) -> list[Any]:
-    """TrialViews of a finished ResultGrid (the trial id is the folder name: trial_dirname)."""
-    from ctplatform.train.tune_tracking import TrialView
+def saved_trials(experiment_path: str) -> list[Any]:
+    """TrialViews of every trial in Tune's saved experiment state, with their Tune status (a
+    ResultGrid has no status: an interrupted trial would look finished)."""
+    from ray.tune import ExperimentAnalysis
 
-    views = []
-    for result in grid:
-        trial_id = Path(str(result.path).rstrip("/")).name
-        status = "ERROR" if result.error is not None else "TERMINATED"
-        views.append(TrialView(trial_id, dict(result.config or {}), status, dict(result.metrics or {})))
-    return views
+    from ctplatform.train.tune_tracking import view_of_trial
+
+    return [view_of_trial(t) for t in ExperimentAnalysis(experiment_path).trials]
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -274,20 +274,31 @@ def run_sweep(
     client = MlflowClient(base.tracking_uri)
     client.update_run(ctx.parent_run_id, status="RUNNING")
     try:
-        grid = tuner.fit()
+        tuner.fit()
     except BaseException as e:
         finish_mlflow_run(ctx.parent_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", type(e).__name__)
         raise
-    rows = collect_rows(ctx, views_of_results(grid))
+    rows = collect_rows(ctx, saved_trials(experiment_path))
     wall = time.monotonic() - start
-    md = log_table(ctx, rows, extra={"experiment": experiment_path, "wall time of this run": f"{wall:.0f} s"}, final=True)
+    # Tune returns normally after Ctrl-C (SIGINT) with trials left running or pending.
+    interrupted = any(r.status in ("running", "interrupted", "pending") for r in rows) or len(rows) < n_trials(base)
+    extra = {"experiment": experiment_path, "wall time of this run": f"{wall:.0f} s", "trials planned": str(n_trials(base))}
+    if interrupted:
+        extra["interrupted"] = f"continue with `ctplatform tune --resume --name {name}`"
+    md = log_table(ctx, rows, extra=extra, final=not interrupted)
     n_failed = sum(r.status == "failed" for r in rows)
-    finish_mlflow_run(ctx.parent_run_id, "FINISHED", f"{len(rows)} trials, {n_failed} failed")
+    if interrupted:
+        for r in rows:
+            if r.status in ("running", "interrupted") and r.mlflow_run_id:  # a resume sets them RUNNING again
+                finish_mlflow_run(r.mlflow_run_id, "KILLED", "sweep interrupted")
+        finish_mlflow_run(ctx.parent_run_id, "KILLED", "interrupted: resume with ctplatform tune --resume")
+    else:
+        finish_mlflow_run(ctx.parent_run_id, "FINISHED", f"{len(rows)} trials, {n_failed} failed")
     rundir_md = f"{experiment_path}/sweep_table.md"
     fs, path = rundir._fs(rundir_md)
     with fs.open(path, "w") as f:
         f.write(md)
     return SweepOutcome(
         name, experiment_path, ctx.parent_run_id, str(record.get("experiment_id", "")), base.tracking_uri,
-        rows, best_trial(rows, ctx.mode), md, wall,
+        rows, best_trial(rows, ctx.mode), md, wall, interrupted,
     )

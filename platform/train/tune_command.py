@@ -50,6 +50,9 @@ def run(args: argparse.Namespace, cfg: "Config") -> int:
     print(f"  experiment: {outcome.experiment_path}  (resume: ctplatform tune --resume --name {outcome.name})")
     print(f"  MLflow: {outcome.tracking_uri}  experiment {outcome.experiment_id}  parent run {outcome.parent_run_id}")
     print(f"  open the UI: {ui_command(outcome.tracking_uri)}")
+    if outcome.interrupted:
+        print(f"  interrupted: continue with `ctplatform tune --resume --name {outcome.name}` (same store and config)")
+        return 130
     if outcome.best is None:
         print("  no trial finished with a finite validation metric")
         return 1

@@ -28,7 +28,7 @@ class TrialRow:
     lambda_mask: float
     lr: float
     seed: int
-    status: str  # completed | early_stopped | stopped_asha | diverged | failed | running | pending
+    status: str  # completed | early_stopped | stopped_asha | diverged | failed | running | interrupted | pending
     epochs: int = 0
     best_epoch: int | None = None
     val_auroc_median: float = math.nan
@@ -137,6 +137,8 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.4g}"
     return str(v).replace("|", "/")

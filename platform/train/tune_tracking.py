@@ -104,7 +104,8 @@ def _status(view: TrialView, trial: dict[str, Any], outcome: dict[str, Any] | No
     if view.tune_status == "ERROR":
         return "failed"
     if view.tune_status in ("PENDING", "PAUSED"):
-        return "pending"
+        # A sweep stopped by Ctrl-C leaves its started trials PENDING: they resume with --resume.
+        return "interrupted" if trial.get("attempts") else "pending"
     if view.tune_status == "RUNNING":
         return "running"
     if outcome and outcome.get("status") in ("completed", "early_stopped", "diverged"):
@@ -136,7 +137,11 @@ def trial_row(ctx: SweepContext, view: TrialView, client: Any) -> TrialRow:
     best_epoch = last.get("best_epoch")
     if outcome and isinstance((outcome.get("metrics") or {}).get("best_epoch"), int):
         best_epoch = outcome["metrics"]["best_epoch"]
+    val_loss = history.get("val_loss", {})
+    if not isinstance(best_epoch, int) and val_loss:  # no report kept (interrupted): as training picks it
+        best_epoch = min(sorted(val_loss), key=lambda e: val_loss[e])
     best_epoch = best_epoch if isinstance(best_epoch, int) and best_epoch >= 0 else None
+    epochs = int(last.get(EPOCHS_DONE) or 0) or (max(val_loss) + 1 if val_loss else 0)
 
     def at_best(key: str) -> float:
         if best_epoch is None:
@@ -158,7 +163,7 @@ def trial_row(ctx: SweepContext, view: TrialView, client: Any) -> TrialRow:
         lr=float(view.params["lr"]),
         seed=int(view.params["seed"]),
         status=status,
-        epochs=int(last.get(EPOCHS_DONE, 0) or 0),
+        epochs=epochs,
         best_epoch=best_epoch,
         val_auroc_median=at_best("val_auroc_median"),
         val_organ_iou=at_best("val_organ_iou"),

@@ -119,6 +119,9 @@ def test_trial_status_from_tune_train_and_the_trial_record() -> None:
     assert _status(view("TERMINATED", {"status": "early_stopped"}), {}, None) == "early_stopped"
     assert _status(view("TERMINATED", {"status": "running", "epoch": 1}), {}, None) == "stopped_asha"
     assert _status(view("TERMINATED", {"epoch": 0, "status": "diverged"}), {}, None) == "diverged"
+    # After Ctrl-C Tune leaves started trials PENDING: those that ran are "interrupted".
+    assert _status(view("PENDING", {}), {"attempts": 1}, None) == "interrupted"
+    assert _status(view("PENDING", {}), {}, None) == "pending"
 
 
 class _Trial:
