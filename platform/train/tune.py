@@ -69,10 +69,17 @@ def tune_storage_root(cfg: Config) -> str:
     return str((cfg.workdir.expanduser() / "tune_results").resolve())
 
 
+def _fs(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
 def latest_sweep(storage: str) -> str | None:
+    """The most recently created sweep in the storage path (by its record), or None."""
     import json
 
-    fs, root = rundir._fs(storage)
+    fs, root = _fs(storage)
     records = []
     for path in fs.glob(f"{root}/*/{SWEEP_RECORD}"):
         with fs.open(path, "r") as f:
@@ -212,6 +219,54 @@ def saved_trials(experiment_path: str) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------ the driver
+def create_sweep(base: Config, storage: str, name: str, concurrency: int) -> dict[str, Any]:
+    """The parent MLflow run and the sweep record (ctplatform_sweep.json) of a new sweep."""
+    from ctplatform.train.tune_tracking import start_parent_run, sweep_params
+
+    experiment_path = f"{storage}/{name}"
+    parent_run_id, experiment_id = start_parent_run(base, name, sweep_params(base, n_trials(base), concurrency))
+    ctx = SweepContext(
+        name=name,
+        parent_run_id=parent_run_id,
+        config=base.model_dump(mode="json"),
+        train_storage=f"{experiment_path}/{TRAIN_RUNS}",
+        metric=base.tune.metric,
+        mode=str(base.tune.mode),
+        varied=sorted(varied_params(base)),
+    )
+    record = {"name": name, "created": time.time(), "experiment_id": experiment_id, "context": ctx.to_dict()}
+    rundir.write_json(storage, name, SWEEP_RECORD, record)
+    return record
+
+
+def report_sweep(ctx: SweepContext, base: Config, experiment_path: str, wall: float) -> tuple[list[TrialRow], str, bool]:
+    """Rows of every trial from Tune's saved state, the table logged on the parent run and written to
+    the experiment folder, the runs' final statuses; returns (rows, markdown, interrupted)."""
+    from ctplatform.train.tracking import finish_mlflow_run
+    from ctplatform.train.tune_tracking import collect_rows, log_table
+
+    rows = collect_rows(ctx, saved_trials(experiment_path))
+    planned = n_trials(base)
+    # Tune returns normally after Ctrl-C (SIGINT), with trials left running or pending.
+    interrupted = any(r.status in ("running", "interrupted", "pending") for r in rows) or len(rows) < planned
+    extra = {"experiment": experiment_path, "wall time of this run": f"{wall:.0f} s", "trials planned": str(planned)}
+    if interrupted:
+        extra["interrupted"] = f"continue with `ctplatform tune --resume --name {ctx.name}`"
+    md = log_table(ctx, rows, extra=extra, final=not interrupted)
+    if interrupted:
+        for r in rows:
+            if r.status in ("running", "interrupted") and r.mlflow_run_id:  # a resume sets them RUNNING again
+                finish_mlflow_run(r.mlflow_run_id, "KILLED", "sweep interrupted")
+        finish_mlflow_run(ctx.parent_run_id, "KILLED", "interrupted: resume with ctplatform tune --resume")
+    else:
+        n_failed = sum(r.status == "failed" for r in rows)
+        finish_mlflow_run(ctx.parent_run_id, "FINISHED", f"{len(rows)} trials, {n_failed} failed")
+    fs, path = _fs(f"{experiment_path}/sweep_table.md")
+    with fs.open(path, "w") as f:
+        f.write(md)
+    return rows, md, interrupted
+
+
 def run_sweep(
     cfg: Config, *, name: str | None = None, resume: bool = False, retry_failed: bool = False
 ) -> SweepOutcome:
@@ -220,43 +275,33 @@ def run_sweep(
     Raises FileNotFoundError / FileExistsError / ValueError for unusable inputs before anything starts.
     """
     import ray
+    from mlflow import MlflowClient
     from ray import tune
 
     from ctplatform.runtime import init_ray, setup_mlflow
     from ctplatform.train.trainer import resolve_use_gpu
     from ctplatform.train.tracking import finish_mlflow_run
-    from ctplatform.train.tune_tracking import collect_rows, log_table, start_parent_run, sweep_params
 
     start = time.monotonic()
     storage = tune_storage_root(cfg)
     name, record = resolve_sweep(storage, resume, name)
     experiment_path = f"{storage}/{name}"
-    if record is not None:
-        ctx = SweepContext.from_dict(record["context"])
-        base = Config.model_validate(ctx.config)
+    if record is not None:  # a resumed sweep keeps its own configuration
+        base = Config.model_validate(record["context"]["config"])
         setup_mlflow(base)
-        log.info("resuming sweep %s (MLflow parent run %s)", name, ctx.parent_run_id)
     else:
         base = sweep_base_config(cfg, f"{experiment_path}/{TRAIN_RUNS}")
         search_space(base)  # refuses inconsistent settings before anything is created
         for variant, problem in check_sweep_inputs(base).items():
             log.warning("variant %s: its trials will fail: %s", variant, problem)
-    init_ray(cfg)
+    init_ray(cfg)  # where to run comes from this command (local Ray or RAY_ADDRESS)
     use_gpu = resolve_use_gpu(base)
     concurrency = concurrent_trials(base, ray.cluster_resources(), use_gpu)
     if record is None:
-        parent_run_id, experiment_id = start_parent_run(base, name, sweep_params(base, n_trials(base), concurrency))
-        ctx = SweepContext(
-            name=name,
-            parent_run_id=parent_run_id,
-            config=base.model_dump(mode="json"),
-            train_storage=f"{experiment_path}/{TRAIN_RUNS}",
-            metric=base.tune.metric,
-            mode=base.tune.mode,
-            varied=sorted(varied_params(base)),
-        )
-        record = {"name": name, "created": time.time(), "experiment_id": experiment_id, "context": ctx.to_dict()}
-        rundir.write_json(storage, name, SWEEP_RECORD, record)
+        record = create_sweep(base, storage, name, concurrency)
+    else:
+        log.info("resuming sweep %s (MLflow parent run %s)", name, record["context"]["parent_run_id"])
+    ctx = SweepContext.from_dict(record["context"])
     log.info(
         "sweep %s: %d trial(s), %d at once (each: driver %s + %d Train worker(s) x %g CPU%s); experiment %s",
         name, n_trials(base), concurrency, describe_resources(driver_bundle(base)), base.train.num_workers,
@@ -264,40 +309,17 @@ def run_sweep(
     )
     trainable = make_trainable(base, ctx)
     if resume and tune.Tuner.can_restore(experiment_path):
-        tuner = tune.Tuner.restore(
-            experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed
-        )
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=retry_failed)
     else:  # a new sweep, or one killed before Tune saved its first state
         tuner = make_tuner(base, ctx, storage, concurrency, trainable)
-    from mlflow import MlflowClient
-
-    client = MlflowClient(base.tracking_uri)
-    client.update_run(ctx.parent_run_id, status="RUNNING")
+    MlflowClient(base.tracking_uri).update_run(ctx.parent_run_id, status="RUNNING")
     try:
         tuner.fit()
     except BaseException as e:
         finish_mlflow_run(ctx.parent_run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", type(e).__name__)
         raise
-    rows = collect_rows(ctx, saved_trials(experiment_path))
     wall = time.monotonic() - start
-    # Tune returns normally after Ctrl-C (SIGINT) with trials left running or pending.
-    interrupted = any(r.status in ("running", "interrupted", "pending") for r in rows) or len(rows) < n_trials(base)
-    extra = {"experiment": experiment_path, "wall time of this run": f"{wall:.0f} s", "trials planned": str(n_trials(base))}
-    if interrupted:
-        extra["interrupted"] = f"continue with `ctplatform tune --resume --name {name}`"
-    md = log_table(ctx, rows, extra=extra, final=not interrupted)
-    n_failed = sum(r.status == "failed" for r in rows)
-    if interrupted:
-        for r in rows:
-            if r.status in ("running", "interrupted") and r.mlflow_run_id:  # a resume sets them RUNNING again
-                finish_mlflow_run(r.mlflow_run_id, "KILLED", "sweep interrupted")
-        finish_mlflow_run(ctx.parent_run_id, "KILLED", "interrupted: resume with ctplatform tune --resume")
-    else:
-        finish_mlflow_run(ctx.parent_run_id, "FINISHED", f"{len(rows)} trials, {n_failed} failed")
-    rundir_md = f"{experiment_path}/sweep_table.md"
-    fs, path = rundir._fs(rundir_md)
-    with fs.open(path, "w") as f:
-        f.write(md)
+    rows, md, interrupted = report_sweep(ctx, base, experiment_path, wall)
     return SweepOutcome(
         name, experiment_path, ctx.parent_run_id, str(record.get("experiment_id", "")), base.tracking_uri,
         rows, best_trial(rows, ctx.mode), md, wall, interrupted,
