@@ -43,8 +43,32 @@ def chunks(words: list[str]) -> list[str]:
 def report_chunks(text: str) -> tuple[str, list[str]]:
     """`chunks(normalize(text))`, and those chunks joined by " . " with a space before and after
     (one string to scan for the whole report). Built without the word list: the same tokenising
-    steps as `trie.tokens`, on the report string."""
-    t = _LINE_START.sub(" . ", text).lower().translate(BLANK_TABLE)
+    steps as `trie.tokens`, on the report string, in C."""
+    # A line start right after a full stop would only add an empty sentence: leave it out.
+    joined = _joined(_LINE_START_AFTER_TEXT.sub(" . ", text))
+    if _abbreviation_stop(joined):  # "approx . 5 mm": the general way
+        parts = _chunks(_joined(_LINE_START.sub(" . ", text)))
+        return " " + " . ".join(parts) + " ", parts
+    # The chunks are the runs of tokens between "." tokens (empty ones dropped), so collapse runs
+    # of stops and drop those at either end.
+    while " . . " in joined:
+        joined = joined.replace(" . . ", " . ")
+    if joined.startswith(" . "):
+        joined = joined[2:]
+    if joined.endswith(" . "):
+        joined = joined[:-2]
+    core = joined[1:-1]
+    if not core or core == ".":
+        return "  ", []
+    return joined, core.split(" . ")
+
+
+_LINE_START_AFTER_TEXT = re.compile(r"\n(?<!\.\n)" + _LINE_START.pattern[2:])  # "\n" first: found in C
+
+
+def _joined(text: str) -> str:
+    """`" ".join(trie.tokens(text.lower()))` with a space before and after, from C string operations."""
+    t = text.lower().translate(BLANK_TABLE)
     if "?" in t or "!" in t or "\u2022" in t:
         t = STOPS.sub(" . ", t)
     if "\u00d7" in t:
@@ -55,23 +79,17 @@ def report_chunks(text: str) -> tuple[str, list[str]]:
     t = t.replace(". ", " . ")
     if t.endswith("."):
         t = t[:-1] + " ."
-    core = " ".join(t.split())
-    joined = f" {core} "
-    if ". . " in core or core.startswith(". ") or core.endswith(" .") or core == "." or _abbreviation_stop(joined):
-        parts = _chunks(joined)  # empty sentences or "approx .": the general way
-        return " " + " . ".join(parts) + " ", parts
-    return joined, core.split(" . ") if core else []  # the same chunks, found in C
+    return f" {' '.join(t.split())} "
 
 
 _ABBREVIATION_ENDS = tuple(f" {a}" for a in sorted(_ABBREVIATIONS))
-_ABBREVIATION_STOPS = tuple(f" {a} . " for a in sorted(_ABBREVIATIONS))
+# " approx . ": a full stop after an abbreviation. The regex engine jumps from " . " to " . " in C and
+# looks behind each one.
+_ABBREVIATION_STOP = re.compile(r" \. (?:" + "|".join(f"(?<= {re.escape(a)} \\. )" for a in sorted(_ABBREVIATIONS)) + ")")
 
 
 def _abbreviation_stop(joined: str) -> bool:
-    for stop in _ABBREVIATION_STOPS:
-        if stop in joined:
-            return True
-    return False
+    return _ABBREVIATION_STOP.search(joined) is not None
 
 
 def _chunks(joined: str) -> list[str]:
@@ -305,16 +323,37 @@ def scan_phrases(text: str, vocab: Vocabulary) -> list[tuple]:
 
 
 # Kind flags of a chunk's mentions (scan_report).
-HAS_ABN, HAS_PAIR, HAS_HEADER = 1, 2, 4
-_KIND_FLAG = {ABN: HAS_ABN, PAIR: HAS_PAIR, HEADER: HAS_HEADER}
+HAS_ABN, HAS_PAIR, HAS_HEADER, HAS_BOUND = 1, 2, 4, 8
+_KIND_FLAG = {ABN: HAS_ABN, PAIR: HAS_PAIR, HEADER: HAS_HEADER, BOUND: HAS_BOUND}
+_CANDIDATE = HAS_ABN | HAS_PAIR
+
+
+def _scan_entry(vocab: Vocabulary, term: str, group: int) -> tuple:
+    """What scan_report needs of a matched text (cached per spelling): (kind, data, flags, header,
+    templates); kind is None for a text that stands for nothing, MEASURE for a number, MANY for a
+    text that stands for several mentions (`templates`)."""
+    templates = vocab.token_cache.get(term) or _templates(vocab, term, group)
+    header = next((d[0] for k, d in templates if k == HEADER), None)
+    flags = sum({_KIND_FLAG.get(k, 0) for k, _ in templates})
+    if templates is _MEASUREMENT:
+        kind, data = MEASURE, None
+    elif len(templates) == 1:
+        kind, data = templates[0]
+    else:
+        kind, data = (MANY if templates else None), None
+    got = vocab.scan_entries[term] = (kind, data, flags, header, templates)
+    return got
+
+
+MEASURE, MANY = "measure", "many"  # scan entries' kinds besides the token kinds
 
 
 def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[int, int, list[tuple], int, str]]:
     """scan_phrases over a whole report (`report_chunks`), cut by chunk, keeping the chunks that
     name an abnormality term or a pair word: (start, end, mentions, flags, section) for each, where
     `joined[start:end]` is the chunk with a space on each side, `flags` tell whether it has
-    abnormality terms, pair words, headers (HAS_*) and `section` is the section it starts in (the
-    last header before it: no other chunk can state a finding)."""
+    abnormality terms, pair words, headers, boundaries (HAS_*) and `section` is the section it
+    starts in (the last header before it: no other chunk can state a finding)."""
     out: list[tuple[int, int, list[tuple], int, str]] = []
     ends = iter(parts)
     start = 0
@@ -323,17 +362,15 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
     append = tokens.append
     flags = 0
     section = opening_section = "none"
-    cache = vocab.token_flags
+    entries = vocab.scan_entries
     skip_to = 0
     for m in vocab.phrase_regex.finditer(joined):
         term = m.group()
-        got = cache.get(term)
+        got = entries.get(term)
         if got is None:
-            templates = vocab.token_cache.get(term) or _templates(vocab, term, m.lastindex)
-            header = next((d[0] for k, d in templates if k == HEADER), None)
-            got = cache[term] = (templates, sum({_KIND_FLAG.get(k, 0) for k, _ in templates}), header)
-        templates = got[0]
-        if not templates:
+            got = _scan_entry(vocab, term, m.lastindex)
+        kind = got[0]
+        if kind is None:
             continue
         s = m.start()
         if s < skip_to:
@@ -348,25 +385,25 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
             while s >= end:
                 start = end + 1
                 end = start + len(next(ends)) + 2
-        if templates is _MEASUREMENT:
+        if kind is MEASURE:
             size = read_size_at(joined, s + 1, end - 1)  # the chunk's words from here
             if size is not None:
                 append((s, size[0], SIZE, size[1:]))
                 skip_to = size[0]
             continue
-        e = s + len(term)
-        for kind, data in templates:
-            append((s, e, kind, data))
-        if got[1]:
-            flags |= got[1]
-            if got[2] is not None:
-                section = got[2]
+        if kind is MANY:
+            e = s + len(term)
+            for k, data in got[4]:
+                append((s, e, k, data))
+        else:
+            append((s, s + len(term), kind, got[1]))
+        if got[2]:
+            flags |= got[2]
+            if got[3] is not None:
+                section = got[3]
     if flags & _CANDIDATE:
         out.append((start, end, tokens, flags, opening_section))
     return out
-
-
-_CANDIDATE = HAS_ABN | HAS_PAIR
 
 
 def scan_locations(text: str, vocab: Vocabulary, start: int = 0, end: int | None = None) -> list[tuple]:

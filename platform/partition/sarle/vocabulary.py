@@ -87,7 +87,7 @@ class Vocabulary:
     _kinds: dict[str, str] = field(default_factory=dict)
     token_cache: dict[str, tuple] = field(default_factory=dict)  # phrases.py: matched text -> tokens
     location_tokens: dict[str, tuple[str]] = field(default_factory=dict)  # matched text -> (kind,)
-    token_flags: dict[str, tuple[tuple, int]] = field(default_factory=dict)  # matched text -> (tokens, kind flags)
+    scan_entries: dict[str, tuple] = field(default_factory=dict)  # phrases.scan_report: matched text -> its entry
 
     def meanings(self, text: str) -> tuple:
         """Values of the phrase term spelled `text` (space-separated tokens), cached."""
