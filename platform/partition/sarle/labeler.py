@@ -9,15 +9,26 @@ Pure functions over one item, tested without Ray; job.py maps them over a datase
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ctplatform.labels import LOCATION_GROUP, all_labels
 from ctplatform.partition.sarle.phrases import (
+    ABN,
+    ANCHOR,
+    BOUND,
+    CUE,
+    EXCL,
     HAS_ABN,
+    HAS_BOUND,
     HEADER,
+    PAIR,
+    SIZE,
+    WORD,
     abnormal_phrases,
     add_locations,
+    bound_level,
     classify_tokens,
     could_state_finding,
     may_state_finding,
@@ -28,9 +39,16 @@ from ctplatform.partition.sarle.phrases import (
     scan_phrases,
     scan_report,
 )
-from ctplatform.partition.sarle.term_search import sentence_findings
+from ctplatform.partition.sarle.term_search import (
+    _NO_SIDES,
+    _SIDE_WORDS,
+    _measured,
+    one_segment_findings,
+    segment_findings,
+    sentence_findings,
+)
 from ctplatform.partition.sarle.sizes import canonical_measurements
-from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary
+from ctplatform.partition.sarle.vocabulary import CLAUSE, Vocabulary, load_vocabulary
 
 LABEL_COLUMNS: tuple[str, ...] = ("volume_id", "abnormality", "location", "value")
 
@@ -120,7 +138,7 @@ def report_findings(text: str, vocab: Vocabulary) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     for start, end, tokens, flags, section in scan_report(joined, parts, vocab):
         if flags & HAS_ABN or could_state_finding(tokens):
-            _chunk_findings(joined, tokens, start, end, section, vocab, found)
+            _chunk_findings(joined, tokens, start, end, section, vocab, found, flags & HAS_BOUND)
     return found
 
 
@@ -128,10 +146,17 @@ _NONE: frozenset[tuple[str, str]] = frozenset()
 
 
 def _chunk_findings(
-    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set
+    text: str,
+    tokens: list[tuple],
+    start: int,
+    end: int,
+    section: str,
+    vocab: Vocabulary,
+    found: set,
+    has_bound: int | bool = True,
 ) -> None:
     """Add the findings of the chunk `text[start:end]` (its phrase mentions `tokens`, starting in
-    `section`) to `found`."""
+    `section`) to `found`. `has_bound`: whether a mention is a boundary (True when not known)."""
     first = tokens[0]
     if first[0] == start and (
         first[3] == _FORWARD
@@ -139,8 +164,15 @@ def _chunk_findings(
     ):  # "[HEADER:] no ...": the only chunks the shortcut can apply to
         if _negated_sentence(text, start, end, vocab):
             return
-    plain = plain_sentence(text, tokens, start, end, section)
-    if plain is not None:  # one sentence of one segment, nothing deleted (most findings)
+    if not has_bound:
+        if _plain_findings(text, tokens, start, end, section, vocab, found):
+            return
+        plain = plain_sentence(text, tokens, start, end, section)
+    elif _clean_findings(text, tokens, start, end, section, vocab, found):
+        return
+    else:
+        plain = None  # plain_sentence gives None for a chunk with a boundary
+    if plain is not None:  # one sentence of one segment, a cue deleting part of it
         sent = plain[0]
         if sent is not None and sent.may_state_finding():
             place_plain_locations(sent, text, vocab)
@@ -155,6 +187,169 @@ def _chunk_findings(
 
 
 _FORWARD = ("forward",)  # the data of a forward cue mention
+
+
+def _plain_findings(
+    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set
+) -> bool:
+    """The commonest chunk that states a finding, in one pass and without a Sentence: one segment
+    (no boundary), a header at most at its start, and no cue that deletes anything. Then every
+    mention is kept and term_search reduces to `one_segment_findings`; this is plain_sentence,
+    place_plain_locations and sentence_findings for such a chunk (checked against the full parse
+    in the tests). Adds its findings to `found`; False (nothing done) for any other chunk."""
+    opener = tokens[0] if tokens[0][2] == HEADER else None
+    if opener is not None:
+        section = opener[3][0]
+    names: list[str] = []
+    terms_at: list[tuple[int, str]] = []
+    pairs: dict[tuple[str, int], set[int]] | None = None
+    exclusions: set[str] | None = None
+    anchors: list[tuple[int, int, int, str]] = []
+    sizes: list[tuple[int, int, int, float, float]] = []
+    words: list[tuple[int, int, str]] = []
+    for tok in tokens:
+        kind = tok[2]
+        if kind == ABN:
+            names.append(tok[3][0])
+            terms_at.append((tok[0], tok[3][0]))
+        elif kind == PAIR:
+            name, n, half = tok[3]
+            if pairs is None:
+                pairs = {(name, n): {half}}
+            else:
+                halves = pairs.get((name, n))
+                if halves is None:
+                    pairs[(name, n)] = {half}
+                else:
+                    halves.add(half)
+        elif kind == CUE:
+            if tok[3][0] != "keep":
+                return False  # it deletes part of the chunk: plain_sentence
+        elif kind == SIZE:
+            sizes.append((tok[0], tok[1], 0, tok[3][0], tok[3][1]))
+        elif kind == ANCHOR:
+            anchors.append((tok[0], tok[1], 0, tok[3][0]))
+        elif kind == WORD:
+            words.append((tok[0], 0, tok[3][0]))
+        elif kind == EXCL:
+            if exclusions is None:
+                exclusions = {tok[3][0]}
+            else:
+                exclusions.add(tok[3][0])
+        elif tok is not opener:  # a boundary or a second header
+            return False
+    if section == "skip" or not (names or pairs):
+        return True  # no finding can be stated (term_search needs a term or a pair word)
+    if pairs is not None:
+        names.extend(name for (name, _), halves in pairs.items() if len(halves) == 2)
+    if sizes and anchors:
+        for _, measured in _measured(sizes, anchors, {0} if terms_at else set(), words, vocab, text, terms_at):
+            names.extend(measured)
+    if exclusions is not None:
+        names = [name for name in names if name not in exclusions]
+    if not names:
+        return True
+    if len(names) > 1:
+        names = list(dict.fromkeys(names))
+    own: list[str] = []
+    sides: set[str] | frozenset[str] = _NO_SIDES
+    for item in scan_locations(text, vocab, start if opener is None else opener[0], end):
+        if opener is not None and item < opener:
+            continue  # it sorts before the header: it belongs to the text before it
+        side = _SIDE_WORDS.get(item[3][0])
+        if side is None:
+            own.append(item[3][0])
+        else:
+            sides = sides.union(side)
+    found.update(one_segment_findings(names, own, sides, [], section, vocab.rules))
+    return True
+
+
+def _clean_findings(
+    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set
+) -> bool:
+    """_plain_findings for a chunk of several segments: a header at most at its start and no cue
+    that deletes anything, so every mention is kept and only the segments and clauses matter (the
+    same ids as phrases._classify gives; locations placed as add_locations does). Adds its findings
+    to `found`; False (nothing done) for any other chunk."""
+    opener = tokens[0] if tokens[0][2] == HEADER else None
+    if opener is not None:
+        section = opener[3][0]
+    seg = clause = 0
+    clause_of = [0]
+    bounds: list[tuple] = []
+    abnormalities: dict[int, list[str]] = {}
+    terms_at: list[tuple[int, str]] = []
+    pairs: dict[int, dict[tuple[str, int], set[int]]] = {}
+    exclusions: dict[int, set[str]] = {}
+    anchors: list[tuple[int, int, int, str]] = []
+    sizes: list[tuple[int, int, int, float, float]] = []
+    words: list[tuple[int, int, str]] = []
+    for tok in tokens:
+        kind = tok[2]
+        if kind == ABN:
+            got = abnormalities.get(seg)
+            if got is None:
+                abnormalities[seg] = [tok[3][0]]
+            else:
+                got.append(tok[3][0])
+            terms_at.append((tok[0], tok[3][0]))
+        elif kind == PAIR:
+            name, n, half = tok[3]
+            by_pair = pairs.get(seg)
+            if by_pair is None:
+                pairs[seg] = {(name, n): {half}}
+            else:
+                halves = by_pair.get((name, n))
+                if halves is None:
+                    by_pair[(name, n)] = {half}
+                else:
+                    halves.add(half)
+        elif kind == BOUND:
+            if bound_level(text, tok, end, vocab) >= CLAUSE:
+                clause += 1
+            seg += 1
+            clause_of.append(clause)
+            bounds.append(tok)
+        elif kind == CUE:
+            if tok[3][0] != "keep":
+                return False  # it deletes part of the chunk: the general parse
+        elif kind == SIZE:
+            sizes.append((tok[0], tok[1], seg, tok[3][0], tok[3][1]))
+        elif kind == ANCHOR:
+            anchors.append((tok[0], tok[1], seg, tok[3][0]))
+        elif kind == WORD:
+            words.append((tok[0], seg, tok[3][0]))
+        elif kind == EXCL:
+            exclusions.setdefault(seg, set()).add(tok[3][0])
+        elif tok is not opener:  # a second header
+            return False
+    if section == "skip" or not (abnormalities or pairs):
+        return True
+    if not abnormalities and not any(len(h) == 2 for by_pair in pairs.values() for h in by_pair.values()):
+        if not (sizes and anchors):
+            return True  # Sentence.may_state_finding
+    locs: dict[int, list[str]] = {}
+    sides: dict[int, set[str]] = {}
+    for item in scan_locations(text, vocab, start if opener is None else opener[0], end):
+        if opener is not None and item < opener:
+            continue  # it sorts before the header: it belongs to the text before it
+        sg = bisect_right(bounds, item)
+        kind = item[3][0]
+        side = _SIDE_WORDS.get(kind)
+        if side is None:
+            got = locs.get(sg)
+            if got is None:
+                locs[sg] = [kind]
+            else:
+                got.append(kind)
+        elif sg in sides:
+            sides[sg].update(side)
+        else:
+            sides[sg] = set(side)
+    measures = (sizes, anchors, text, terms_at) if sizes and anchors else None
+    found.update(segment_findings(abnormalities, pairs, measures, exclusions, words, locs, sides, clause_of, [], section, vocab))
+    return True
 
 
 def _negated_sentence(text: str, start: int, end: int, vocab: Vocabulary) -> bool:
@@ -174,7 +369,7 @@ def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozens
     if not tokens or not could_state_finding(tokens):
         return _NONE, after
     found: set[tuple[str, str]] = set()
-    _chunk_findings(padded, tokens, 0, len(padded), section, vocab, found)
+    _chunk_findings(padded, tokens, 0, len(padded), section, vocab, found, any(tok[2] == BOUND for tok in tokens))
     return (frozenset(found) if found else _NONE), after
 
 

@@ -478,14 +478,7 @@ def _classify(
     for item in items:
         kind = item[2]
         if kind == BOUND:
-            s, e, _, (level, word) = item
-            after_comma = text[s - 1] == ","  # tokens are one space apart: the previous token ends at s - 1
-            if word == "and":
-                nxt = text[e + 1 : text.find(" ", e + 1)] if e + 1 < limit else ""  # the chunk's next word
-                if vocab.clause_starters.keys_for(nxt) and (after_comma or nxt == "there"):
-                    level = CLAUSE
-            elif after_comma and word in vocab.negation_stop_after_comma:
-                level = NEGATION_STOP
+            level = bound_level(text, item, limit, vocab)
             seg += 1
             if level >= NEGATION_STOP:
                 zone += 1
@@ -553,6 +546,20 @@ def _classify(
     if explain:
         sent.deleted_spans = _deleted_spans(start, end, items, cues, levels)
     return sent
+
+
+def bound_level(text: str, item: tuple, limit: int, vocab: Vocabulary) -> int:
+    """The level of the boundary mention `item` in its chunk (ending at `limit`): its own, but
+    ", and" before a clause starter ("and there") ends a clause and ", with" a forward cue's scope."""
+    s, e, _, (level, word) = item
+    after_comma = text[s - 1] == ","  # tokens are one space apart: the previous token ends at s - 1
+    if word == "and":
+        nxt = text[e + 1 : text.find(" ", e + 1)] if e + 1 < limit else ""  # the chunk's next word
+        if vocab.clause_starters.keys_for(nxt) and (after_comma or nxt == "there"):
+            level = CLAUSE
+    elif after_comma and word in vocab.negation_stop_after_comma:
+        level = NEGATION_STOP
+    return level
 
 
 def plain_sentence(

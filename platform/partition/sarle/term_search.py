@@ -104,36 +104,21 @@ _NOTHING: frozenset[tuple[str, str]] = frozenset()
 
 def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str, str]]:
     """(abnormality, location) pairs one classified sentence states."""
-    pairs = sent.pairs
-    if not sent.abnormalities and not pairs:
+    if not sent.abnormalities and not sent.pairs:
         return _NOTHING
-    abn = dict(sent.abnormalities)  # per segment (only segments that hold something); lists never mutated
-    for sg, by_pair in pairs.items():
-        for (name, _), halves in by_pair.items():
-            if len(halves) == 2:
-                abn[sg] = [*abn.get(sg, ()), name]
-    words = sent.words
-    if sent.sizes and sent.anchors:
-        for sg, names in _measured(sent.sizes, sent.anchors, set(sent.abnormalities), words, vocab, sent):
-            abn[sg] = [*abn.get(sg, ()), *names]
-    excl = sent.exclusions
-    if excl:
-        for sg in list(abn):
-            if sg in excl:
-                names = [x for x in abn[sg] if x not in excl[sg]]
-                if names:
-                    abn[sg] = names
-                else:
-                    del abn[sg]
-    if not abn:
-        return _NOTHING
-    for sg, names in abn.items():
-        if len(names) > 1:
-            abn[sg] = list(dict.fromkeys(names))
+    measures = (sent.sizes, sent.anchors, sent.text, sent.terms_at) if sent.sizes and sent.anchors else None
+    locs, sides = split_locations(sent.locations)
+    return segment_findings(
+        sent.abnormalities, sent.pairs, measures, sent.exclusions, sent.words,
+        locs, sides, sent.segment_clause, sent.deleted_locations, sent.section, vocab,
+    )  # fmt: skip
 
+
+def split_locations(locations: dict[int, list[str]]) -> tuple[dict[int, list[str]], dict[int, set[str]]]:
+    """Per segment: the location kinds (in order) and the lung sides of its side words."""
     locs: dict[int, list[str]] = {}
     sides: dict[int, set[str]] = {}
-    for sg, kinds in sent.locations.items():
+    for sg, kinds in locations.items():
         for kind in kinds:
             side = _SIDE_WORDS.get(kind)
             if side is None:
@@ -146,28 +131,63 @@ def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str,
                 sides[sg].update(side)
             else:
                 sides[sg] = set(side)
+    return locs, sides
+
+
+def segment_findings(
+    abnormalities: dict[int, list[str]],
+    pairs: dict[int, dict[tuple[str, int], set[int]]],
+    measures: tuple[list, list, str, list[tuple[int, str]]] | None,
+    exclusions: dict[int, set[str]],
+    words: list[tuple[int, int, str]],
+    locs: dict[int, list[str]],
+    sides: dict[int, set[str]],
+    clause_of: list[int],
+    deleted_locations: list[str],
+    section: str,
+    vocab: Vocabulary,
+) -> frozenset[tuple[str, str]]:
+    """sentence_findings over a sentence's kept mentions by segment (see Sentence):
+    `measures` = (sizes, anchors, text, terms_at) when it has both sizes and anchors, else None;
+    `locs`, `sides` from split_locations; `clause_of` the clause of each segment."""
+    abn = dict(abnormalities)  # per segment (only segments that hold something); lists never mutated
+    for sg, by_pair in pairs.items():
+        for (name, _), halves in by_pair.items():
+            if len(halves) == 2:
+                abn[sg] = [*abn.get(sg, ()), name]
+    if measures is not None:
+        sizes, anchors, text, terms_at = measures
+        for sg, names in _measured(sizes, anchors, set(abnormalities), words, vocab, text, terms_at):
+            abn[sg] = [*abn.get(sg, ()), *names]
+    if exclusions:
+        for sg in list(abn):
+            if sg in exclusions:
+                names = [x for x in abn[sg] if x not in exclusions[sg]]
+                if names:
+                    abn[sg] = names
+                else:
+                    del abn[sg]
+    if not abn:
+        return _NOTHING
+    for sg, names in abn.items():
+        if len(names) > 1:
+            abn[sg] = list(dict.fromkeys(names))
 
     rules = vocab.rules
+    if len(clause_of) == 1:  # one segment (most sentences): its own locations or none
+        return one_segment_findings(abn[0], locs.get(0, []), sides.get(0, _NO_SIDES), deleted_locations, section, rules)
     placed: dict[tuple[int, str], list[str]] = {}
     pending: list[tuple[int, str]] = []
     listed: dict[int, set[str]] = {}
     no_sides: set[str] = set()
-    clause_of = sent.segment_clause
-    if len(clause_of) == 1:  # one segment (most sentences): its own locations or none
-        own_0 = locs.get(0, [])
-        sides_0 = sides.get(0, no_sides)
-        for name in abn[0]:
-            got = _first_pass(rules[name], own_0, [], sides_0, no_sides)
-            if got is None:
-                pending.append((0, name))
-            else:
-                placed[(0, name)] = got
-    else:
-        _place_by_segments(abn, locs, sides, pairs, listed, clause_of, rules, placed, pending)
+    _place_by_segments(abn, locs, sides, pairs, listed, clause_of, rules, placed, pending)
     for attempt in range(2) if pending else ():  # fallbacks; the second round lets defaults feed co-occurrence
         still: list[tuple[int, str]] = []
         for i, name in pending:
-            got = _fallback(rules[name], i, placed, sent, sides.get(i, no_sides) | listed.get(i, no_sides), attempt == 0)
+            got = _fallback(
+                rules[name], i, placed, deleted_locations, section,
+                sides.get(i, no_sides) | listed.get(i, no_sides), attempt == 0,
+            )  # fmt: skip
             if got is None:
                 still.append((i, name))
             else:
@@ -176,6 +196,49 @@ def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str,
 
     if words:
         _interpretations_take_sides(placed, words)
+    return _with_implied(placed, rules)
+
+
+_NO_SIDES: frozenset[str] = frozenset()
+
+
+def one_segment_findings(
+    names: list[str],
+    own: list[str],
+    sides: set[str] | frozenset[str],
+    deleted_locations: list[str],
+    section: str,
+    rules: dict[str, AbnormalityRule],
+) -> frozenset[tuple[str, str]]:
+    """sentence_findings of a sentence of one segment: the abnormalities `names` (distinct, after
+    pairs, sizes and exclusions), the location kinds `own` and side words `sides` kept in it, the
+    location kinds its cues deleted and its section. Steps 1-2 reduce to its own locations (there is
+    no other segment to borrow from or to interpret)."""
+    placed: dict[tuple[int, str], list[str]] = {}
+    pending: list[str] = []
+    for name in names:
+        rule = rules[name]
+        found = _locate(own, sides, rule.groups) if own else None
+        if found:
+            placed[(0, name)] = found
+        elif own and ("outside_chest" in own or not rule.defined):
+            placed[(0, name)] = []
+        else:
+            pending.append(name)
+    for attempt in range(2) if pending else ():  # as in sentence_findings
+        still: list[str] = []
+        for name in pending:
+            got = _fallback(rules[name], 0, placed, deleted_locations, section, sides, attempt == 0)
+            if got is None:
+                still.append(name)
+            else:
+                placed[(0, name)] = got
+        pending = still
+    return _with_implied(placed, rules)
+
+
+def _with_implied(placed: dict[tuple[int, str], list[str]], rules: dict[str, AbnormalityRule]) -> frozenset[tuple[str, str]]:
+    """The placed findings and what they imply, in the locations the implied abnormality has labels in."""
     out: set[tuple[str, str]] = set()
     for (_, name), locations in placed.items():
         implies = rules[name].implies
@@ -275,8 +338,9 @@ def _fallback(
     rule: AbnormalityRule,
     seg: int,
     placed: dict[tuple[int, str], list[str]],
-    sent: Sentence,
-    sides: set[str],
+    deleted_locations: list[str],
+    section: str,
+    sides: set[str] | frozenset[str],
     use_defaults: bool,
 ) -> list[str] | None:
     """Steps 3-6 for a mention that steps 1-2 did not place."""
@@ -294,15 +358,15 @@ def _fallback(
                 return near
     if not use_defaults:
         return None
-    if sent.deleted_locations:
-        found = _locate([k for k in sent.deleted_locations if k != "outside_chest"], sides, groups)
+    if deleted_locations:
+        found = _locate([k for k in deleted_locations if k != "outside_chest"], sides, groups)
         if found:
             return found
-    if sent.section in _SECTION_KINDS:
-        found = _locate([sent.section], sides, groups)
+    if section in _SECTION_KINDS:
+        found = _locate([section], sides, groups)
         if found:
             return found
-    elif sent.section == "other":
+    elif section == "other":
         return []
     if rule.defined:
         return _place_by_group(next(iter(groups)), sides)
@@ -317,7 +381,8 @@ def _measured(
     term_segments: set[int],
     words: list[tuple[int, int, str]],
     vocab: Vocabulary,
-    sent: Sentence,
+    text: str,
+    terms_at: list[tuple[int, str]],
 ) -> list[tuple[int, list[str]]]:
     """Size-defined findings ("1.5 cm nodule" -> nodulegr1cm): (segment, names) of each.
 
@@ -329,7 +394,7 @@ def _measured(
     its anchor; otherwise the smallest dimension is taken as the short axis.
     """
     # Distances count tokens (not characters), so that the numbers' spelling cannot matter.
-    count = sent.text.count
+    count = text.count
 
     def gap(a_start: int, a_end: int, b_start: int, b_end: int) -> int:
         if a_end <= b_start:
@@ -369,6 +434,6 @@ def _measured(
             if host < 0:
                 out.append((a_seg, [name]))
             else:
-                own = [name for start, name in sent.terms_at if start == a_start]
+                own = [name for start, name in terms_at if start == a_start]
                 out.append((host, [*own, name]))
     return out
