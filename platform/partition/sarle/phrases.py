@@ -488,7 +488,7 @@ def _classify(
             seg_zone.append(zone)
             bounds.append(item)
             if explain:
-                levels.append((s, e, level))
+                levels.append((item[0], item[1], level))
         elif kind == CUE:
             scope = item[3][0]
             if scope == "forward":
