@@ -20,9 +20,12 @@ from ctplatform.partition.sarle.phrases import (
     BOUND,
     CUE,
     EXCL,
-    HAS_ABN,
     HAS_BOUND,
+    HAS_PAIR,
+    HAS_SIZE,
+    HAS_ANCHOR,
     HEADER,
+    UNKNOWN_FLAGS,
     PAIR,
     SIZE,
     WORD,
@@ -30,7 +33,9 @@ from ctplatform.partition.sarle.phrases import (
     add_locations,
     bound_level,
     classify_tokens,
+    complete_pair,
     could_state_finding,
+    may_find,
     may_state_finding,
     place_plain_locations,
     plain_sentence,
@@ -137,8 +142,8 @@ def report_findings(text: str, vocab: Vocabulary) -> set[tuple[str, str]]:
     joined, parts = report_chunks(text)
     found: set[tuple[str, str]] = set()
     for start, end, tokens, flags, section in scan_report(joined, parts, vocab):
-        if flags & HAS_ABN or could_state_finding(tokens):
-            _chunk_findings(joined, tokens, start, end, section, vocab, found, flags & HAS_BOUND)
+        if may_find(flags):
+            _chunk_findings(joined, tokens, start, end, section, vocab, found, flags)
     return found
 
 
@@ -153,10 +158,10 @@ def _chunk_findings(
     section: str,
     vocab: Vocabulary,
     found: set,
-    has_bound: int | bool = True,
+    flags: int = UNKNOWN_FLAGS,
 ) -> None:
     """Add the findings of the chunk `text[start:end]` (its phrase mentions `tokens`, starting in
-    `section`) to `found`. `has_bound`: whether a mention is a boundary (True when not known)."""
+    `section`) to `found`. `flags`: what its mentions hold (phrases.scan_report), if known."""
     first = tokens[0]
     if first[0] == start and (
         first[3] == _FORWARD
@@ -164,11 +169,11 @@ def _chunk_findings(
     ):  # "[HEADER:] no ...": the only chunks the shortcut can apply to
         if _negated_sentence(text, start, end, vocab):
             return
-    if not has_bound:
-        if _plain_findings(text, tokens, start, end, section, vocab, found):
+    if not flags & HAS_BOUND:
+        if _plain_findings(text, tokens, start, end, section, vocab, found, flags):
             return
         plain = plain_sentence(text, tokens, start, end, section)
-    elif _clean_findings(text, tokens, start, end, section, vocab, found):
+    elif _clean_findings(text, tokens, start, end, section, vocab, found, flags):
         return
     else:
         plain = None  # plain_sentence gives None for a chunk with a boundary
@@ -190,18 +195,21 @@ _FORWARD = ("forward",)  # the data of a forward cue mention
 
 
 def _plain_findings(
-    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set
+    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set, flags: int
 ) -> bool:
     """The commonest chunk that states a finding, in one pass and without a Sentence: one segment
     (no boundary), a header at most at its start, and no cue that deletes anything. Then every
     mention is kept and term_search reduces to `one_segment_findings`; this is plain_sentence,
     place_plain_locations and sentence_findings for such a chunk (checked against the full parse
-    in the tests). Adds its findings to `found`; False (nothing done) for any other chunk."""
+    in the tests). Adds its findings to `found`; False (nothing done) for any other chunk.
+    Pair words are read only when `flags` tell that both halves of a pair occur (else they make
+    no finding), the positions of terms only when there are sizes and anchors."""
     opener = tokens[0] if tokens[0][2] == HEADER else None
     if opener is not None:
         section = opener[3][0]
     names: list[str] = []
-    terms_at: list[tuple[int, str]] = []
+    terms_at: list[tuple[int, str]] | None = [] if flags & HAS_SIZE and flags & HAS_ANCHOR else None
+    read_pairs = complete_pair(flags)
     pairs: dict[tuple[str, int], set[int]] | None = None
     exclusions: set[str] | None = None
     anchors: list[tuple[int, int, int, str]] = []
@@ -211,8 +219,11 @@ def _plain_findings(
         kind = tok[2]
         if kind == ABN:
             names.append(tok[3][0])
-            terms_at.append((tok[0], tok[3][0]))
+            if terms_at is not None:
+                terms_at.append((tok[0], tok[3][0]))
         elif kind == PAIR:
+            if not read_pairs:
+                continue
             name, n, half = tok[3]
             if pairs is None:
                 pairs = {(name, n): {half}}
@@ -238,11 +249,11 @@ def _plain_findings(
                 exclusions.add(tok[3][0])
         elif tok is not opener:  # a boundary or a second header
             return False
-    if section == "skip" or not (names or pairs):
+    if section == "skip" or not (names or (pairs if read_pairs else flags & HAS_PAIR)):
         return True  # no finding can be stated (term_search needs a term or a pair word)
     if pairs is not None:
         names.extend(name for (name, _), halves in pairs.items() if len(halves) == 2)
-    if sizes and anchors:
+    if sizes and anchors and terms_at is not None:
         for _, measured in _measured(sizes, anchors, {0} if terms_at else set(), words, vocab, text, terms_at):
             names.extend(measured)
     if exclusions is not None:
@@ -261,17 +272,19 @@ def _plain_findings(
             own.append(item[3][0])
         else:
             sides = sides.union(side)
-    found.update(one_segment_findings(names, own, sides, [], section, vocab.rules))
+    one_segment_findings(names, own, sides, [], section, vocab.rules, found)
     return True
 
 
 def _clean_findings(
-    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set
+    text: str, tokens: list[tuple], start: int, end: int, section: str, vocab: Vocabulary, found: set, flags: int
 ) -> bool:
     """_plain_findings for a chunk of several segments: a header at most at its start and no cue
     that deletes anything, so every mention is kept and only the segments and clauses matter (the
     same ids as phrases._classify gives; locations placed as add_locations does). Adds its findings
-    to `found`; False (nothing done) for any other chunk."""
+    to `found`; False (nothing done) for any other chunk. Pair words are read only when both
+    halves of a pair occur in the chunk: else no pair can be completed, not even by joining
+    segments, and a segment that holds only pair words adds nothing to its neighbour."""
     opener = tokens[0] if tokens[0][2] == HEADER else None
     if opener is not None:
         section = opener[3][0]
@@ -280,6 +293,7 @@ def _clean_findings(
     bounds: list[tuple] = []
     abnormalities: dict[int, list[str]] = {}
     terms_at: list[tuple[int, str]] = []
+    read_pairs = complete_pair(flags)
     pairs: dict[int, dict[tuple[str, int], set[int]]] = {}
     exclusions: dict[int, set[str]] = {}
     anchors: list[tuple[int, int, int, str]] = []
@@ -295,6 +309,8 @@ def _clean_findings(
                 got.append(tok[3][0])
             terms_at.append((tok[0], tok[3][0]))
         elif kind == PAIR:
+            if not read_pairs:
+                continue
             name, n, half = tok[3]
             by_pair = pairs.get(seg)
             if by_pair is None:
@@ -324,7 +340,7 @@ def _clean_findings(
             exclusions.setdefault(seg, set()).add(tok[3][0])
         elif tok is not opener:  # a second header
             return False
-    if section == "skip" or not (abnormalities or pairs):
+    if section == "skip" or not (abnormalities or (pairs if read_pairs else flags & HAS_PAIR)):
         return True
     if not abnormalities and not any(len(h) == 2 for by_pair in pairs.values() for h in by_pair.values()):
         if not (sizes and anchors):
@@ -348,7 +364,7 @@ def _clean_findings(
         else:
             sides[sg] = set(side)
     measures = (sizes, anchors, text, terms_at) if sizes and anchors else None
-    found.update(segment_findings(abnormalities, pairs, measures, exclusions, words, locs, sides, clause_of, [], section, vocab))
+    segment_findings(abnormalities, pairs, measures, exclusions, words, locs, sides, clause_of, [], section, vocab, found)
     return True
 
 
@@ -369,7 +385,7 @@ def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozens
     if not tokens or not could_state_finding(tokens):
         return _NONE, after
     found: set[tuple[str, str]] = set()
-    _chunk_findings(padded, tokens, 0, len(padded), section, vocab, found, any(tok[2] == BOUND for tok in tokens))
+    _chunk_findings(padded, tokens, 0, len(padded), section, vocab, found)
     return (frozenset(found) if found else _NONE), after
 
 

@@ -322,10 +322,27 @@ def scan_phrases(text: str, vocab: Vocabulary) -> list[tuple]:
     return out
 
 
-# Kind flags of a chunk's mentions (scan_report).
-HAS_ABN, HAS_PAIR, HAS_HEADER, HAS_BOUND = 1, 2, 4, 8
-_KIND_FLAG = {ABN: HAS_ABN, PAIR: HAS_PAIR, HEADER: HAS_HEADER, BOUND: HAS_BOUND}
+# Flags of a chunk's mentions (scan_report): which kinds it has, and above PAIR_SHIFT one bit per
+# half of each co-occurring pair (pair j's halves at bits 2j and 2j + 1), so that whether both halves
+# of some pair occur is a test on integers (`complete_pair`).
+HAS_ABN, HAS_PAIR, HAS_HEADER, HAS_BOUND, HAS_SIZE, HAS_ANCHOR = 1, 2, 4, 8, 16, 32
+PAIR_SHIFT = 8
+UNKNOWN_FLAGS = -1  # every bit set: "may have anything" (for mentions scanned without flags)
+_KIND_FLAG = {ABN: HAS_ABN, PAIR: HAS_PAIR, HEADER: HAS_HEADER, BOUND: HAS_BOUND, ANCHOR: HAS_ANCHOR}
 _CANDIDATE = HAS_ABN | HAS_PAIR
+_PAIR_SIZE_ANCHOR = HAS_PAIR | HAS_SIZE | HAS_ANCHOR
+_FIRST_HALVES = int("5" * 256, 16)  # bits 0, 2, 4, ...: the first half of every pair
+
+
+def complete_pair(flags: int) -> bool:
+    """Whether both halves of some co-occurring pair are among the mentions `flags` describe."""
+    halves = flags >> PAIR_SHIFT
+    return (halves & (halves >> 1) & _FIRST_HALVES) != 0
+
+
+def may_find(flags: int) -> bool:
+    """could_state_finding from a chunk's flags alone (the same answer)."""
+    return bool(flags & HAS_ABN) or complete_pair(flags) or flags & _PAIR_SIZE_ANCHOR == _PAIR_SIZE_ANCHOR
 
 
 def _scan_entry(vocab: Vocabulary, term: str, group: int) -> tuple:
@@ -335,6 +352,9 @@ def _scan_entry(vocab: Vocabulary, term: str, group: int) -> tuple:
     templates = vocab.token_cache.get(term) or _templates(vocab, term, group)
     header = next((d[0] for k, d in templates if k == HEADER), None)
     flags = sum({_KIND_FLAG.get(k, 0) for k, _ in templates})
+    for k, d in templates:
+        if k == PAIR:
+            flags |= 1 << (PAIR_SHIFT + 2 * vocab.pair_index[d[:2]] + d[2])
     if templates is _MEASUREMENT:
         kind, data = MEASURE, None
     elif len(templates) == 1:
@@ -351,8 +371,8 @@ MEASURE, MANY = "measure", "many"  # scan entries' kinds besides the token kinds
 def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[int, int, list[tuple], int, str]]:
     """scan_phrases over a whole report (`report_chunks`), cut by chunk, keeping the chunks that
     name an abnormality term or a pair word: (start, end, mentions, flags, section) for each, where
-    `joined[start:end]` is the chunk with a space on each side, `flags` tell whether it has
-    abnormality terms, pair words, headers, boundaries (HAS_*) and `section` is the section it
+    `joined[start:end]` is the chunk with a space on each side, `flags` tell which kinds of
+    mention it has and which pair halves (see HAS_*, PAIR_SHIFT) and `section` is the section it
     starts in (the last header before it: no other chunk can state a finding)."""
     out: list[tuple[int, int, list[tuple], int, str]] = []
     ends = iter(parts)
@@ -390,6 +410,7 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
             if size is not None:
                 append((s, size[0], SIZE, size[1:]))
                 skip_to = size[0]
+                flags |= HAS_SIZE
             continue
         if kind is MANY:
             e = s + len(term)

@@ -22,6 +22,8 @@ def read_size_at(text: str, start: int, stop: int) -> tuple[int, float, float] |
     """`read_size` of the words of `text[start:stop]` (single spaces between them), from the first:
     (character end of the measurement, largest, smallest cm), or None. Splits only the first few
     words: a measurement is short, and the rest of a long sentence need not be cut into words."""
+    if _SIZE_SHAPE.match(text, start, stop + 1) is None:
+        return None  # most numbers that are no measurement ("1 .", "series 3") end here, in C
     rest = text[start:stop]
     words = rest.split(" ", _FEW)
     if len(words) > _FEW:
@@ -38,6 +40,9 @@ def read_size_at(text: str, start: int, stop: int) -> tuple[int, float, float] |
 
 
 _FEW = 12
+# What every measurement read_size reads starts with: number, dimension and "x"/"by" characters,
+# then a unit (as a word or a suffix) and the space after it (text[stop] is a space).
+_SIZE_SHAPE = re.compile(r"(?:[0-9.x ]|by)*(?:cm|mm|centimeters?|millimeters?) ")
 
 
 def read_size(words: list[str], i: int) -> tuple[int, float, float] | None:

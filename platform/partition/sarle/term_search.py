@@ -19,6 +19,8 @@ other findings ("..., consistent with pulmonary edema") it takes their sides.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ctplatform.labels import LOCATION_GROUP
 from ctplatform.partition.sarle.phrases import Sentence
 from ctplatform.partition.sarle.vocabulary import LOCATION_KINDS, AbnormalityRule, Vocabulary
@@ -31,15 +33,30 @@ _NON_LUNG = ("heart", "great_vessel", "mediastinum")
 _SHORT_AXIS_REACH = 4  # tokens between a measurement and "short axis"
 
 
-def _locate(kinds: list[str], sides: set[str], groups: frozenset[str], listed: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """Locations (labels.parquet names) of `kinds` that fit `groups`; [] when none fits.
+def _locate(
+    kinds: list[str], sides: set[str] | frozenset[str], groups: frozenset[str], listed: set[str] | frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    """Locations (labels.parquet names) of `kinds` that fit `groups`; () when none fits.
 
     `sides` are side words of the finding's own phrase (used when no location term has a side);
     `listed` are sides from a list around it ("moderate right and small left effusions"), which
-    count when some location term names the lung.
+    count when some location term names the lung. A lookup table over the vocabulary's symbols
+    (the answer depends on the set of kinds only), filled as combinations occur: at most a few
+    thousand entries, whatever the text.
     """
     if not kinds:
-        return []
+        return ()
+    key = (frozenset(kinds), groups, frozenset(sides) if sides else None, frozenset(listed) if listed else None)
+    got = _LOCATED.get(key)
+    if got is None:
+        got = _LOCATED[key] = tuple(_locate_kinds(key[0], sides, groups, listed))
+    return got
+
+
+_LOCATED: dict[tuple, tuple[str, ...]] = {}
+
+
+def _locate_kinds(kinds: frozenset[str], sides: set[str] | frozenset[str], groups: frozenset[str], listed: set[str] | frozenset[str]) -> list[str]:
     out: list[str] = []
     if "lung" in groups:
         sided: set[str] | None = None
@@ -108,10 +125,12 @@ def sentence_findings(sent: Sentence, vocab: Vocabulary) -> frozenset[tuple[str,
         return _NOTHING
     measures = (sent.sizes, sent.anchors, sent.text, sent.terms_at) if sent.sizes and sent.anchors else None
     locs, sides = split_locations(sent.locations)
-    return segment_findings(
+    out: set[tuple[str, str]] = set()
+    segment_findings(
         sent.abnormalities, sent.pairs, measures, sent.exclusions, sent.words,
-        locs, sides, sent.segment_clause, sent.deleted_locations, sent.section, vocab,
+        locs, sides, sent.segment_clause, sent.deleted_locations, sent.section, vocab, out,
     )  # fmt: skip
+    return frozenset(out) if out else _NOTHING
 
 
 def split_locations(locations: dict[int, list[str]]) -> tuple[dict[int, list[str]], dict[int, set[str]]]:
@@ -146,10 +165,11 @@ def segment_findings(
     deleted_locations: list[str],
     section: str,
     vocab: Vocabulary,
-) -> frozenset[tuple[str, str]]:
-    """sentence_findings over a sentence's kept mentions by segment (see Sentence):
-    `measures` = (sizes, anchors, text, terms_at) when it has both sizes and anchors, else None;
-    `locs`, `sides` from split_locations; `clause_of` the clause of each segment."""
+    out: set[tuple[str, str]],
+) -> None:
+    """sentence_findings over a sentence's kept mentions by segment (see Sentence), added to
+    `out`: `measures` = (sizes, anchors, text, terms_at) when it has both sizes and anchors, else
+    None; `locs`, `sides` from split_locations; `clause_of` the clause of each segment."""
     abn = dict(abnormalities)  # per segment (only segments that hold something); lists never mutated
     for sg, by_pair in pairs.items():
         for (name, _), halves in by_pair.items():
@@ -168,14 +188,15 @@ def segment_findings(
                 else:
                     del abn[sg]
     if not abn:
-        return _NOTHING
+        return
     for sg, names in abn.items():
         if len(names) > 1:
             abn[sg] = list(dict.fromkeys(names))
 
     rules = vocab.rules
     if len(clause_of) == 1:  # one segment (most sentences): its own locations or none
-        return one_segment_findings(abn[0], locs.get(0, []), sides.get(0, _NO_SIDES), deleted_locations, section, rules)
+        one_segment_findings(abn[0], locs.get(0, []), sides.get(0, _NO_SIDES), deleted_locations, section, rules, out)
+        return
     placed: dict[tuple[int, str], list[str]] = {}
     pending: list[tuple[int, str]] = []
     listed: dict[int, set[str]] = {}
@@ -196,7 +217,7 @@ def segment_findings(
 
     if words:
         _interpretations_take_sides(placed, words)
-    return _with_implied(placed, rules)
+    _with_implied(placed, rules, out)
 
 
 _NO_SIDES: frozenset[str] = frozenset()
@@ -209,8 +230,9 @@ def one_segment_findings(
     deleted_locations: list[str],
     section: str,
     rules: dict[str, AbnormalityRule],
-) -> frozenset[tuple[str, str]]:
-    """sentence_findings of a sentence of one segment: the abnormalities `names` (distinct, after
+    out: set[tuple[str, str]],
+) -> None:
+    """sentence_findings of a sentence of one segment, added to `out`: the abnormalities `names` (distinct, after
     pairs, sizes and exclusions), the location kinds `own` and side words `sides` kept in it, the
     location kinds its cues deleted and its section. Steps 1-2 reduce to its own locations (there is
     no other segment to borrow from or to interpret)."""
@@ -234,20 +256,24 @@ def one_segment_findings(
             else:
                 placed[(0, name)] = got
         pending = still
-    return _with_implied(placed, rules)
+    _with_implied(placed, rules, out)
 
 
-def _with_implied(placed: dict[tuple[int, str], list[str]], rules: dict[str, AbnormalityRule]) -> frozenset[tuple[str, str]]:
-    """The placed findings and what they imply, in the locations the implied abnormality has labels in."""
-    out: set[tuple[str, str]] = set()
+def _with_implied(
+    placed: dict[tuple[int, str], Sequence[str]], rules: dict[str, AbnormalityRule], out: set[tuple[str, str]]
+) -> None:
+    """Add the placed findings and what they imply (in the locations where the implied abnormality
+    has labels) to `out`."""
+    add = out.add
     for (_, name), locations in placed.items():
-        implies = rules[name].implies
         for loc in locations:
-            out.add((name, loc))
-            for implied in implies:
-                if _in_group(loc, rules[implied].groups):
-                    out.add((implied, loc))
-    return frozenset(out)
+            add((name, loc))
+        implies = rules[name].implies
+        if implies:
+            for loc in locations:
+                for implied in implies:
+                    if _in_group(loc, rules[implied].groups):
+                        add((implied, loc))
 
 
 def _place_by_segments(

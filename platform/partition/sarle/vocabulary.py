@@ -83,6 +83,7 @@ class Vocabulary:
     pair_terms: dict[str, tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]]
     location_terms: dict[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> terms
     size_thresholds: tuple[float, ...] = ()  # every size rule's threshold (cm), sorted
+    pair_index: dict[tuple[str, int], int] = field(default_factory=dict)  # (name, pair number) -> j
     _meanings: dict[str, tuple] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
     token_cache: dict[str, tuple] = field(default_factory=dict)  # phrases.py: matched text -> tokens
@@ -340,4 +341,5 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
         pair_terms=pair_terms,
         location_terms=location_terms,
         size_thresholds=tuple(sorted({r.size.greater_than_cm for r in rules.values() if r.size is not None})),
+        pair_index={key: j for j, key in enumerate((name, k) for name, pairs in pair_terms.items() for k in range(len(pairs)))},
     )
