@@ -152,8 +152,11 @@ class TrainConfig(Section):
     hu_clip: tuple[float, float] = (-1000.0, 800.0)
     center: float = Field(0.449, description="subtracted after scaling to [0, 1] (published code)")
     augment: bool = True
+    optimizer: Literal["sgd", "adam"] = Field(
+        "sgd", description="sgd: the paper's SGD with momentum; adam: Adam (no momentum setting), e.g. the CPU demo from random init"
+    )
     lr: float = 1e-3
-    momentum: float = 0.99
+    momentum: float = Field(0.99, description="SGD momentum (the paper: 0.99); unused by adam")
     epochs: int = 10
     batch_size: int = 1
     early_stopping_patience: int = 3
@@ -293,6 +296,24 @@ class EvalConfig(Section):
     )
 
 
+class DemoConfig(Section):
+    """`ctplatform demo`: the phantom cohort it generates and the splits it evaluates."""
+
+    n: int = Field(200, ge=8, description="scans in the phantom cohort (train 50%, valid 15%, test 15%, shifted 20%)")
+    size: Literal["tiny", "demo"] = Field("demo", description="phantom size: tiny (~3.7 mm, tests) or demo (~1.5 mm)")
+    seed: int = Field(0, description="cohort seed: same seed, same patients")
+    confounder: str = Field(
+        "fat:great_vessel_atherosclerosis:0.9", description="KIND[:LABEL[:STRENGTH]] as `ctplatform phantom --confounder`"
+    )
+    prevalence: dict[str, float] = Field(
+        default_factory=dict, description="finding -> prevalence overrides (as `ctplatform phantom --prevalence`)"
+    )
+    eval_splits: list[str] = Field(
+        default_factory=lambda: ["test", "shifted"],
+        description="splits evaluated; the first is the headline, 'shifted' breaks the confounder's link to its label",
+    )
+
+
 class Config(Section):
     workdir: Path = Field(Path("ctplatform-work"), description="Default root for store, MLflow and runs")
     store: str | None = Field(None, description="Store path (local, NFS or s3://); None: <workdir>/store")
@@ -304,6 +325,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     @property
     def store_path(self) -> str:

@@ -207,6 +207,14 @@ def write_outcome(config: dict[str, Any], status: str, metrics: dict[str, Any], 
         rundir.write_json(config["storage_path"], config["run_name"], rundir.OUTCOME, payload)
 
 
+def make_optimizer(params: Any, cfg: Config) -> torch.optim.Optimizer:
+    """train.optimizer: the paper's SGD with momentum, or Adam (the CPU demo: random init, few steps)."""
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum)
+
+
 # ------------------------------------------------------------------------------ the worker function
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. config: {"cfg": Config as JSON dict, "mlflow_run_id", "tracking_uri"}."""
@@ -233,11 +241,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("restored checkpoint: continuing at epoch %d", state.next_epoch)
     model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum)
+    optimizer = make_optimizer(model.parameters(), cfg)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
         for group in optimizer.param_groups:  # a resume may change them (e.g. a lower lr after divergence)
-            group["lr"], group["momentum"] = t.lr, t.momentum
+            group["lr"] = t.lr
+            if "momentum" in group:
+                group["momentum"] = t.momentum
 
     tracker = None
     if rank == 0 and config.get("mlflow_run_id"):
