@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tune", "ctplatform.train.tune_command"),
     ("evaluate", "ctplatform.eval.command"),
     ("compare", "ctplatform.eval.compare_command"),
+    ("demo", "ctplatform.demo"),
 ]
 
 
@@ -74,24 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace, default_config: str | None = None) -> Config:
+    """--config (else the command's own `DEFAULT_CONFIG`, if it has one), then --set, --workdir, --store."""
     overrides = list(args.overrides)
     if getattr(args, "workdir", None):
         overrides.append(f"workdir={args.workdir}")
     if getattr(args, "store", None):
         overrides.append(f"store={args.store}")
-    return load_config(args.config, overrides)
+    return load_config(args.config or default_config, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    module = _load(args._module)
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, getattr(module, "DEFAULT_CONFIG", None))
     except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"ctplatform {args.command}: configuration error: {e}\n")
-    return int(_load(args._module).run(args, cfg) or 0)
+    return int(module.run(args, cfg) or 0)
 
 
 if __name__ == "__main__":
