@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from operator import methodcaller
 
 from ctplatform.partition.sarle.sizes import read_size_at
 from ctplatform.partition.sarle.trie import BLANK_TABLE, PAD, STOPS
@@ -46,21 +47,30 @@ def report_chunks(text: str) -> tuple[str, list[str]]:
     steps as `trie.tokens`, on the report string, in C."""
     # A line start right after a full stop would only add an empty sentence: leave it out.
     joined = _joined(_LINE_START_AFTER_TEXT.sub(" . ", text))
-    if _abbreviation_stop(joined):  # "approx . 5 mm": the general way
-        parts = _chunks(_joined(_LINE_START.sub(" . ", text)))
-        return " " + " . ".join(parts) + " ", parts
     # The chunks are the runs of tokens between "." tokens (empty ones dropped), so collapse runs
     # of stops and drop those at either end.
     while " . . " in joined:
         joined = joined.replace(" . . ", " . ")
+    if joined.endswith(" . "):
+        if joined.endswith(_ABBREVIATION_FINAL_STOPS):
+            return _report_chunks_by_parts(text)
+        joined = joined[:-2]
     if joined.startswith(" . "):
         joined = joined[2:]
-    if joined.endswith(" . "):
-        joined = joined[:-2]
     core = joined[1:-1]
     if not core or core == ".":
         return "  ", []
-    return joined, core.split(" . ")
+    parts = core.split(" . ")
+    # A full stop after an abbreviation ("approx . 5 mm") ends no sentence: the general way. A
+    # part that ends with an abbreviation is tested in C.
+    if not _ABBREVIATIONS.isdisjoint(parts) or any(map(_ends_with_abbreviation, parts)):
+        return _report_chunks_by_parts(text)
+    return joined, parts
+
+
+def _report_chunks_by_parts(text: str) -> tuple[str, list[str]]:
+    parts = _chunks(_joined(_LINE_START.sub(" . ", text)))
+    return " " + " . ".join(parts) + " ", parts
 
 
 _LINE_START_AFTER_TEXT = re.compile(r"\n(?<!\.\n)" + _LINE_START.pattern[2:])  # "\n" first: found in C
@@ -79,17 +89,15 @@ def _joined(text: str) -> str:
     t = t.replace(". ", " . ")
     if t.endswith("."):
         t = t[:-1] + " ."
-    return f" {' '.join(t.split())} "
+    # All whitespace is a space now (BLANK_TABLE): collapse runs, far cheaper than split and join.
+    while "  " in t:
+        t = t.replace("  ", " ")
+    return f" {t.strip(' ')} "
 
 
 _ABBREVIATION_ENDS = tuple(f" {a}" for a in sorted(_ABBREVIATIONS))
-# " approx . ": a full stop after an abbreviation. The regex engine jumps from " . " to " . " in C and
-# looks behind each one.
-_ABBREVIATION_STOP = re.compile(r" \. (?:" + "|".join(f"(?<= {re.escape(a)} \\. )" for a in sorted(_ABBREVIATIONS)) + ")")
-
-
-def _abbreviation_stop(joined: str) -> bool:
-    return _ABBREVIATION_STOP.search(joined) is not None
+_ABBREVIATION_FINAL_STOPS = tuple(f" {a} . " for a in sorted(_ABBREVIATIONS))
+_ends_with_abbreviation = methodcaller("endswith", _ABBREVIATION_ENDS)
 
 
 def _chunks(joined: str) -> list[str]:
@@ -261,18 +269,37 @@ def could_state_finding(mentions: list[tuple]) -> bool:
 _MEASUREMENT: tuple = ((SIZE, None),)  # a number: read_size reads the measurement that starts there
 
 
-def _templates(vocab: Vocabulary, text: str, group: int) -> tuple:
+TERM, NUMBER, PUNCTUATION, NON = 1, 2, 3, 4  # what a text matched by the phrase regex is
+
+
+def mention_kind(vocab: Vocabulary, text: str) -> int:
+    """Which alternative of the phrase regex matched `text` (" " and what follows the space): a
+    number's first character, punctuation, a term, or "non X" (no term starts with a digit, ".",
+    punctuation or "non ": vocabulary.py)."""
+    if len(text) == 2:
+        if text[1] in ";,:()":
+            return PUNCTUATION
+        if text[1] in ".0123456789":
+            return NUMBER
+    if text.startswith(" non ") and not vocab.meanings(text[1:]):
+        return NON
+    return TERM
+
+
+def _templates(vocab: Vocabulary, text: str, group: int | None = None) -> tuple:
     """(kind, data) tokens a text matched by the phrase regex stands for (cached per spelling;
-    the spelling decides which of the regex's groups matched)."""
-    if group == 1:  # a term
+    the spelling tells which alternative matched: mention_kind)."""
+    if group is None:
+        group = mention_kind(vocab, text)
+    if group == TERM:
         out = []
         for v in vocab.meanings(text[1:]):
             kind = _MEANING_KIND.get(v[0], WORD)
             out.append((kind, v[1:] if kind != WORD else (v[0],)))
         got: tuple = tuple(out)
-    elif group == 2:
+    elif group == NUMBER:
         got = _MEASUREMENT
-    elif group == 3:  # punctuation
+    elif group == PUNCTUATION:
         got = ((BOUND, (CLAUSE if text[1] == ";" else SEGMENT, text[1])),)
     else:  # "non X": consumed so that X is not read, stands for nothing
         got = ()
@@ -302,7 +329,7 @@ def scan_phrases(text: str, vocab: Vocabulary) -> list[tuple]:
         term = m.group()
         got = cache.get(term)
         if got is None:
-            got = _templates(vocab, term, m.lastindex)
+            got = _templates(vocab, term)
         if not got:
             continue
         s = m.start()
@@ -345,11 +372,11 @@ def may_find(flags: int) -> bool:
     return bool(flags & HAS_ABN) or complete_pair(flags) or flags & _PAIR_SIZE_ANCHOR == _PAIR_SIZE_ANCHOR
 
 
-def _scan_entry(vocab: Vocabulary, term: str, group: int) -> tuple:
+def _scan_entry(vocab: Vocabulary, term: str) -> tuple:
     """What scan_report needs of a matched text (cached per spelling): (kind, data, flags, header,
     templates); kind is None for a text that stands for nothing, MEASURE for a number, MANY for a
     text that stands for several mentions (`templates`)."""
-    templates = vocab.token_cache.get(term) or _templates(vocab, term, group)
+    templates = vocab.token_cache.get(term) or _templates(vocab, term)
     header = next((d[0] for k, d in templates if k == HEADER), None)
     flags = sum({_KIND_FLAG.get(k, 0) for k, _ in templates})
     for k, d in templates:
@@ -388,7 +415,7 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
         term = m.group()
         got = entries.get(term)
         if got is None:
-            got = _scan_entry(vocab, term, m.lastindex)
+            got = _scan_entry(vocab, term)
         kind = got[0]
         if kind is None:
             continue

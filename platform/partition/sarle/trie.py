@@ -20,7 +20,9 @@ from collections.abc import Iterable
 _TERM_CHARS = re.compile(r"^[a-z0-9][a-z0-9 '/:.*]*$")
 PAD = (",", ";", ":", "(", ")", "/")
 # Symbols that separate words; hyphens split words too ("tree-in-bud", "non-calcified", "5-7 mm").
-BLANK_TABLE = str.maketrans(dict.fromkeys("-\"#$%&*+<=>@[\\]^_`{|}~\t\r\n\f\v", " "))
+# Every whitespace character (what str.split splits at) becomes a space too.
+WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+BLANK_TABLE = str.maketrans(dict.fromkeys("-\"#$%&*+<=>@[\\]^_`{|}~" + WHITESPACE, " "))
 STOPS = re.compile(r"[?!\u2022]")
 END = "$"  # trie key of a node's values
 
@@ -75,6 +77,14 @@ def trie_regex(terms: Iterable[str]) -> str:
 
     The match starts at the space before the term and ends before the space after it.
     """
+    root = _trie(terms)
+    if not root:
+        return "(?!)"
+    return " " + _emit(root)
+
+
+def _trie(terms: Iterable[str]) -> dict:
+    """Character trie of the terms' keys (words joined by " "; _STEM for a stem's letters)."""
     root: dict = {}
     for term in terms:
         node = root
@@ -89,9 +99,7 @@ def trie_regex(terms: Iterable[str]) -> str:
                 for ch in key:
                     node = node.setdefault(ch, {})
         node[END] = {}
-    if not root:
-        return "(?!)"
-    return " " + _emit(root)
+    return root
 
 
 def trie_body(terms: Iterable[str]) -> str:
@@ -99,6 +107,19 @@ def trie_body(terms: Iterable[str]) -> str:
     pattern that starts with a literal lets the regex engine jump to the next space in C."""
     source = trie_regex(terms)
     return source[1:] if source.startswith(" ") else source
+
+
+def trie_alternatives(terms: Iterable[str]) -> list[str]:
+    """The alternatives of `trie_body` (one per first character, in the order they are tried), to
+    join with other alternatives in one flat alternation: CPython's engine skips an alternative
+    whose first character does not match without entering it, and a flat list costs one such test
+    per alternative, where a nested group or a capture group must be entered first."""
+    root = _trie(terms)
+    if not root:
+        return []
+    return [re.escape(ch) + _emit(child) for ch, child in sorted(root.items()) if ch not in (_STEM, END)] + (
+        ["[a-z]*" + _emit(root[_STEM])] if _STEM in root else []
+    )
 
 
 _STEM = "\x00"

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ctplatform.labels import all_labels
-from ctplatform.partition.sarle.trie import WordTrie, trie_body, trie_regex, validate_term
+from ctplatform.partition.sarle.trie import WordTrie, trie_alternatives, trie_regex, validate_term
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "sarle"
 
@@ -73,7 +73,7 @@ class Vocabulary:
     rules: dict[str, AbnormalityRule]
     phrases: WordTrie
     locations: WordTrie
-    phrase_regex: re.Pattern[str]  # over " ".join(tokens): terms, measurements, punctuation, "non X"
+    phrase_regex: re.Pattern[str]  # over " ".join(tokens): terms, numbers, punctuation, "non X"
     location_regex: re.Pattern[str]
     negated_start: re.Pattern[str]  # an optional header, then a forward cue ("no ...")
     scope_breakers: re.Pattern[str]  # anything that could end or override that cue's scope
@@ -308,14 +308,25 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
     clause_and, stops = _phrase_rules(_read_yaml(folder / "phrases.yaml"), table)
     _check_conflicts(table)
     locations, location_terms = _location_trie(_read_yaml(folder / "locations.yaml"))
-    phrase_source = (
-        " (?:"  # every mention starts at the space before it (a literal prefix: fast search)
-        rf"({trie_body(table.terms)})"  # group 1: a term
-        r"|((?=\.?[0-9]))"  # group 2: a number; read_size reads the measurement from the tokens
-        r"|([;,:()](?= ))"  # group 3: punctuation (full stops end chunks before this scan)
-        r"|(non [a-z]+(?= ))"  # group 4: "non-calcified" is not calcified
-        ")"
-    )
+    for t in table.terms:
+        if len(t) == 1 and t in ".0123456789":
+            raise ValueError(f"term {t!r}: a term of one digit would be read as a number; remove it")
+    # Every mention starts at the space before it (a literal prefix: the engine jumps from space to
+    # space in C). One flat alternation, each alternative led by a character or a character class
+    # (what CPython's engine tests without entering it), no capture groups: what a match is, is
+    # told by its text (phrases.mention_kind).
+    size_shape = r"(?=(?:[0-9.x ]|by)*(?:cm|mm|centimeters?|millimeters?) )"
+    phrase_source = " (?:" + "|".join(
+        [
+            *trie_alternatives(table.terms),  # a term
+            # the first character of a number that may start a measurement (number, dimension and
+            # "x"/"by" characters, then a unit: sizes.read_size_at checks it within the chunk)
+            "[0-9]" + size_shape,
+            r"\.(?=[0-9])" + size_shape,
+            "[;,:()](?= )",  # punctuation (full stops end chunks before this scan)
+            "non [a-z]+(?= )",  # "non-calcified" is not calcified
+        ]
+    ) + ")"
     headers = [t for t, ms in table.terms.items() if any(m[0] == "header" for m in ms)]
     forward = [t for t, ms in table.terms.items() if ("cue", "forward") in ms]
     # A forward cue's scope ends at a clause boundary or ", with"; keep cues override it; another
