@@ -21,6 +21,7 @@ from ctplatform.partition.sarle.phrases import (
     CUE,
     EXCL,
     HAS_BOUND,
+    HAS_HEADER,
     HAS_PAIR,
     HAS_SIZE,
     HAS_ANCHOR,
@@ -36,6 +37,7 @@ from ctplatform.partition.sarle.phrases import (
     complete_pair,
     could_state_finding,
     may_find,
+    location_kinds,
     may_state_finding,
     place_plain_locations,
     plain_sentence,
@@ -192,6 +194,7 @@ def _chunk_findings(
 
 
 _FORWARD = ("forward",)  # the data of a forward cue mention
+_DROPPING = frozenset({"segment", "clause"})  # cue scopes that delete a whole segment
 
 
 def _plain_findings(
@@ -234,8 +237,13 @@ def _plain_findings(
                 else:
                     halves.add(half)
         elif kind == CUE:
-            if tok[3][0] != "keep":
-                return False  # it deletes part of the chunk: plain_sentence
+            scope = tok[3][0]
+            if scope != "keep":
+                # A segment or clause cue deletes the whole (only) segment, if no later header
+                # starts another sentence; a forward or backward cue: plain_sentence.
+                return scope in _DROPPING and (
+                    not flags & HAS_HEADER or all(t[2] != HEADER or t is opener for t in tokens)
+                )
         elif kind == SIZE:
             sizes.append((tok[0], tok[1], 0, tok[3][0], tok[3][1]))
         elif kind == ANCHOR:
@@ -262,16 +270,21 @@ def _plain_findings(
         return True
     if len(names) > 1:
         names = list(dict.fromkeys(names))
-    own: list[str] = []
+    lo = start if opener is None else opener[0]
+    kinds = location_kinds(text, vocab, lo, end, opener)
+    if kinds is None:  # it sorts before the header: it belongs to the text before it
+        kinds = [item[3][0] for item in scan_locations(text, vocab, lo, end) if opener is None or not item < opener]
     sides: set[str] | frozenset[str] = _NO_SIDES
-    for item in scan_locations(text, vocab, start if opener is None else opener[0], end):
-        if opener is not None and item < opener:
-            continue  # it sorts before the header: it belongs to the text before it
-        side = _SIDE_WORDS.get(item[3][0])
-        if side is None:
-            own.append(item[3][0])
-        else:
-            sides = sides.union(side)
+    if _SIDE_WORDS.keys().isdisjoint(kinds):
+        own = kinds
+    else:
+        own = []
+        for kind in kinds:
+            side = _SIDE_WORDS.get(kind)
+            if side is None:
+                own.append(kind)
+            else:
+                sides = sides.union(side)
     one_segment_findings(names, own, sides, [], section, vocab.rules, found)
     return True
 

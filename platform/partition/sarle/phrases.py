@@ -373,9 +373,12 @@ def may_find(flags: int) -> bool:
 
 
 def _scan_entry(vocab: Vocabulary, term: str) -> tuple:
-    """What scan_report needs of a matched text (cached per spelling): (kind, data, flags, header,
-    templates); kind is None for a text that stands for nothing, MEASURE for a number, MANY for a
-    text that stands for several mentions (`templates`)."""
+    """What scan_report needs of a matched text (cached per spelling): (simple, kind, data, flags,
+    length, header, templates). kind is None for a text that stands for nothing, MEASURE for a
+    number, MANY for a text that stands for several mentions (`templates`); `simple` marks the
+    common case: one mention, no header, and a text no measurement can hold (a measurement's words
+    are numbers, "x", "by" and units, and no term starts with a digit), so that scan_report
+    appends it without further tests."""
     templates = vocab.token_cache.get(term) or _templates(vocab, term)
     header = next((d[0] for k, d in templates if k == HEADER), None)
     flags = sum({_KIND_FLAG.get(k, 0) for k, _ in templates})
@@ -388,11 +391,20 @@ def _scan_entry(vocab: Vocabulary, term: str) -> tuple:
         kind, data = templates[0]
     else:
         kind, data = (MANY if templates else None), None
-    got = vocab.scan_entries[term] = (kind, data, flags, header, templates)
+    first = term[1:].split(" ", 1)[0]
+    simple = (
+        kind not in (None, MEASURE, MANY)
+        and header is None
+        and not first[:1].isdigit()
+        and first[:1] != "."
+        and first not in _MEASUREMENT_WORDS
+    )
+    got = vocab.scan_entries[term] = (simple, kind, data, flags, len(term), header, templates)
     return got
 
 
 MEASURE, MANY = "measure", "many"  # scan entries' kinds besides the token kinds
+_MEASUREMENT_WORDS = frozenset({"x", "by", "cm", "mm", "centimeter", "centimeters", "millimeter", "millimeters"})
 
 
 def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[int, int, list[tuple], int, str]]:
@@ -412,16 +424,9 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
     entries = vocab.scan_entries
     skip_to = 0
     for m in vocab.phrase_regex.finditer(joined):
-        term = m.group()
-        got = entries.get(term)
-        if got is None:
-            got = _scan_entry(vocab, term)
-        kind = got[0]
-        if kind is None:
-            continue
+        term = m[0]
+        got = entries.get(term) or _scan_entry(vocab, term)
         s = m.start()
-        if s < skip_to:
-            continue
         if s >= end:  # the mention lies in a later chunk: close this one
             if flags & _CANDIDATE:
                 out.append((start, end, tokens, flags, opening_section))
@@ -432,6 +437,13 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
             while s >= end:
                 start = end + 1
                 end = start + len(next(ends)) + 2
+        if got[0]:
+            append((s, s + got[4], got[1], got[2]))
+            flags |= got[3]
+            continue
+        kind = got[1]
+        if kind is None or s < skip_to:
+            continue  # "non X", or a word of the measurement just read
         if kind is MEASURE:
             size = read_size_at(joined, s + 1, end - 1)  # the chunk's words from here
             if size is not None:
@@ -440,15 +452,14 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
                 flags |= HAS_SIZE
             continue
         if kind is MANY:
-            e = s + len(term)
-            for k, data in got[4]:
+            e = s + got[4]
+            for k, data in got[6]:
                 append((s, e, k, data))
         else:
-            append((s, s + len(term), kind, got[1]))
-        if got[2]:
-            flags |= got[2]
-            if got[3] is not None:
-                section = got[3]
+            append((s, s + got[4], kind, got[2]))
+        flags |= got[3]
+        if got[5] is not None:
+            section = got[5]
     if flags & _CANDIDATE:
         out.append((start, end, tokens, flags, opening_section))
     return out
@@ -461,13 +472,41 @@ def scan_locations(text: str, vocab: Vocabulary, start: int = 0, end: int | None
     out = []
     for m in vocab.location_regex.finditer(text, start, len(text) if end is None else end):
         term = m.group()
-        data = kinds.get(term)
-        if data is None:
-            data = kinds[term] = (vocab.location_kind(term[1:]),)
+        data = kinds.get(term) or _location_data(vocab, term)
         s = m.start()
         out.append((s, s + len(term), LOC, data))
     if len(out) > 1:
         _coordinate_sides(text, out)
+    return out
+
+
+def _location_data(vocab: Vocabulary, term: str) -> tuple[str]:
+    got = vocab.location_tokens[term] = (vocab.location_kind(term[1:]),)
+    return got
+
+
+def location_kinds(text: str, vocab: Vocabulary, start: int, end: int, opener: tuple | None = None) -> list[str] | None:
+    """The kinds of the locations scan_locations finds in `text[start:end]`, less those that sort
+    before `opener` (a header mention starting at `start`), found without their positions (the
+    regex engine's findall). None when a side word is followed by a lung location: whether they
+    are coordinated depends on the words between (then use scan_locations)."""
+    regex = vocab.location_regex
+    table = vocab.location_tokens
+    out: list[str] = []
+    if opener is not None:
+        m = regex.match(text, start, end)
+        if m is not None:  # the one location that can sort before the header: it starts where it does
+            term = m[0]
+            data = table.get(term) or _location_data(vocab, term)
+            if not (start, start + len(term), LOC, data) < opener:
+                out.append(data[0])
+            start = m.end()
+    for term in regex.findall(text, start, end):
+        out.append((table.get(term) or _location_data(vocab, term))[0])
+    if "side_right" in out or "side_left" in out:
+        for k in range(len(out) - 1):
+            if out[k] in _SIDE_LUNG and out[k + 1] in _SIDED_LUNG:
+                return None
     return out
 
 

@@ -289,15 +289,16 @@ def _place_by_segments(
 ) -> None:
     """Steps 1-2 in a sentence of several segments (fills `placed`, `pending` and `listed`)."""
     with_findings = sorted(abn) if len(abn) > 1 else list(abn)
-    own: dict[int, list[str]] = {sg: list(locs.get(sg, ())) for sg in with_findings}
+    own: dict[int, Sequence[str]] = {sg: locs.get(sg, ()) for sg in with_findings}  # never mutated
     lone = [i for i in {*locs, *sides, *pairs} if i not in abn]
     if lone:
-        pairs = {sg: {key: set(halves) for key, halves in by_pair.items()} for sg, by_pair in pairs.items()}
+        if not pairs.keys().isdisjoint(lone):  # joining merges pair halves: work on a copy
+            pairs = {sg: {key: set(halves) for key, halves in by_pair.items()} for sg, by_pair in pairs.items()}
         _join_lone_segments(sorted(lone), with_findings, clause_of, abn, own, listed, locs, sides, pairs)
     located = sorted(locs) if len(locs) > 1 else list(locs)
-    no_sides: set[str] = set()
+    no_sides = _NO_SIDES
     for i in with_findings:
-        borrowed: list[str] = []
+        borrowed: Sequence[str] = ()
         own_i = own[i]
         if not own_i and located:
             cl = clause_of[i]
@@ -323,7 +324,7 @@ def _join_lone_segments(
     with_findings: list[int],
     clause_of: list[int],
     abn: dict[int, list[str]],
-    own: dict[int, list[str]],
+    own: dict[int, Sequence[str]],
     listed: dict[int, set[str]],
     locs: dict[int, list[str]],
     sides: dict[int, set[str]],
@@ -337,7 +338,9 @@ def _join_lone_segments(
         target = before[-1] if before else next((j for j in with_findings if j > i and clause_of[j] == cl), None)
         if target is None:
             continue
-        own[target].extend(locs.get(i, ()))
+        joined = locs.get(i)
+        if joined:
+            own[target] = [*own[target], *joined]
         if i in sides:
             listed.setdefault(target, set()).update(sides[i])
         for key, got in pairs.get(i, {}).items():  # "coronary artery and aortic calcifications"
