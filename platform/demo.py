@@ -49,8 +49,13 @@ def apply_flags(args: argparse.Namespace, cfg: "Config") -> "Config":
 
 
 def run(args: argparse.Namespace, cfg: "Config") -> int:
+    import os
     import sys
     import time
+
+    # The stages' own progress bars and lines are the demo's progress; MLflow's bar for every small
+    # artifact download would drown them.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     from ctplatform.demo_pipeline import DemoStageError, run_demo
     from ctplatform.demo_table import summary_table, timing_table

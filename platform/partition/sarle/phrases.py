@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from operator import methodcaller
 
 from ctplatform.partition.sarle.sizes import read_size_at
 from ctplatform.partition.sarle.trie import BLANK_TABLE, PAD, STOPS
@@ -61,9 +60,8 @@ def report_chunks(text: str) -> tuple[str, list[str]]:
     if not core or core == ".":
         return "  ", []
     parts = core.split(" . ")
-    # A full stop after an abbreviation ("approx . 5 mm") ends no sentence: the general way. A
-    # part that ends with an abbreviation is tested in C.
-    if not _ABBREVIATIONS.isdisjoint(parts) or any(map(_ends_with_abbreviation, parts)):
+    # A full stop after an abbreviation ("approx . 5 mm") ends no sentence: the general way.
+    if not _ABBREVIATIONS.isdisjoint({part[part.rfind(" ") + 1 :] for part in parts}):
         return _report_chunks_by_parts(text)
     return joined, parts
 
@@ -97,7 +95,6 @@ def _joined(text: str) -> str:
 
 _ABBREVIATION_ENDS = tuple(f" {a}" for a in sorted(_ABBREVIATIONS))
 _ABBREVIATION_FINAL_STOPS = tuple(f" {a} . " for a in sorted(_ABBREVIATIONS))
-_ends_with_abbreviation = methodcaller("endswith", _ABBREVIATION_ENDS)
 
 
 def _chunks(joined: str) -> list[str]:
