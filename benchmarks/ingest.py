@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -28,26 +27,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("BLOSC_NTHREADS", "1")
 
 import numpy as np  # noqa: E402
+from machine_info import dir_bytes, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 POPI = Path(os.environ.get("CTPLATFORM_SHARED", REPO.parent / "shared")) / "data" / "ct" / "popi_dicom"
 TARGET = (0.8, 0.8, 0.8)
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {platform.system()} {platform.release()}"
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def ours(store_root: str) -> tuple[float, dict[str, float]]:

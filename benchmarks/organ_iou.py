@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform as std_platform
-import time
 from pathlib import Path
 
 import numpy as np
 
 from ctplatform.eval.metrics import ORGAN_IOU_THRESHOLDS, normalize_attention, organ_iou
+from machine_info import best_of, cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "organ_iou.md"
 
@@ -48,25 +47,6 @@ def broadcast_baseline(attention: np.ndarray, g_true: np.ndarray, positive: np.n
     with np.errstate(invalid="ignore"):
         out[n_idx, l_idx] = np.where(allowed + forbidden > 0, allowed / (allowed + forbidden), 0.0)
     return out
-
-
-def best_of(fn, repeats: int) -> tuple[float, np.ndarray]:
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return std_platform.processor() or "unknown"
 
 
 def main() -> None:

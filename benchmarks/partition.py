@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -32,23 +31,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("BLOSC_NTHREADS", "1")
 
 import numpy as np  # noqa: E402
+from machine_info import best_of, machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 POPI = Path(os.environ.get("CTPLATFORM_SHARED", REPO.parent / "shared")) / "data" / "ct" / "popi_dicom"
 TARGET = (0.8, 0.8, 0.8)
 VOL_THRESH = 1_000_000
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}, {platform.system()} {platform.release()}"
 
 
 def published_as_written(ctvol: np.ndarray, hu_thresh: int = -300, vol_thresh: int = VOL_THRESH) -> np.ndarray:
@@ -91,15 +79,6 @@ def tuned_per_slice(ctvol: np.ndarray, hu_thresh: int = -300, vol_thresh: int = 
             lab[np.isin(lab, [r.label for r in regions if r.area < areas[-2]])] = 0
         seg[i] = lab > 0
     return remove_small_objects(seg, max_size=vol_thresh - 1)
-
-
-def best_of(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def interleaved(fns: dict, repeats: int) -> tuple[dict[str, float], dict[str, float], dict]:
@@ -161,7 +140,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "partition.md")
     args = parser.parse_args()
-    load = os.getloadavg()[0]
+    described = machine()  # before the run: the load it reports is the machine's
     if not POPI.is_dir():
         print(f"POPI DICOM series not found at {POPI} (set CTPLATFORM_SHARED)")
         return 1
@@ -254,9 +233,9 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         "# PARTITION benchmark\n\n"
-        f"Machine: {machine()}\n\n"
+        f"Machine: {described}\n\n"
         f"Run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, `python benchmarks/partition.py --volumes "
-        f"{args.volumes}` (the machine was shared with other work, load average {load:.1f} at the start: figures are noisy)\n\n"
+        f"{args.volumes}` (timings on a shared machine are noisy: compare figures of the same run)\n\n"
         f"{table}\n\n{notes}"
     )
     print(f"written {args.out}")

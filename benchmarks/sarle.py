@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import platform as std_platform
 import random
 import re
 import subprocess
@@ -45,6 +43,7 @@ from ctplatform.partition.sarle.term_search import _locate, _place_by_group
 from ctplatform.partition.sarle.trie import tokens
 from ctplatform.partition.sarle.sizes import read_size
 from ctplatform.partition.sarle.vocabulary import Vocabulary, load_vocabulary
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "sarle.md"
@@ -58,18 +57,6 @@ INSTALL = (
     "loguru==0.7.3 six==1.17.0 nltk==3.10.4 Unidecode==1.4.0 regex==2026.11.15 joblib==1.6.0 "
     "jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 attrs==26.1.0"
 )
-
-
-def machine() -> str:
-    cpu = std_platform.processor() or std_platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs (nproc), {cpu}"
 
 
 # ---------------------------------------------------------------------------------- reports
@@ -263,7 +250,7 @@ def main() -> None:
     ap.add_argument("--reports", type=int, default=4000)
     ap.add_argument("--baseline-reports", type=int, default=40)
     args = ap.parse_args()
-    load = os.getloadavg()[0]
+    described = machine()  # before the run: the load it reports is the machine's
 
     vocab = load_vocabulary()
     dev, held = read_gold(SENTENCES), read_gold(HELDOUT)
@@ -311,7 +298,7 @@ def main() -> None:
     lines = [
         "# SARLE vs medspaCy ConText (same target vocabulary)",
         "",
-        f"Machine: {machine()}; load average {load:.1f} at the start. Speed is CPU time of one process "
+        f"Machine: {described}. Speed is CPU time of one process "
         "(a busy machine still slows it: compare figures of the same run).",
         "",
         f"## Accuracy (micro F1; written sentences n={len(dev)}, held-out sentences n={len(held)})",

@@ -23,7 +23,6 @@ import argparse
 import math
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine_info import machine
 
 REPO = Path(__file__).resolve().parents[1]
 POPI = Path(os.environ.get("CTPLATFORM_SHARED", REPO.parent / "shared")) / "data" / "ct" / "popi_dicom"
@@ -39,19 +39,6 @@ POPI = Path(os.environ.get("CTPLATFORM_SHARED", REPO.parent / "shared")) / "data
 #: Assumed GPU for the loader-CPU estimate: V100 fp32 peak (the paper trained on a V100 32 GB) at a
 #: sustained fraction of it typical of convolutional training.
 GPU_NAME, GPU_PEAK_TFLOPS, GPU_UTILISATION = "V100 (fp32)", 15.7, 0.4
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    nproc = len(os.sched_getaffinity(0))
-    return f"{os.cpu_count()} CPUs (nproc {nproc}), {model}, {platform.system()} {platform.release()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
 def geometries(paper_slices: int) -> dict[str, tuple[tuple[int, int, int], int]]:
@@ -302,7 +289,7 @@ def main() -> None:
 
     out("# train_step benchmark")
     out()
-    out(f"Machine: {machine()}")
+    out(f"Machine: {machine(f'torch {torch.__version__} ({torch.get_num_threads()} threads)')}")
     out()
     geoms = geometries(args.paper_slices)
 
