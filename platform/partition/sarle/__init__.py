@@ -3,10 +3,10 @@
     from ctplatform.partition.sarle import label_report, label_rows
     label_report("Left lower lobe pneumonia. No pleural effusion.")   # {("pneumonia", "left_lung")}
 
-Step 1 (phrases.py) deletes the normal and negated parts of each sentence; step 2 and 3
-(term_search.py) find the abnormalities and their locations in what remains. The vocabularies are
-YAML files in platform/data/sarle/. job.py runs it over a reports CSV with Ray Data and writes
-labels.parquet; external.py imports RAD-ChestCT's and CT-RATE's released labels instead.
+Step 1 (chunks.py, scanning.py, phrases.py) deletes the normal and negated parts of each sentence;
+step 2 and 3 (term_search.py) find the abnormalities and their locations in what remains. The
+vocabularies are YAML files in platform/data/sarle/. job.py runs it over a reports CSV with Ray Data
+and writes labels.parquet; external.py imports RAD-ChestCT's and CT-RATE's released labels instead.
 See docs/sarle.md.
 """
 

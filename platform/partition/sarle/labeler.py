@@ -14,7 +14,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ctplatform.labels import LOCATION_GROUP, all_labels
+from ctplatform.partition.sarle.chunks import report_chunks
 from ctplatform.partition.sarle.phrases import (
+    abnormal_phrases,
+    add_locations,
+    classify_tokens,
+    may_state_finding,
+    place_plain_locations,
+    plain_sentence,
+)
+from ctplatform.partition.sarle.scanning import (
     ABN,
     ANCHOR,
     BOUND,
@@ -30,18 +39,11 @@ from ctplatform.partition.sarle.phrases import (
     PAIR,
     SIZE,
     WORD,
-    abnormal_phrases,
-    add_locations,
     bound_level,
-    classify_tokens,
     complete_pair,
     could_state_finding,
     may_find,
     location_kinds,
-    may_state_finding,
-    place_plain_locations,
-    plain_sentence,
-    report_chunks,
     scan_locations,
     scan_phrases,
     scan_report,
@@ -140,7 +142,7 @@ def label_report(
 def report_findings(text: str, vocab: Vocabulary) -> set[tuple[str, str]]:
     """label_report without a cache: the report is scanned once for the phrase vocabulary, and
     only chunks that name an abnormality term (or both words of a pair) are parsed, each in the
-    section its last header set (see phrases.scan_report)."""
+    section its last header set (see scanning.scan_report)."""
     joined, parts = report_chunks(text)
     found: set[tuple[str, str]] = set()
     for start, end, tokens, flags, section in scan_report(joined, parts, vocab):
@@ -163,7 +165,7 @@ def _chunk_findings(
     flags: int = UNKNOWN_FLAGS,
 ) -> None:
     """Add the findings of the chunk `text[start:end]` (its phrase mentions `tokens`, starting in
-    `section`) to `found`. `flags`: what its mentions hold (phrases.scan_report), if known."""
+    `section`) to `found`. `flags`: what its mentions hold (scanning.scan_report), if known."""
     first = tokens[0]
     if first[0] == start and (
         first[3] == _FORWARD

@@ -86,9 +86,9 @@ class Vocabulary:
     pair_index: dict[tuple[str, int], int] = field(default_factory=dict)  # (name, pair number) -> j
     _meanings: dict[str, tuple] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
-    token_cache: dict[str, tuple] = field(default_factory=dict)  # phrases.py: matched text -> tokens
+    token_cache: dict[str, tuple] = field(default_factory=dict)  # scanning.py: matched text -> tokens
     location_tokens: dict[str, tuple[str]] = field(default_factory=dict)  # matched text -> (kind,)
-    scan_entries: dict[str, tuple] = field(default_factory=dict)  # phrases.scan_report: matched text -> its entry
+    scan_entries: dict[str, tuple] = field(default_factory=dict)  # scanning.scan_report: matched text -> its entry
 
     def meanings(self, text: str) -> tuple:
         """Values of the phrase term spelled `text` (space-separated tokens), cached."""
@@ -314,7 +314,7 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
     # Every mention starts at the space before it (a literal prefix: the engine jumps from space to
     # space in C). One flat alternation, each alternative led by a character or a character class
     # (what CPython's engine tests without entering it), no capture groups: what a match is, is
-    # told by its text (phrases.mention_kind).
+    # told by its text (scanning.mention_kind).
     size_shape = r"(?=(?:[0-9.x ]|by)*(?:cm|mm|centimeters?|millimeters?) )"
     phrase_source = " (?:" + "|".join(
         [

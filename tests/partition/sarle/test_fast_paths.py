@@ -13,9 +13,10 @@ import re
 
 import pytest
 
+from ctplatform.partition.sarle.chunks import chunks, normalize, report_chunks
 from ctplatform.partition.sarle.evaluation import read_gold
 from ctplatform.partition.sarle.labeler import SentenceCache, label_report
-from ctplatform.partition.sarle.phrases import chunks, classify_chunk, normalize, report_chunks
+from ctplatform.partition.sarle.phrases import classify_chunk
 from ctplatform.partition.sarle.sizes import read_size, read_size_at
 from ctplatform.partition.sarle.term_search import sentence_findings
 from ctplatform.partition.sarle.vocabulary import load_vocabulary

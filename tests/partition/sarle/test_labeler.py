@@ -138,8 +138,8 @@ def test_measurements_reduced_to_size_classes_give_the_same_findings() -> None:
     import random
     import re
 
+    from ctplatform.partition.sarle.chunks import chunks, normalize
     from ctplatform.partition.sarle.labeler import chunk_findings
-    from ctplatform.partition.sarle.phrases import chunks, normalize
     from ctplatform.partition.sarle.sizes import canonical_measurements
     from ctplatform.partition.sarle.vocabulary import load_vocabulary
 
@@ -159,8 +159,9 @@ def test_measurements_reduced_to_size_classes_give_the_same_findings() -> None:
 
 
 def test_the_negated_sentence_shortcut_agrees_with_the_full_parse() -> None:
+    from ctplatform.partition.sarle.chunks import chunks, normalize
     from ctplatform.partition.sarle.labeler import chunk_findings
-    from ctplatform.partition.sarle.phrases import chunks, classify_chunk, normalize
+    from ctplatform.partition.sarle.phrases import classify_chunk
     from ctplatform.partition.sarle.term_search import sentence_findings
     from ctplatform.partition.sarle.vocabulary import load_vocabulary
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ctplatform.partition.sarle.phrases import abnormal_phrases, chunks, normalize
+from ctplatform.partition.sarle.chunks import chunks, normalize
+from ctplatform.partition.sarle.phrases import abnormal_phrases
 from ctplatform.partition.sarle.trie import tokens
 from ctplatform.partition.sarle.vocabulary import load_vocabulary
 
