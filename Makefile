@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	@for b in $(filter-out benchmarks/machine_info.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/results/collect.py
 
 clean:
 	rm -rf ctplatform-work .pytest_cache
