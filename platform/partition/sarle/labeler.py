@@ -42,7 +42,6 @@ from ctplatform.partition.sarle.scanning import (
     bound_level,
     complete_pair,
     could_state_finding,
-    may_find,
     location_kinds,
     scan_locations,
     scan_phrases,
@@ -146,8 +145,7 @@ def report_findings(text: str, vocab: Vocabulary) -> set[tuple[str, str]]:
     joined, parts = report_chunks(text)
     found: set[tuple[str, str]] = set()
     for start, end, tokens, flags, section in scan_report(joined, parts, vocab):
-        if may_find(flags):
-            _chunk_findings(joined, tokens, start, end, section, vocab, found, flags)
+        _chunk_findings(joined, tokens, start, end, section, vocab, found, flags)
     return found
 
 

@@ -132,6 +132,7 @@ _KIND_FLAG = {ABN: HAS_ABN, PAIR: HAS_PAIR, HEADER: HAS_HEADER, BOUND: HAS_BOUND
 _CANDIDATE = HAS_ABN | HAS_PAIR
 _PAIR_SIZE_ANCHOR = HAS_PAIR | HAS_SIZE | HAS_ANCHOR
 _FIRST_HALVES = int("5" * 256, 16)  # bits 0, 2, 4, ...: the first half of every pair
+_SECOND_HALF = PAIR_SHIFT + 1
 
 
 def complete_pair(flags: int) -> bool:
@@ -182,7 +183,8 @@ _MEASUREMENT_WORDS = frozenset({"x", "by", "cm", "mm", "centimeter", "centimeter
 
 def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[int, int, list[tuple], int, str]]:
     """scan_phrases over a whole report (`report_chunks`), cut by chunk, keeping the chunks that
-    name an abnormality term or a pair word: (start, end, mentions, flags, section) for each, where
+    can state a finding (`may_find`: an abnormality term, both words of a pair, or a pair word
+    with a measurement and its anchor): (start, end, mentions, flags, section) for each, where
     `joined[start:end]` is the chunk with a space on each side, `flags` tell which kinds of
     mention it has and which pair halves (see HAS_*, PAIR_SHIFT) and `section` is the section it
     starts in (the last header before it: no other chunk can state a finding)."""
@@ -201,7 +203,11 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
         got = entries.get(term) or _scan_entry(vocab, term)
         s = m.start()
         if s >= end:  # the mention lies in a later chunk: close this one
-            if flags & _CANDIDATE:
+            if flags & _CANDIDATE and (  # may_find(flags), inlined
+                flags & HAS_ABN
+                or (flags >> PAIR_SHIFT) & (flags >> _SECOND_HALF) & _FIRST_HALVES
+                or flags & _PAIR_SIZE_ANCHOR == _PAIR_SIZE_ANCHOR
+            ):
                 out.append((start, end, tokens, flags, opening_section))
             if tokens:
                 tokens, flags = [], 0
@@ -233,7 +239,7 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
         flags |= got[3]
         if got[5] is not None:
             section = got[5]
-    if flags & _CANDIDATE:
+    if flags & _CANDIDATE and may_find(flags):
         out.append((start, end, tokens, flags, opening_section))
     return out
 

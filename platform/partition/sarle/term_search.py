@@ -235,7 +235,37 @@ def one_segment_findings(
     """sentence_findings of a sentence of one segment, added to `out`: the abnormalities `names` (distinct, after
     pairs, sizes and exclusions), the location kinds `own` and side words `sides` kept in it, the
     location kinds its cues deleted and its section. Steps 1-2 reduce to its own locations (there is
-    no other segment to borrow from or to interpret)."""
+    no other segment to borrow from or to interpret).
+
+    A lookup table over the vocabulary's symbols, like `_locate`'s: the answer depends only on
+    these names, kinds and section (no text, no positions), so each combination is worked out
+    once per process (the table is emptied when it reaches _TABLE_SIZE entries)."""
+    key = (id(rules), tuple(names), tuple(own), frozenset(sides) if sides else None, tuple(deleted_locations), section)
+    got = _ONE_SEGMENT.get(key)
+    if got is None:
+        if len(_ONE_SEGMENT) >= _TABLE_SIZE:
+            _ONE_SEGMENT.clear()
+        _RULES[id(rules)] = rules  # keeps the id taken in keys from being reused
+        found: set[tuple[str, str]] = set()
+        _one_segment_findings(names, own, sides, deleted_locations, section, rules, found)
+        got = _ONE_SEGMENT[key] = frozenset(found)
+    out.update(got)
+
+
+_ONE_SEGMENT: dict[tuple, frozenset[tuple[str, str]]] = {}
+_RULES: dict[int, dict] = {}
+_TABLE_SIZE = 100_000
+
+
+def _one_segment_findings(
+    names: list[str],
+    own: list[str],
+    sides: set[str] | frozenset[str],
+    deleted_locations: list[str],
+    section: str,
+    rules: dict[str, AbnormalityRule],
+    out: set[tuple[str, str]],
+) -> None:
     placed: dict[tuple[int, str], list[str]] = {}
     pending: list[str] = []
     for name in names:
