@@ -319,9 +319,10 @@ def _place_by_segments(
 ) -> None:
     """Steps 1-2 in a sentence of several segments (fills `placed`, `pending` and `listed`)."""
     with_findings = sorted(abn) if len(abn) > 1 else list(abn)
-    own: dict[int, Sequence[str]] = {sg: locs.get(sg, ()) for sg in with_findings}  # never mutated
-    lone = [i for i in {*locs, *sides, *pairs} if i not in abn]
+    own: dict[int, Sequence[str]] = locs  # the segments' own locations (a copy if joining adds any)
+    lone = {*locs, *sides, *pairs}.difference(abn)
     if lone:
+        own = {sg: locs.get(sg, ()) for sg in with_findings}  # lists never mutated
         if not pairs.keys().isdisjoint(lone):  # joining merges pair halves: work on a copy
             pairs = {sg: {key: set(halves) for key, halves in by_pair.items()} for sg, by_pair in pairs.items()}
         _join_lone_segments(sorted(lone), with_findings, clause_of, abn, own, listed, locs, sides, pairs)
@@ -329,16 +330,18 @@ def _place_by_segments(
     no_sides = _NO_SIDES
     for i in with_findings:
         borrowed: Sequence[str] = ()
-        own_i = own[i]
+        own_i = own.get(i, ())
         if not own_i and located:
             cl = clause_of[i]
-            after = [j for j in located if j > i and clause_of[j] == cl]
-            if after:
-                borrowed = locs[after[0]]
+            for j in located:  # the nearest segment after it in its clause, else before it
+                if j > i and clause_of[j] == cl:
+                    borrowed = locs[j]
+                    break
             else:
-                before = [j for j in located if j < i and clause_of[j] == cl]
-                if before:
-                    borrowed = locs[before[-1]]
+                for j in reversed(located):
+                    if j < i and clause_of[j] == cl:
+                        borrowed = locs[j]
+                        break
         own_sides = sides.get(i, no_sides)
         extra = listed.get(i, no_sides)
         for name in abn[i]:
