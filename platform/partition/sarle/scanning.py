@@ -8,6 +8,8 @@ that cannot state a finding skip classification (phrases.py).
 
 from __future__ import annotations
 
+import re
+
 from ctplatform.partition.sarle.sizes import read_size_at
 from ctplatform.partition.sarle.vocabulary import CLAUSE, NEGATION_STOP, SEGMENT, Vocabulary
 
@@ -198,10 +200,16 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
     section = opening_section = "none"
     entries = vocab.scan_entries
     skip_to = 0
-    for m in vocab.phrase_regex.finditer(joined):
-        term = m[0]
+    # The regex split with one capture group gives the matched texts between the text around
+    # them, [before, match, between, match, ..., after]: positions follow from the lengths, with
+    # no match object per mention (a few microseconds less per report than finditer).
+    pieces = (vocab.phrase_split or _phrase_split(vocab)).split(joined)
+    rest = iter(pieces)
+    e = len(next(rest))
+    for term, gap in zip(rest, rest):
         got = entries.get(term) or _scan_entry(vocab, term)
-        s = m.start()
+        s = e
+        e = s + got[4]
         if s >= end:  # the mention lies in a later chunk: close this one
             if flags & _CANDIDATE and (  # may_find(flags), inlined
                 flags & HAS_ABN
@@ -217,11 +225,13 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
                 start = end + 1
                 end = start + len(next(ends)) + 2
         if got[0]:
-            append((s, s + got[4], got[1], got[2]))
+            append((s, e, got[1], got[2]))
             flags |= got[3]
+            e += len(gap)
             continue
         kind = got[1]
         if kind is None or s < skip_to:
+            e += len(gap)
             continue  # "non X", or a word of the measurement just read
         if kind is MEASURE:
             size = read_size_at(joined, s + 1, end - 1)  # the chunk's words from here
@@ -229,19 +239,26 @@ def scan_report(joined: str, parts: list[str], vocab: Vocabulary) -> list[tuple[
                 append((s, size[0], SIZE, size[1:]))
                 skip_to = size[0]
                 flags |= HAS_SIZE
+            e += len(gap)
             continue
         if kind is MANY:
-            e = s + got[4]
             for k, data in got[6]:
                 append((s, e, k, data))
         else:
-            append((s, s + got[4], kind, got[2]))
+            append((s, e, kind, got[2]))
         flags |= got[3]
         if got[5] is not None:
             section = got[5]
+        e += len(gap)
     if flags & _CANDIDATE and may_find(flags):
         out.append((start, end, tokens, flags, opening_section))
     return out
+
+
+def _phrase_split(vocab: Vocabulary) -> re.Pattern[str]:
+    """The phrase regex in one capture group (for a Vocabulary built without `phrase_split`)."""
+    got = vocab.phrase_split = re.compile(f"({vocab.phrase_regex.pattern})")
+    return got
 
 
 def scan_locations(text: str, vocab: Vocabulary, start: int = 0, end: int | None = None) -> list[tuple]:

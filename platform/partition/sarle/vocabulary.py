@@ -89,6 +89,7 @@ class Vocabulary:
     token_cache: dict[str, tuple] = field(default_factory=dict)  # scanning.py: matched text -> tokens
     location_tokens: dict[str, tuple[str]] = field(default_factory=dict)  # matched text -> (kind,)
     scan_entries: dict[str, tuple] = field(default_factory=dict)  # scanning.scan_report: matched text -> its entry
+    phrase_split: re.Pattern[str] | None = None  # phrase_regex in one capture group (scanning.scan_report)
 
     def meanings(self, text: str) -> tuple:
         """Values of the phrase term spelled `text` (space-separated tokens), cached."""
@@ -341,6 +342,7 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
         phrases=table.trie(),
         locations=locations,
         phrase_regex=re.compile(phrase_source),
+        phrase_split=re.compile(f"({phrase_source})"),
         negated_start=re.compile(rf"(?P<header>{trie_regex(headers)})?(?P<cue>{trie_regex(forward)}) "),
         scope_breakers=re.compile(
             trie_regex(breakers) + r"(?= )| ;| , and | and there | , (?:" + "|".join(map(re.escape, sorted(stops))) + ") "
