@@ -61,6 +61,9 @@ def _report_chunks_by_parts(text: str) -> tuple[str, list[str]]:
 _LINE_START_AFTER_TEXT = re.compile(r"\n(?<!\.\n)" + _LINE_START.pattern[2:])  # "\n" first: found in C
 
 
+_PADDED = tuple((ch, f" {ch} ") for ch in PAD)
+
+
 def _joined(text: str) -> str:
     """`" ".join(trie.tokens(text.lower()))` with a space before and after, from C string operations."""
     t = text.lower().translate(BLANK_TABLE)
@@ -68,9 +71,9 @@ def _joined(text: str) -> str:
         t = STOPS.sub(" . ", t)
     if "\u00d7" in t:
         t = t.replace("\u00d7", " x ")
-    for ch in PAD:
+    for ch, spaced in _PADDED:
         if ch in t:
-            t = t.replace(ch, f" {ch} ")
+            t = t.replace(ch, spaced)
     t = t.replace(". ", " . ")
     if t.endswith("."):
         t = t[:-1] + " ."

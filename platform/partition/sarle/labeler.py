@@ -37,7 +37,9 @@ from ctplatform.partition.sarle.scanning import (
     HEADER,
     UNKNOWN_FLAGS,
     PAIR,
+    PAIR_SHIFT,
     SIZE,
+    _FIRST_HALVES,
     WORD,
     bound_level,
     complete_pair,
@@ -144,53 +146,45 @@ def report_findings(text: str, vocab: Vocabulary) -> set[tuple[str, str]]:
     section its last header set (see scanning.scan_report)."""
     joined, parts = report_chunks(text)
     found: set[tuple[str, str]] = set()
-    for start, end, tokens, flags, section in scan_report(joined, parts, vocab):
-        _chunk_findings(joined, tokens, start, end, section, vocab, found, flags)
+    _chunks_findings(joined, scan_report(joined, parts, vocab), vocab, found)
     return found
 
 
 _NONE: frozenset[tuple[str, str]] = frozenset()
 
 
-def _chunk_findings(
-    text: str,
-    tokens: list[tuple],
-    start: int,
-    end: int,
-    section: str,
-    vocab: Vocabulary,
-    found: set,
-    flags: int = UNKNOWN_FLAGS,
-) -> None:
-    """Add the findings of the chunk `text[start:end]` (its phrase mentions `tokens`, starting in
-    `section`) to `found`. `flags`: what its mentions hold (scanning.scan_report), if known."""
-    first = tokens[0]
-    if first[0] == start and (
-        first[3] == _FORWARD
-        or (first[2] == HEADER and len(tokens) > 1 and tokens[1][3] == _FORWARD and tokens[1][0] == first[1])
-    ):  # "[HEADER:] no ...": the only chunks the shortcut can apply to
-        if _negated_sentence(text, start, end, vocab):
-            return
-    if not flags & HAS_BOUND:
-        if _plain_findings(text, tokens, start, end, section, vocab, found, flags):
-            return
-        plain = plain_sentence(text, tokens, start, end, section)
-    elif _clean_findings(text, tokens, start, end, section, vocab, found, flags):
-        return
-    else:
-        plain = None  # plain_sentence gives None for a chunk with a boundary
-    if plain is not None:  # one sentence of one segment, a cue deleting part of it
-        sent = plain[0]
-        if sent is not None and sent.may_state_finding():
-            place_plain_locations(sent, text, vocab)
+def _chunks_findings(text: str, chunks: list[tuple[int, int, list[tuple], int, str]], vocab: Vocabulary, found: set) -> None:
+    """Add the findings of chunks of `text` to `found`: for each chunk `text[start:end]`, its
+    phrase mentions `tokens`, `flags` (what its mentions hold: scanning.scan_report; or
+    UNKNOWN_FLAGS) and the section it starts in, as (start, end, tokens, flags, section)."""
+    for start, end, tokens, flags, section in chunks:
+        first = tokens[0]
+        if first[0] == start and (
+            first[3] == _FORWARD
+            or (first[2] == HEADER and len(tokens) > 1 and tokens[1][3] == _FORWARD and tokens[1][0] == first[1])
+        ):  # "[HEADER:] no ...": the only chunks the shortcut can apply to
+            if _negated_sentence(text, start, end, vocab):
+                continue
+        if not flags & HAS_BOUND:
+            if _plain_findings(text, tokens, start, end, section, vocab, found, flags):
+                continue
+            plain = plain_sentence(text, tokens, start, end, section)
+        elif _clean_findings(text, tokens, start, end, section, vocab, found, flags):
+            continue
+        else:
+            plain = None  # plain_sentence gives None for a chunk with a boundary
+        if plain is not None:  # one sentence of one segment, a cue deleting part of it
+            sent = plain[0]
+            if sent is not None and sent.may_state_finding():
+                place_plain_locations(sent, text, vocab)
+                found.update(sentence_findings(sent, vocab))
+            continue
+        sents, _ = classify_tokens(text, tokens, section, vocab, start=start, end=end)
+        if not may_state_finding(sents):
+            continue  # every finding term deleted (most normal sentences), so locations do not matter
+        add_locations(sents, scan_locations(text, vocab, start, end))
+        for sent in sents:
             found.update(sentence_findings(sent, vocab))
-        return
-    sents, _ = classify_tokens(text, tokens, section, vocab, start=start, end=end)
-    if not may_state_finding(sents):
-        return  # every finding term deleted (most normal sentences), so locations do not matter
-    add_locations(sents, scan_locations(text, vocab, start, end))
-    for sent in sents:
-        found.update(sentence_findings(sent, vocab))
 
 
 _FORWARD = ("forward",)  # the data of a forward cue mention
@@ -212,7 +206,7 @@ def _plain_findings(
         section = opener[3][0]
     names: list[str] = []
     terms_at: list[tuple[int, str]] | None = [] if flags & HAS_SIZE and flags & HAS_ANCHOR else None
-    read_pairs = complete_pair(flags)
+    read_pairs = (flags >> PAIR_SHIFT) & (flags >> PAIR_SHIFT + 1) & _FIRST_HALVES  # complete_pair(flags)
     pairs: dict[tuple[str, int], set[int]] | None = None
     exclusions: set[str] | None = None
     anchors: list[tuple[int, int, int, str]] = []
@@ -306,7 +300,7 @@ def _clean_findings(
     bounds: list[tuple] = []
     abnormalities: dict[int, list[str]] = {}
     terms_at: list[tuple[int, str]] = []
-    read_pairs = complete_pair(flags)
+    read_pairs = (flags >> PAIR_SHIFT) & (flags >> PAIR_SHIFT + 1) & _FIRST_HALVES  # complete_pair(flags)
     pairs: dict[int, dict[tuple[str, int], set[int]]] = {}
     exclusions: dict[int, set[str]] = {}
     anchors: list[tuple[int, int, int, str]] = []
@@ -398,7 +392,7 @@ def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozens
     if not tokens or not could_state_finding(tokens):
         return _NONE, after
     found: set[tuple[str, str]] = set()
-    _chunk_findings(padded, tokens, 0, len(padded), section, vocab, found)
+    _chunks_findings(padded, [(0, len(padded), tokens, UNKNOWN_FLAGS, section)], vocab, found)
     return (frozenset(found) if found else _NONE), after
 
 

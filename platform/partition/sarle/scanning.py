@@ -266,14 +266,22 @@ def scan_locations(text: str, vocab: Vocabulary, start: int = 0, end: int | None
     lung locations: see `_coordinate_sides`)."""
     kinds = vocab.location_tokens
     out = []
-    for m in vocab.location_regex.finditer(text, start, len(text) if end is None else end):
-        term = m.group()
-        data = kinds.get(term) or _location_data(vocab, term)
-        s = m.start()
-        out.append((s, s + len(term), LOC, data))
+    # As in scan_report: the split of the span, positions from the lengths of the pieces.
+    rest = iter((vocab.location_split or _location_split(vocab)).split(text[start:end]))
+    e = start + len(next(rest))
+    for term, gap in zip(rest, rest):
+        s = e
+        e = s + len(term)
+        out.append((s, e, LOC, kinds.get(term) or _location_data(vocab, term)))
+        e += len(gap)
     if len(out) > 1:
         _coordinate_sides(text, out)
     return out
+
+
+def _location_split(vocab: Vocabulary) -> re.Pattern[str]:
+    got = vocab.location_split = re.compile(f"({vocab.location_regex.pattern})")
+    return got
 
 
 def _location_data(vocab: Vocabulary, term: str) -> tuple[str]:

@@ -90,6 +90,7 @@ class Vocabulary:
     location_tokens: dict[str, tuple[str]] = field(default_factory=dict)  # matched text -> (kind,)
     scan_entries: dict[str, tuple] = field(default_factory=dict)  # scanning.scan_report: matched text -> its entry
     phrase_split: re.Pattern[str] | None = None  # phrase_regex in one capture group (scanning.scan_report)
+    location_split: re.Pattern[str] | None = None  # location_regex in one capture group (scanning.scan_locations)
 
     def meanings(self, text: str) -> tuple:
         """Values of the phrase term spelled `text` (space-separated tokens), cached."""
@@ -337,6 +338,7 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
         t for t, ms in table.terms.items()
         if any(m[0] == "header" or m[:2] == ("bound", CLAUSE) or m[0] == "cue" and m[1] != "forward" for m in ms)
     ]
+    location_source = trie_regex(list(locations.terms()))
     return Vocabulary(
         rules=rules,
         phrases=table.trie(),
@@ -347,7 +349,8 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
         scope_breakers=re.compile(
             trie_regex(breakers) + r"(?= )| ;| , and | and there | , (?:" + "|".join(map(re.escape, sorted(stops))) + ") "
         ),
-        location_regex=re.compile(trie_regex(list(locations.terms()))),
+        location_regex=re.compile(location_source),
+        location_split=re.compile(f"({location_source})"),
         clause_starters=clause_and,
         negation_stop_after_comma=stops,
         abnormality_terms=any_terms,
