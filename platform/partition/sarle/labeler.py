@@ -30,6 +30,7 @@ from ctplatform.partition.sarle.scanning import (
     CUE,
     EXCL,
     HAS_BOUND,
+    HAS_FORWARD,
     HAS_HEADER,
     HAS_PAIR,
     HAS_SIZE,
@@ -158,13 +159,8 @@ def _chunks_findings(text: str, chunks: list[tuple[int, int, list[tuple], int, s
     phrase mentions `tokens`, `flags` (what its mentions hold: scanning.scan_report; or
     UNKNOWN_FLAGS) and the section it starts in, as (start, end, tokens, flags, section)."""
     for start, end, tokens, flags, section in chunks:
-        first = tokens[0]
-        if first[0] == start and (
-            first[3] == _FORWARD
-            or (first[2] == HEADER and len(tokens) > 1 and tokens[1][3] == _FORWARD and tokens[1][0] == first[1])
-        ):  # "[HEADER:] no ...": the only chunks the shortcut can apply to
-            if _negated_sentence(text, start, end, vocab):
-                continue
+        if flags & HAS_FORWARD and _negated_to_the_end(text, tokens, end, vocab):
+            continue
         if not flags & HAS_BOUND:
             if _plain_findings(text, tokens, start, end, section, vocab, found, flags):
                 continue
@@ -375,13 +371,31 @@ def _clean_findings(
     return True
 
 
-def _negated_sentence(text: str, start: int, end: int, vocab: Vocabulary) -> bool:
-    """Whether the chunk `text[start:end]` reads "[HEADER:] No X, Y or Z.": then the forward cue
-    deletes everything after it and nothing can stop or override it (breakers are searched from
-    the cue itself, so "no change" and "no longer seen" do not count as "no"), and the chunk states
-    no finding. Checked against the full parse in the tests."""
-    opening = vocab.negated_start.match(text, start, end)
-    return opening is not None and vocab.scope_breakers.search(text, opening.start("cue"), end) is None
+def _negated_to_the_end(text: str, tokens: list[tuple], end: int, vocab: Vocabulary) -> bool:
+    """Whether the chunk ending at `end` (its mentions `tokens`) states no finding because a forward
+    cue deletes every mention that could make one: before the chunk's first forward cue there is no
+    abnormality term, no size anchor and no pair with both its words, and after it nothing that
+    could end or override its scope (`vocab.scope_breakers`: a clause boundary, ", and", ", with",
+    another cue, a header; searched from the cue itself, so that the cue phrase is the one the scan
+    read, not a longer one such as "no longer seen"). Then the cue
+    deletes everything after it and what is left names nothing. "[HEADER:] No X, Y or Z." is the
+    commonest such chunk, "The lungs demonstrate no consolidation, nodules or masses." another.
+    Checked against the full parse in the tests."""
+    halves: dict[tuple[str, int], int] | None = None
+    for tok in tokens:
+        kind = tok[2]
+        if kind == CUE:
+            if tok[3] == _FORWARD:
+                return vocab.scope_breakers.search(text, tok[0], end) is None
+        elif kind == ABN or kind == ANCHOR:
+            return False
+        elif kind == PAIR:
+            name, n, half = tok[3]
+            if halves is None:
+                halves = {(name, n): half}
+            elif halves.setdefault((name, n), half) != half:
+                return False
+    return False
 
 
 def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozenset[tuple[str, str]], str]:

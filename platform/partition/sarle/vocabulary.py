@@ -75,8 +75,7 @@ class Vocabulary:
     locations: WordTrie
     phrase_regex: re.Pattern[str]  # over " ".join(tokens): terms, numbers, punctuation, "non X"
     location_regex: re.Pattern[str]
-    negated_start: re.Pattern[str]  # an optional header, then a forward cue ("no ...")
-    scope_breakers: re.Pattern[str]  # anything that could end or override that cue's scope
+    scope_breakers: re.Pattern[str]  # anything that could end or override a forward cue's scope
     clause_starters: WordTrie  # words after ", and" that start a new clause
     negation_stop_after_comma: frozenset[str]  # ", with": ends a forward cue's scope
     abnormality_terms: dict[str, tuple[str, ...]]  # name -> terms (for the medspaCy baseline)
@@ -329,11 +328,10 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
             "non [a-z]+(?= )",  # "non-calcified" is not calcified
         ]
     ) + ")"
-    headers = [t for t, ms in table.terms.items() if any(m[0] == "header" for m in ms)]
-    forward = [t for t, ms in table.terms.items() if ("cue", "forward") in ms]
     # A forward cue's scope ends at a clause boundary or ", with"; keep cues override it; another
     # header starts a new sentence. Anything of that kind, or any cue phrase that merely starts with
-    # a forward cue ("no change", "no longer seen"), rules the shortcut out.
+    # a forward cue ("no change", "no longer seen"), rules out the shortcut of a chunk negated to its
+    # end (labeler._negated_to_the_end).
     breakers = [
         t for t, ms in table.terms.items()
         if any(m[0] == "header" or m[:2] == ("bound", CLAUSE) or m[0] == "cue" and m[1] != "forward" for m in ms)
@@ -345,7 +343,6 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
         locations=locations,
         phrase_regex=re.compile(phrase_source),
         phrase_split=re.compile(f"({phrase_source})"),
-        negated_start=re.compile(rf"(?P<header>{trie_regex(headers)})?(?P<cue>{trie_regex(forward)}) "),
         scope_breakers=re.compile(
             trie_regex(breakers) + r"(?= )| ;| , and | and there | , (?:" + "|".join(map(re.escape, sorted(stops))) + ") "
         ),
