@@ -29,6 +29,7 @@ from ctplatform.partition.sarle.scanning import (
     BOUND,
     CUE,
     EXCL,
+    HAS_BACKWARD,
     HAS_BOUND,
     HAS_FORWARD,
     HAS_HEADER,
@@ -160,6 +161,8 @@ def _chunks_findings(text: str, chunks: list[tuple[int, int, list[tuple], int, s
     UNKNOWN_FLAGS) and the section it starts in, as (start, end, tokens, flags, section)."""
     for start, end, tokens, flags, section in chunks:
         if flags & HAS_FORWARD and _negated_to_the_end(text, tokens, end, vocab):
+            continue
+        if flags & HAS_BACKWARD and _negated_from_the_start(tokens):
             continue
         if not flags & HAS_BOUND:
             if _plain_findings(text, tokens, start, end, section, vocab, found, flags):
@@ -396,6 +399,38 @@ def _negated_to_the_end(text: str, tokens: list[tuple], end: int, vocab: Vocabul
             elif halves.setdefault((name, n), half) != half:
                 return False
     return False
+
+
+def _negated_from_the_start(tokens: list[tuple]) -> bool:
+    """Whether the chunk with the mentions `tokens` states no finding because its last backward
+    cue deletes every mention that could make one ("The chest tube has been removed."): after the
+    cue there is no abnormality term, size anchor, pair with both its words or header, and before
+    it no header (but at the start) and no boundary that could end a clause (a clause boundary, or
+    "and", which can end one after a comma). The cue deletes everything before it in its clause, so
+    what is left names nothing. Checked against the full parse in the tests."""
+    halves: dict[tuple[str, int], int] | None = None
+    for k in range(len(tokens) - 1, -1, -1):
+        tok = tokens[k]
+        kind = tok[2]
+        if kind == CUE:
+            if tok[3] == _BACKWARD:
+                for before in tokens[1:k]:
+                    kind = before[2]
+                    if kind == HEADER or (kind == BOUND and (before[3][0] >= CLAUSE or before[3][1] == "and")):
+                        return False
+                return True
+        elif kind == ABN or kind == ANCHOR or kind == HEADER:
+            return False
+        elif kind == PAIR:
+            name, n, half = tok[3]
+            if halves is None:
+                halves = {(name, n): half}
+            elif halves.setdefault((name, n), half) != half:
+                return False
+    return False
+
+
+_BACKWARD = ("backward",)  # the data of a backward cue mention
 
 
 def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozenset[tuple[str, str]], str]:

@@ -127,7 +127,7 @@ def could_state_finding(mentions: list[tuple]) -> bool:
 # Flags of a chunk's mentions (scan_report): which kinds it has, and above PAIR_SHIFT one bit per
 # half of each co-occurring pair (pair j's halves at bits 2j and 2j + 1), so that whether both halves
 # of some pair occur is a test on integers (`complete_pair`).
-HAS_ABN, HAS_PAIR, HAS_HEADER, HAS_BOUND, HAS_SIZE, HAS_ANCHOR, HAS_FORWARD = 1, 2, 4, 8, 16, 32, 64
+HAS_ABN, HAS_PAIR, HAS_HEADER, HAS_BOUND, HAS_SIZE, HAS_ANCHOR, HAS_FORWARD, HAS_BACKWARD = 1, 2, 4, 8, 16, 32, 64, 128
 PAIR_SHIFT = 8
 UNKNOWN_FLAGS = -1  # every bit set: "may have anything" (for mentions scanned without flags)
 _KIND_FLAG = {ABN: HAS_ABN, PAIR: HAS_PAIR, HEADER: HAS_HEADER, BOUND: HAS_BOUND, ANCHOR: HAS_ANCHOR}
@@ -160,6 +160,8 @@ def _scan_entry(vocab: Vocabulary, term: str) -> tuple:
     flags = sum({_KIND_FLAG.get(k, 0) for k, _ in templates})
     if (CUE, ("forward",)) in templates:
         flags |= HAS_FORWARD
+    if (CUE, ("backward",)) in templates:
+        flags |= HAS_BACKWARD
     for k, d in templates:
         if k == PAIR:
             flags |= 1 << (PAIR_SHIFT + 2 * vocab.pair_index[d[:2]] + d[2])

@@ -160,7 +160,7 @@ def test_measurements_reduced_to_size_classes_give_the_same_findings() -> None:
 
 def test_the_negated_sentence_shortcut_agrees_with_the_full_parse() -> None:
     from ctplatform.partition.sarle.chunks import chunks, normalize
-    from ctplatform.partition.sarle.labeler import _negated_to_the_end, chunk_findings
+    from ctplatform.partition.sarle.labeler import _negated_from_the_start, _negated_to_the_end, chunk_findings
     from ctplatform.partition.sarle.scanning import scan_phrases
     from ctplatform.partition.sarle.phrases import classify_chunk
     from ctplatform.partition.sarle.term_search import sentence_findings
@@ -169,7 +169,7 @@ def test_the_negated_sentence_shortcut_agrees_with_the_full_parse() -> None:
     vocab = load_vocabulary()
     texts = [s for path in ("sentences.tsv", "heldout.tsv") for s, _ in read_gold(HERE / path)]
     texts += [f"{header}: {s}" for header in ("LUNGS", "HEART", "INDICATION") for s in texts[:150]]
-    shortcut = 0
+    shortcut = backward = 0
     for text in texts:
         for chunk in chunks(normalize(text)):
             sents, after = classify_chunk(chunk, "none", vocab)
@@ -180,4 +180,7 @@ def test_the_negated_sentence_shortcut_agrees_with_the_full_parse() -> None:
             if tokens and _negated_to_the_end(padded, tokens, len(padded), vocab):
                 shortcut += 1
                 assert not full[0], text
-    assert shortcut >= 50  # the shortcut is actually taken
+            if tokens and _negated_from_the_start(tokens):
+                backward += 1
+                assert not full[0], text
+    assert shortcut >= 50 and backward >= 20  # the shortcuts are actually taken
