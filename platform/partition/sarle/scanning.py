@@ -300,15 +300,19 @@ def location_kinds(text: str, vocab: Vocabulary, start: int, end: int, opener: t
     are coordinated depends on the words between (then use scan_locations)."""
     regex = vocab.location_regex
     table = vocab.location_tokens
-    out: list[str] = []
-    if opener is not None:
-        m = regex.match(text, start, end)
-        if m is not None:  # the one location that can sort before the header: it starts where it does
-            term = m[0]
-            data = table.get(term) or _location_data(vocab, term)
-            if not (start, start + len(term), LOC, data) < opener:
-                out.append(data[0])
-            start = m.end()
+    out: list[str]
+    if opener is None:
+        out = []
+    else:
+        # The header's own words ("lungs and airways :") give the same kinds wherever it stands,
+        # and no location term holds the ":" that ends it, so none reaches past it: its kinds are
+        # worked out once per header, and the scan starts after it.
+        header = text[start : opener[1]]
+        got = vocab.header_locations.get(header)
+        if got is None:
+            got = vocab.header_locations[header] = _header_kinds(vocab, header, opener)
+        out = list(got)
+        start = opener[1]
     for term in regex.findall(text, start, end):
         out.append((table.get(term) or _location_data(vocab, term))[0])
     if "side_right" in out or "side_left" in out:
@@ -316,6 +320,24 @@ def location_kinds(text: str, vocab: Vocabulary, start: int, end: int, opener: t
             if out[k] in _SIDE_LUNG and out[k + 1] in _SIDED_LUNG:
                 return None
     return out
+
+
+def _header_kinds(vocab: Vocabulary, header: str, opener: tuple) -> tuple[str, ...]:
+    """location_kinds' kinds inside the header mention `opener` spelled `header` (a space, its
+    words, " :"), before any side test."""
+    regex = vocab.location_regex
+    text = header + " "
+    start, end = 0, len(text)
+    out: list[str] = []
+    m = regex.match(text, start, end)
+    if m is not None:  # the one location that can sort before the header: it starts where it does
+        data = vocab.location_tokens.get(m[0]) or _location_data(vocab, m[0])
+        if not (start, start + len(m[0]), LOC, data) < (0, len(header), *opener[2:]):
+            out.append(data[0])
+        start = m.end()
+    for term in regex.findall(text, start, end):
+        out.append((vocab.location_tokens.get(term) or _location_data(vocab, term))[0])
+    return tuple(out)
 
 
 # Words that coordinate a side with the next location ("right and left lower lobes", "right greater

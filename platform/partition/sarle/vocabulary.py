@@ -90,6 +90,7 @@ class Vocabulary:
     scan_entries: dict[str, tuple] = field(default_factory=dict)  # scanning.scan_report: matched text -> its entry
     phrase_split: re.Pattern[str] | None = None  # phrase_regex in one capture group (scanning.scan_report)
     location_split: re.Pattern[str] | None = None  # location_regex in one capture group (scanning.scan_locations)
+    header_locations: dict[str, tuple[str, ...]] = field(default_factory=dict)  # scanning.location_kinds: header -> kinds
 
     def meanings(self, text: str) -> tuple:
         """Values of the phrase term spelled `text` (space-separated tokens), cached."""
@@ -272,6 +273,8 @@ def _location_trie(data: dict) -> tuple[WordTrie, dict[str, tuple[str, ...]]]:
     kind_of: dict[str, str] = {}
 
     def put(term: str, kind: str) -> None:
+        if ":" in term:  # scanning.location_kinds reads a header's locations apart from its sentence
+            raise ValueError(f"locations.yaml: term {term!r}: a location term cannot hold ':' (it ends section headers)")
         if kind_of.get(term, kind) != kind:
             raise ValueError(f"locations.yaml: term {term!r} is listed as both {kind_of[term]} and {kind}")
         kind_of[term] = kind
