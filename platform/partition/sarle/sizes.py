@@ -22,6 +22,11 @@ def read_size_at(text: str, start: int, stop: int) -> tuple[int, float, float] |
     """`read_size` of the words of `text[start:stop]` (single spaces between them), from the first:
     (character end of the measurement, largest, smallest cm), or None. Splits only the first few
     words: a measurement is short, and the rest of a long sentence need not be cut into words."""
+    simple = _SIMPLE_SIZE.match(text, start, stop + 1)
+    if simple is not None:  # "12 mm", "1.5 cm" (most measurements): read_size stops at the unit
+        value = float(simple[1])
+        cm = value if simple[2][0] == "c" else value / 10
+        return simple.end(), cm, cm
     if _SIZE_SHAPE.match(text, start, stop + 1) is None:
         return None  # most numbers that are no measurement ("1 .", "series 3") end here, in C
     rest = text[start:stop]
@@ -40,6 +45,8 @@ def read_size_at(text: str, start: int, stop: int) -> tuple[int, float, float] |
 
 
 _FEW = 12
+# One number word and a unit word: what read_size reads from such words whatever follows them.
+_SIMPLE_SIZE = re.compile(r"(\d+(?:\.\d+)?|\.\d+) (cm|mm|centimeters?|millimeters?)(?= )")
 # What every measurement read_size reads starts with: number, dimension and "x"/"by" characters,
 # then a unit (as a word or a suffix) and the space after it (text[stop] is a space).
 _SIZE_SHAPE = re.compile(r"(?:[0-9.x ]|by)*(?:cm|mm|centimeters?|millimeters?) ")

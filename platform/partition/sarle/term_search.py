@@ -478,8 +478,8 @@ def _measured(
                 continue  # "3 cm mass and a 4 mm nodule": the 3 cm is the mass's
             same = list(range(len(anchors)))
             host = sg
-        best = min(same, key=lambda i: (gap(s, e, anchors[i][0], anchors[i][1]), i))
-        near_short = any(gap(s, e, a, b) <= _SHORT_AXIS_REACH for a, b in shorts)
+        best = same[0] if len(same) == 1 else min(same, key=lambda i: (gap(s, e, anchors[i][0], anchors[i][1]), i))
+        near_short = bool(shorts) and any(gap(s, e, a, b) <= _SHORT_AXIS_REACH for a, b in shorts)
         assigned.setdefault((best, host), []).append((largest, smallest, near_short))
     out = []
     for (i, host), measures in assigned.items():
