@@ -60,7 +60,7 @@ from ctplatform.partition.sarle.term_search import (
     sentence_findings,
 )
 from ctplatform.partition.sarle.sizes import canonical_measurements
-from ctplatform.partition.sarle.vocabulary import CLAUSE, Vocabulary, load_vocabulary
+from ctplatform.partition.sarle.vocabulary import CLAUSE, NEGATION_STOP, Vocabulary, load_vocabulary
 
 LABEL_COLUMNS: tuple[str, ...] = ("volume_id", "abnormality", "location", "value")
 
@@ -377,19 +377,31 @@ def _clean_findings(
 def _negated_to_the_end(text: str, tokens: list[tuple], end: int, vocab: Vocabulary) -> bool:
     """Whether the chunk ending at `end` (its mentions `tokens`) states no finding because a forward
     cue deletes every mention that could make one: before the chunk's first forward cue there is no
-    abnormality term, no size anchor and no pair with both its words, and after it nothing that
-    could end or override its scope (`vocab.scope_breakers`: a clause boundary, ", and", ", with",
-    another cue, a header; searched from the cue itself, so that the cue phrase is the one the scan
-    read, not a longer one such as "no longer seen"). Then the cue
-    deletes everything after it and what is left names nothing. "[HEADER:] No X, Y or Z." is the
-    commonest such chunk, "The lungs demonstrate no consolidation, nodules or masses." another.
-    Checked against the full parse in the tests."""
+    abnormality term, no size anchor and no pair with both its words, and after it no mention that
+    ends its scope (a header, or a boundary that ends a negation zone: a clause boundary, ", and"
+    before a clause starter, ", with"; other cues delete, never restore). Then the cue deletes
+    everything after it and what is left names nothing. "[HEADER:] No X, Y or Z." is the commonest
+    such chunk, "The lungs demonstrate no consolidation, nodules or masses." another. Checked
+    against the full parse in the tests."""
     halves: dict[tuple[str, int], int] | None = None
-    for tok in tokens:
+    for k, tok in enumerate(tokens):
         kind = tok[2]
         if kind == CUE:
             if tok[3] == _FORWARD:
-                return vocab.scope_breakers.search(text, tok[0], end) is None
+                for after in tokens[k + 1 :]:
+                    kind = after[2]
+                    if kind == HEADER or (
+                        kind == BOUND
+                        and (
+                            after[3][0] >= NEGATION_STOP
+                            or (
+                                (after[3][1] == "and" or after[3][1] in vocab.negation_stop_after_comma)
+                                and bound_level(text, after, end, vocab) >= NEGATION_STOP
+                            )
+                        )
+                    ):
+                        return False
+                return True
         elif kind == ABN or kind == ANCHOR:
             return False
         elif kind == PAIR:

@@ -75,7 +75,6 @@ class Vocabulary:
     locations: WordTrie
     phrase_regex: re.Pattern[str]  # over " ".join(tokens): terms, numbers, punctuation, "non X"
     location_regex: re.Pattern[str]
-    scope_breakers: re.Pattern[str]  # anything that could end or override a forward cue's scope
     clause_starters: WordTrie  # words after ", and" that start a new clause
     negation_stop_after_comma: frozenset[str]  # ", with": ends a forward cue's scope
     abnormality_terms: dict[str, tuple[str, ...]]  # name -> terms (for the medspaCy baseline)
@@ -331,14 +330,6 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
             "non [a-z]+(?= )",  # "non-calcified" is not calcified
         ]
     ) + ")"
-    # A forward cue's scope ends at a clause boundary or ", with"; keep cues override it; another
-    # header starts a new sentence. Anything of that kind, or any cue phrase that merely starts with
-    # a forward cue ("no change", "no longer seen"), rules out the shortcut of a chunk negated to its
-    # end (labeler._negated_to_the_end).
-    breakers = [
-        t for t, ms in table.terms.items()
-        if any(m[0] == "header" or m[:2] == ("bound", CLAUSE) or m[0] == "cue" and m[1] != "forward" for m in ms)
-    ]
     location_source = trie_regex(list(locations.terms()))
     return Vocabulary(
         rules=rules,
@@ -346,9 +337,6 @@ def load_vocabulary(data_dir: str | None = None) -> Vocabulary:
         locations=locations,
         phrase_regex=re.compile(phrase_source),
         phrase_split=re.compile(f"({phrase_source})"),
-        scope_breakers=re.compile(
-            trie_regex(breakers) + r"(?= )| ;| , and | and there | , (?:" + "|".join(map(re.escape, sorted(stops))) + ") "
-        ),
         location_regex=re.compile(location_source),
         location_split=re.compile(f"({location_source})"),
         clause_starters=clause_and,
