@@ -44,7 +44,6 @@ from ctplatform.partition.sarle.scanning import (
     _FIRST_HALVES,
     WORD,
     bound_level,
-    complete_pair,
     could_state_finding,
     location_kinds,
     scan_locations,
