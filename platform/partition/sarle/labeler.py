@@ -382,7 +382,7 @@ def _negated_to_the_end(text: str, tokens: list[tuple], end: int, vocab: Vocabul
     everything after it and what is left names nothing. "[HEADER:] No X, Y or Z." is the commonest
     such chunk, "The lungs demonstrate no consolidation, nodules or masses." another. Checked
     against the full parse in the tests."""
-    halves: dict[tuple[str, int], int] | None = None
+    halves: dict[tuple[str, int], int] = {}  # pair -> the half seen so far
     for k, tok in enumerate(tokens):
         kind = tok[2]
         if kind == CUE:
@@ -403,12 +403,8 @@ def _negated_to_the_end(text: str, tokens: list[tuple], end: int, vocab: Vocabul
                 return True
         elif kind == ABN or kind == ANCHOR:
             return False
-        elif kind == PAIR:
-            name, n, half = tok[3]
-            if halves is None:
-                halves = {(name, n): half}
-            elif halves.setdefault((name, n), half) != half:
-                return False
+        elif kind == PAIR and _completes_pair(halves, tok[3]):
+            return False
     return False
 
 
@@ -419,7 +415,7 @@ def _negated_from_the_start(tokens: list[tuple]) -> bool:
     it no header (but at the start) and no boundary that could end a clause (a clause boundary, or
     "and", which can end one after a comma). The cue deletes everything before it in its clause, so
     what is left names nothing. Checked against the full parse in the tests."""
-    halves: dict[tuple[str, int], int] | None = None
+    halves: dict[tuple[str, int], int] = {}  # pair -> the half seen so far
     for k in range(len(tokens) - 1, -1, -1):
         tok = tokens[k]
         kind = tok[2]
@@ -432,16 +428,18 @@ def _negated_from_the_start(tokens: list[tuple]) -> bool:
                 return True
         elif kind == ABN or kind == ANCHOR or kind == HEADER:
             return False
-        elif kind == PAIR:
-            name, n, half = tok[3]
-            if halves is None:
-                halves = {(name, n): half}
-            elif halves.setdefault((name, n), half) != half:
-                return False
+        elif kind == PAIR and _completes_pair(halves, tok[3]):
+            return False
     return False
 
 
 _BACKWARD = ("backward",)  # the data of a backward cue mention
+
+
+def _completes_pair(halves: dict[tuple[str, int], int], data: tuple) -> bool:
+    """Whether the pair mention `data` (name, n, half) brings a pair's other half to `halves`."""
+    name, n, half = data
+    return halves.setdefault((name, n), half) != half
 
 
 def chunk_findings(chunk: str, section: str, vocab: Vocabulary) -> tuple[frozenset[tuple[str, str]], str]:
