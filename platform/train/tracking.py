@@ -53,11 +53,16 @@ def run_params(cfg: "Config", n_train: int | None = None, n_valid: int | None = 
 def start_mlflow_run(
     cfg: "Config",
     run_name: str,
+    storage: str,
     parent_run_id: str | None = None,
     n_train: int | None = None,
     n_valid: int | None = None,
-) -> str:
-    """Create a run (nested under `parent_run_id` when given), log params and config.yaml; return its id.
+    tags: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Create a run (nested under `parent_run_id` when given, with the extra `tags`), log params
+    and config.yaml, and write the run record beside the Train run's checkpoints in `storage`
+    (rundir.RUN_RECORD: what `--resume` and a retried trial read back). Returns (run id,
+    experiment id).
 
     The run stays RUNNING: rank 0 logs into it, and `finish_mlflow_run` closes it.
     """
@@ -65,19 +70,26 @@ def start_mlflow_run(
     from mlflow import MlflowClient
 
     from ctplatform.runtime import setup_mlflow
+    from ctplatform.train import rundir
 
     experiment_id = setup_mlflow(cfg)
     client = MlflowClient()
-    tags = {"ctplatform.stage": "train", "ctplatform.ray_run_name": run_name}
+    all_tags = {"ctplatform.stage": "train", "ctplatform.ray_run_name": run_name, **(tags or {})}
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     run_id = run.info.run_id
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(run_params(cfg, n_train, n_valid))
         mlflow.log_text(cfg.to_yaml(), "config.yaml")
     client.update_run(run_id, status="RUNNING")  # start_run's exit marked it FINISHED
-    return run_id
+    rundir.write_json(
+        storage,
+        run_name,
+        rundir.RUN_RECORD,
+        {"run_name": run_name, "mlflow_run_id": run_id, "experiment_id": experiment_id, "created": time.time()},
+    )
+    return run_id, experiment_id
 
 
 def finish_mlflow_run(run_id: str, status: str, reason: str | None = None) -> None:

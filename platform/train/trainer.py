@@ -4,7 +4,7 @@
     outcome = run_training(cfg, resume=True)          # continue the latest run in the storage path
 
 `build_trainer` is reusable on its own: a Tune trial's driver function creates its MLflow run with
-`tracking.start_mlflow_run(cfg, name, parent_run_id=...)` and fits
+`tracking.start_mlflow_run(cfg, name, storage, parent_run_id=...)` and fits
 `build_trainer(cfg, run_name=name, mlflow_run_id=..., callbacks=[TuneReportCallback()])`.
 
 Runs live in the storage path (`train.storage_path`, default <workdir>/ray_results; local, NFS or
@@ -17,7 +17,6 @@ earlier one.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,15 +215,8 @@ def run_training(
         log.info("resuming run %s (MLflow run %s)", name, mlflow_run_id)
     else:
         name = name or new_run_name(cfg)
-        mlflow_run_id = start_mlflow_run(cfg, name, parent_run_id=parent_run_id, n_train=n_train, n_valid=n_valid)
-        import mlflow
-
-        experiment_id = mlflow.get_run(mlflow_run_id).info.experiment_id
-        rundir.write_json(
-            storage,
-            name,
-            rundir.RUN_RECORD,
-            {"run_name": name, "mlflow_run_id": mlflow_run_id, "experiment_id": experiment_id, "created": time.time()},
+        mlflow_run_id, experiment_id = start_mlflow_run(
+            cfg, name, storage, parent_run_id=parent_run_id, n_train=n_train, n_valid=n_valid
         )
     rundir.remove(storage, name, rundir.OUTCOME)  # only this attempt's outcome counts
     init_ray(cfg)

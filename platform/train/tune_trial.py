@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -156,23 +155,13 @@ def child_run(
     if record is not None:
         setup_mlflow(cfg)
         return str(record["mlflow_run_id"])
-    import mlflow
-    from mlflow import MlflowClient
-
     n_train, n_valid = counts if counts is not None else (None, None)
-    run_id = start_mlflow_run(cfg, name, parent_run_id=ctx.parent_run_id, n_train=n_train, n_valid=n_valid)
-    client = MlflowClient()
-    client.set_tag(run_id, "ctplatform.sweep", ctx.name)
-    client.set_tag(run_id, "ctplatform.trial_id", trial_id)
-    experiment_id = mlflow.get_run(run_id).info.experiment_id
-    # The same record as `ctplatform train` keeps: `ctplatform train --resume --run-name NAME` with
+    # The same run record as `ctplatform train` keeps: `ctplatform train --resume --run-name NAME` with
     # train.storage_path set to the sweep's train_runs folder continues a trial's run by hand.
-    rundir.write_json(
-        storage,
-        name,
-        rundir.RUN_RECORD,
-        {"run_name": name, "mlflow_run_id": run_id, "experiment_id": experiment_id, "created": time.time()},
-    )
+    run_id, _ = start_mlflow_run(
+        cfg, name, storage, parent_run_id=ctx.parent_run_id, n_train=n_train, n_valid=n_valid,
+        tags={"ctplatform.sweep": ctx.name, "ctplatform.trial_id": trial_id},
+    )  # fmt: skip
     return run_id
 
 
