@@ -54,6 +54,7 @@ from ctplatform.partition.sarle.term_search import (
     _NO_SIDES,
     _SIDE_WORDS,
     _measured,
+    add_location,
     one_segment_findings,
     segment_findings,
     sentence_findings,
@@ -205,7 +206,7 @@ def _plain_findings(
     names: list[str] = []
     terms_at: list[tuple[int, str]] | None = [] if flags & HAS_SIZE and flags & HAS_ANCHOR else None
     read_pairs = (flags >> PAIR_SHIFT) & (flags >> PAIR_SHIFT + 1) & _FIRST_HALVES  # complete_pair(flags)
-    pairs: dict[tuple[str, int], set[int]] | None = None
+    pairs: dict[tuple[str, int], set[int]] = {}
     exclusions: set[str] | None = None
     anchors: list[tuple[int, int, int, str]] = []
     sizes: list[tuple[int, int, int, float, float]] = []
@@ -219,15 +220,7 @@ def _plain_findings(
         elif kind == PAIR:
             if not read_pairs:
                 continue
-            name, n, half = tok[3]
-            if pairs is None:
-                pairs = {(name, n): {half}}
-            else:
-                halves = pairs.get((name, n))
-                if halves is None:
-                    pairs[(name, n)] = {half}
-                else:
-                    halves.add(half)
+            _add_pair_half(pairs, tok[3])
         elif kind == CUE:
             scope = tok[3][0]
             if scope != "keep":
@@ -251,7 +244,7 @@ def _plain_findings(
             return False
     if section == "skip" or not (names or (pairs if read_pairs else flags & HAS_PAIR)):
         return True  # no finding can be stated (term_search needs a term or a pair word)
-    if pairs is not None:
+    if pairs:
         names.extend(name for (name, _), halves in pairs.items() if len(halves) == 2)
     if sizes and anchors and terms_at is not None:
         for _, measured in _measured(sizes, anchors, {0} if terms_at else set(), words, vocab, text, terms_at):
@@ -316,16 +309,10 @@ def _clean_findings(
         elif kind == PAIR:
             if not read_pairs:
                 continue
-            name, n, half = tok[3]
             by_pair = pairs.get(seg)
             if by_pair is None:
-                pairs[seg] = {(name, n): {half}}
-            else:
-                halves = by_pair.get((name, n))
-                if halves is None:
-                    by_pair[(name, n)] = {half}
-                else:
-                    halves.add(half)
+                by_pair = pairs[seg] = {}
+            _add_pair_half(by_pair, tok[3])
         elif kind == BOUND:
             if bound_level(text, tok, end, vocab) >= CLAUSE:
                 clause += 1
@@ -355,19 +342,7 @@ def _clean_findings(
     for item in scan_locations(text, vocab, start if opener is None else opener[0], end):
         if opener is not None and item < opener:
             continue  # it sorts before the header: it belongs to the text before it
-        sg = bisect_right(bounds, item)
-        kind = item[3][0]
-        side = _SIDE_WORDS.get(kind)
-        if side is None:
-            got = locs.get(sg)
-            if got is None:
-                locs[sg] = [kind]
-            else:
-                got.append(kind)
-        elif sg in sides:
-            sides[sg].update(side)
-        else:
-            sides[sg] = set(side)
+        add_location(locs, sides, bisect_right(bounds, item), item[3][0])
     measures = (sizes, anchors, text, terms_at) if sizes and anchors else None
     segment_findings(abnormalities, pairs, measures, exclusions, words, locs, sides, clause_of, [], section, vocab, found)
     return True
@@ -434,6 +409,16 @@ def _negated_from_the_start(tokens: list[tuple]) -> bool:
 
 
 _BACKWARD = ("backward",)  # the data of a backward cue mention
+
+
+def _add_pair_half(halves_by_pair: dict[tuple[str, int], set[int]], data: tuple) -> None:
+    """Records the pair mention `data` (name, n, half): which halves of each pair a segment holds."""
+    name, n, half = data
+    halves = halves_by_pair.get((name, n))
+    if halves is None:
+        halves_by_pair[(name, n)] = {half}
+    else:
+        halves.add(half)
 
 
 def _completes_pair(halves: dict[tuple[str, int], int], data: tuple) -> bool:

@@ -139,18 +139,23 @@ def split_locations(locations: dict[int, list[str]]) -> tuple[dict[int, list[str
     sides: dict[int, set[str]] = {}
     for sg, kinds in locations.items():
         for kind in kinds:
-            side = _SIDE_WORDS.get(kind)
-            if side is None:
-                got = locs.get(sg)
-                if got is None:
-                    locs[sg] = [kind]
-                else:
-                    got.append(kind)
-            elif sg in sides:
-                sides[sg].update(side)
-            else:
-                sides[sg] = set(side)
+            add_location(locs, sides, sg, kind)
     return locs, sides
+
+
+def add_location(locs: dict[int, list[str]], sides: dict[int, set[str]], sg: int, kind: str) -> None:
+    """Segment `sg`'s location kind `kind`: a side word adds its lung sides, any other kind is kept in order."""
+    side = _SIDE_WORDS.get(kind)
+    if side is None:
+        got = locs.get(sg)
+        if got is None:
+            locs[sg] = [kind]
+        else:
+            got.append(kind)
+    elif sg in sides:
+        sides[sg].update(side)
+    else:
+        sides[sg] = set(side)
 
 
 def segment_findings(
