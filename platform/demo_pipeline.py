@@ -321,9 +321,9 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
 def stage_compare(cfg: Config, run_a: str, run_b: str, eval_a: str, eval_b: str, split: str, echo: Callable[[str], None]) -> tuple[Path, str]:
     from mlflow import MlflowClient
 
-    from ctplatform.eval.compare_job import run_comparison
+    from ctplatform.eval.compare_job import comparison_dir, run_comparison
 
-    out_dir = Path(cfg.eval.output_dir or (cfg.workdir / "eval")) / "compare" / f"{run_a}_vs_{run_b}" / split
+    out_dir = comparison_dir(cfg, run_a, run_b, split)
     found = find_comparison(cfg, eval_a, eval_b)
     if found and (out_dir / "compare.md").is_file():
         echo(f"reusing comparison run {found}: {out_dir / 'compare.md'}")

@@ -57,6 +57,11 @@ def write_comparison(result: Comparison, out_dir: Path, title: str) -> list[Path
     return paths
 
 
+def comparison_dir(cfg: Config, run_a: str, run_b: str, split: str) -> Path:
+    """Where the comparison of run A and run B on `split` writes compare.md and its tables."""
+    return Path(cfg.eval.output_dir or (cfg.workdir / "eval")) / "compare" / f"{run_a}_vs_{run_b}" / split
+
+
 def run_comparison(cfg: Config, run_a: str, run_b: str, split: str) -> tuple[Comparison, Path, str]:
     """Compare the evaluations of run A and run B on `split`; returns (result, folder, MLflow run id)."""
     from mlflow import MlflowClient
@@ -68,7 +73,7 @@ def run_comparison(cfg: Config, run_a: str, run_b: str, split: str) -> tuple[Com
         ea, pa, la, ma = _evaluation(cfg, run_a, split, tmp)
         eb, pb, lb, mb = _evaluation(cfg, run_b, split, tmp)
     result = compare_runs(pa, pb, la, lb, ma, mb, split)
-    out_dir = Path(cfg.eval.output_dir or (cfg.workdir / "eval")) / "compare" / f"{run_a}_vs_{run_b}" / split
+    out_dir = comparison_dir(cfg, run_a, run_b, split)
     paths = write_comparison(result, out_dir, f"{run_a} (A) vs {run_b} (B) on {split}")
     client = MlflowClient()
     exp = client.get_run(ea).info.experiment_id
