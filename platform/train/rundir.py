@@ -16,14 +16,15 @@ RUN_RECORD = "ctplatform_run.json"
 OUTCOME = "ctplatform_outcome.json"
 
 
-def _fs(storage: str):
+def filesystem(storage: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for a local path, NFS path or URL (s3://...)."""
     import fsspec
 
     return fsspec.core.url_to_fs(storage)
 
 
 def read_json(storage: str, run_name: str, name: str) -> dict[str, Any] | None:
-    fs, root = _fs(storage)
+    fs, root = filesystem(storage)
     path = f"{root}/{run_name}/{name}"
     if not fs.exists(path):
         return None
@@ -33,7 +34,7 @@ def read_json(storage: str, run_name: str, name: str) -> dict[str, Any] | None:
 
 def write_json(storage: str, run_name: str, name: str, data: dict[str, Any]) -> None:
     """Write whole (temporary file, then move) so a reader never sees half a file."""
-    fs, root = _fs(storage)
+    fs, root = filesystem(storage)
     fs.makedirs(f"{root}/{run_name}", exist_ok=True)
     tmp = f"{root}/{run_name}/.{name}.tmp"
     with fs.open(tmp, "w") as f:
@@ -42,7 +43,7 @@ def write_json(storage: str, run_name: str, name: str, data: dict[str, Any]) -> 
 
 
 def remove(storage: str, run_name: str, name: str) -> None:
-    fs, root = _fs(storage)
+    fs, root = filesystem(storage)
     path = f"{root}/{run_name}/{name}"
     if fs.exists(path):
         fs.rm(path)
@@ -50,7 +51,7 @@ def remove(storage: str, run_name: str, name: str) -> None:
 
 def list_records(storage: str) -> list[dict[str, Any]]:
     """The run records of every run in the storage path."""
-    fs, root = _fs(storage)
+    fs, root = filesystem(storage)
     out = []
     for path in fs.glob(f"{root}/*/{RUN_RECORD}"):
         with fs.open(path, "r") as f:

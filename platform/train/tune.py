@@ -69,17 +69,11 @@ def tune_storage_root(cfg: Config) -> str:
     return str((cfg.workdir.expanduser() / "tune_results").resolve())
 
 
-def _fs(url: str) -> tuple[Any, str]:
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
-
-
 def latest_sweep(storage: str) -> str | None:
     """The most recently created sweep in the storage path (by its record), or None."""
     import json
 
-    fs, root = _fs(storage)
+    fs, root = rundir.filesystem(storage)
     records = []
     for path in fs.glob(f"{root}/*/{SWEEP_RECORD}"):
         with fs.open(path, "r") as f:
@@ -261,7 +255,7 @@ def report_sweep(ctx: SweepContext, base: Config, experiment_path: str, wall: fl
     else:
         n_failed = sum(r.status == "failed" for r in rows)
         finish_mlflow_run(ctx.parent_run_id, "FINISHED", f"{len(rows)} trials, {n_failed} failed")
-    fs, path = _fs(f"{experiment_path}/sweep_table.md")
+    fs, path = rundir.filesystem(f"{experiment_path}/sweep_table.md")
     with fs.open(path, "w") as f:
         f.write(md)
     return rows, md, interrupted
