@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctplatform.eval.metrics import ORGAN_IOU_THRESHOLDS, normalize_attention, organ_iou
+from ctplatform.model.metrics import ORGAN_IOU_THRESHOLDS, normalize_attention, organ_iou
 from machine_info import best_of, cpu_model
 
 RESULTS = Path(__file__).parent / "results" / "organ_iou.md"

@@ -69,7 +69,7 @@ def _batch(geom, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _step(model, opt, batch, lam: float, form: str) -> float:
-    from ctplatform.train.losses import total_loss
+    from ctplatform.model.losses import total_loss
 
     t0 = time.perf_counter()
     out = model(batch["x"], cam=lam > 0)
@@ -89,7 +89,7 @@ def bench_steps(shape, pad, steps: int) -> dict[str, tuple[float, float]]:
     The variants' steps are interleaved round by round and compared within a round, so a busy
     machine slows the baseline and the variant alike."""
     from ctplatform.geometry import ModelGeometry
-    from ctplatform.train.model import AxialNet
+    from ctplatform.model.axialnet import AxialNet
 
     geom = ModelGeometry(shape, custom_conv_padding=pad)
     torch.manual_seed(0)
@@ -114,8 +114,9 @@ def mask_ops_seconds(shape, pad, form: str, reps: int = 30) -> float:
     and their backward. The minimum of many repeats: milliseconds of work that a busy machine can
     stretch a hundredfold, so the least-disturbed repeat is the cost."""
     from ctplatform.geometry import ModelGeometry
-    from ctplatform.train.losses import forbidden_cells, mask_loss
-    from ctplatform.train.model import CUSTOM_CONV_CHANNELS, hirescam_from_features
+    from ctplatform.model.losses import forbidden_cells, mask_loss
+    from ctplatform.model.axialnet import CUSTOM_CONV_CHANNELS
+    from ctplatform.model.cams import hirescam_from_features
 
     geom = ModelGeometry(shape, custom_conv_padding=pad)
     h, d1, d2 = geom.grid
@@ -136,7 +137,7 @@ def mask_ops_seconds(shape, pad, form: str, reps: int = 30) -> float:
 def bench_hirescam(shape, pad, labels: int) -> dict[str, float]:
     """Closed form (forward with cam) vs hook-based autograd (forward + one full backward per label)."""
     from ctplatform.geometry import ModelGeometry
-    from ctplatform.train.model import AxialNet
+    from ctplatform.model.axialnet import AxialNet
 
     geom = ModelGeometry(shape, custom_conv_padding=pad)
     torch.manual_seed(0)
@@ -188,7 +189,7 @@ def bench_hirescam(shape, pad, labels: int) -> dict[str, float]:
 def _memory_child(shape, pad, lam, form, q) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from ctplatform.geometry import ModelGeometry
-    from ctplatform.train.model import AxialNet
+    from ctplatform.model.axialnet import AxialNet
 
     geom = ModelGeometry(shape, custom_conv_padding=pad)
     model = AxialNet(geom)
@@ -219,7 +220,7 @@ def train_flops(shape, pad) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from ctplatform.geometry import ModelGeometry
-    from ctplatform.train.model import AxialNet
+    from ctplatform.model.axialnet import AxialNet
 
     geom = ModelGeometry((3,) + tuple(shape[1:]), custom_conv_padding=pad)  # one slice group, then scale
     model = AxialNet(geom)
@@ -249,7 +250,7 @@ def bench_loader(store_root: Path, ids: list[str], shape, pad, workers: int, n_i
     """Volumes per second through the training Dataset (crop, augment, normalise) and DataLoader."""
     from ctplatform.geometry import ModelGeometry
     from ctplatform.store import Store
-    from ctplatform.train.dataset import EpochSampler, SplitIndex, StoreDataset, make_loader
+    from ctplatform.model.dataset import EpochSampler, SplitIndex, StoreDataset, make_loader
 
     geom = ModelGeometry(shape, custom_conv_padding=pad)
     store = Store(str(store_root))

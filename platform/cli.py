@@ -21,10 +21,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("partition", "ctplatform.partition.command"),
     ("label-reports", "ctplatform.partition.sarle.command"),
     ("train", "ctplatform.train.command"),
-    ("tune", "ctplatform.train.tune_command"),
+    ("tune", "ctplatform.train.tune.command"),
     ("evaluate", "ctplatform.eval.command"),
-    ("compare", "ctplatform.eval.compare_command"),
-    ("demo", "ctplatform.demo"),
+    ("compare", "ctplatform.eval.compare.command"),
+    ("demo", "ctplatform.demo.command"),
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.eval.metrics import as_numpy, quiet_nan_warnings
+from ctplatform.model.metrics import as_numpy, quiet_nan_warnings
 
 
 def _masked_midranks(scores: np.ndarray, member: np.ndarray) -> np.ndarray:

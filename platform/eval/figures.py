@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ctplatform.eval.heatmaps import upsample_grid, write_heatmap_nifti
-from ctplatform.eval.metrics import normalize_attention
+from ctplatform.model.metrics import normalize_attention
 from ctplatform.eval.plots import ExplanationSlice, SliceCurves, plot_explanations
 from ctplatform.eval.scoring import METHODS, ScanScores, SliceSums
 from ctplatform.labels import all_labels

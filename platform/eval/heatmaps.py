@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.eval.metrics import as_numpy, normalize_attention
+from ctplatform.model.metrics import as_numpy, normalize_attention
 from ctplatform.geometry import crop_or_pad_slices
 
 

@@ -77,8 +77,8 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     from ctplatform.labels import label_by_name
     from ctplatform.runtime import init_ray, setup_mlflow
     from ctplatform.store import Store
-    from ctplatform.train.dataset import check_grid_masks, load_split
-    from ctplatform.train.model import load_from_run
+    from ctplatform.model.dataset import check_grid_masks, load_split
+    from ctplatform.model.checkpoint import load_from_run
 
     e = cfg.eval
     split = split or e.split

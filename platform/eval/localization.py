@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.eval.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
+from ctplatform.model.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
 
 
 def _flat(x: Any, dtype: Any = None) -> np.ndarray:

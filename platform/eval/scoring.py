@@ -27,7 +27,7 @@ from ctplatform.eval.localization import (
     map_rank_correlation,
     pointing_game,
 )
-from ctplatform.eval.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
+from ctplatform.model.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
 from ctplatform.labels import N_LABELS
 
 METHODS: tuple[str, ...] = ("hirescam", "gradcam")
@@ -103,7 +103,7 @@ def explain(model: Any, x: Any, slice_chunk: int | None = None) -> dict[str, np.
     """
     import torch
 
-    from ctplatform.train.model import gradcam_from_features, hirescam_from_features
+    from ctplatform.model.cams import gradcam_from_features, hirescam_from_features
 
     device = next(model.parameters()).device
     x = x.to(device)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ctplatform.eval.metrics import (
+from ctplatform.model.metrics import (
     ORGAN_IOU_THRESHOLDS,
     Convention,
     auroc_per_label,

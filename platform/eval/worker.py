@@ -29,7 +29,7 @@ def _build(state: dict, cfg_json: dict, threads: int):
     """The trained model on this worker's device (a GPU when the task was given one)."""
     import torch
 
-    from ctplatform.train.model import AxialNet
+    from ctplatform.model.axialnet import AxialNet
 
     torch.set_num_threads(max(1, threads))
     run_cfg = Config.model_validate(cfg_json)
@@ -50,7 +50,7 @@ def worker_options(e: Any) -> dict[str, Any]:
 
 
 def _dataset(run_cfg: Config, store_root: str, ids: list[str], y: np.ndarray, bits: np.ndarray):
-    from ctplatform.train.dataset import SplitIndex, StoreDataset
+    from ctplatform.model.dataset import SplitIndex, StoreDataset
 
     return StoreDataset(
         store_root,
@@ -82,8 +82,8 @@ def score_volumes(
     import torch
 
     from ctplatform.eval.scoring import explain, score_outputs
-    from ctplatform.partition.allowed_regions import allowed_regions
-    from ctplatform.train.model import AxialNet
+    from ctplatform.model.allowed_regions import allowed_regions
+    from ctplatform.model.axialnet import AxialNet
 
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
@@ -174,9 +174,9 @@ def render_volume(
     """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
     from ctplatform.eval.figures import render_scan
     from ctplatform.eval.scoring import explain
-    from ctplatform.partition.allowed_regions import allowed_regions
+    from ctplatform.model.allowed_regions import allowed_regions
     from ctplatform.store import Store
-    from ctplatform.train.dataset import read_crop
+    from ctplatform.model.dataset import read_crop
 
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ctplatform.train.model import unwrap
+from ctplatform.model.axialnet import unwrap
 
 
 def _distributed() -> bool:

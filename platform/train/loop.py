@@ -27,7 +27,7 @@ import torch
 
 from ctplatform.config import Config
 from ctplatform.store import Store
-from ctplatform.train.dataset import (
+from ctplatform.model.dataset import (
     EpochSampler,
     ShardSampler,
     StoreDataset,
@@ -35,8 +35,8 @@ from ctplatform.train.dataset import (
     make_loader,
 )
 from ctplatform.train.distributed import all_gather_objects, all_reduce_sum, weights_rank_spread
-from ctplatform.train.losses import class_loss, mask_loss, total_loss
-from ctplatform.train.model import AxialNet, build_model, unwrap
+from ctplatform.model.losses import class_loss, mask_loss, total_loss
+from ctplatform.model.axialnet import AxialNet, build_model, unwrap
 from ctplatform.train.state import (
     STATUS_COMPLETED,
     STATUS_DIVERGED,
@@ -148,8 +148,8 @@ def _means(sums: torch.Tensor) -> tuple[float, float, float]:
 @torch.no_grad()
 def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) -> dict[str, float]:
     """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards."""
-    from ctplatform.eval.metrics import auroc_per_label, auroc_summary, organ_iou
-    from ctplatform.partition.allowed_regions import allowed_regions
+    from ctplatform.model.metrics import auroc_per_label, auroc_summary, organ_iou
+    from ctplatform.model.allowed_regions import allowed_regions
 
     t = cfg.train
     model.eval()

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ctplatform.train.model import unwrap
+from ctplatform.model.axialnet import unwrap
 
 STATUS_RUNNING, STATUS_EARLY_STOPPED, STATUS_COMPLETED, STATUS_DIVERGED = (
     "running",

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from ctplatform.config import Config
 
-#: Artifact path of the best weights (a state_dict) inside a run; `model.load_from_run` reads it.
+#: Artifact path of the best weights (a state_dict) inside a run; `model.checkpoint.load_from_run` reads it.
 MODEL_STATE_ARTIFACT = "checkpoint/model_state.pt"
 
 

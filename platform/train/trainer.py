@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ctplatform.config import Config
 from ctplatform.store import Store
 from ctplatform.train import rundir
-from ctplatform.train.dataset import check_grid_masks, check_volumes, load_split
+from ctplatform.model.dataset import check_grid_masks, check_volumes, load_split
 
 if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer

@@ -19,7 +19,7 @@ from ctplatform.ingest.job import ingest_one
 from ctplatform.labels import all_labels, label_index
 from ctplatform.partition.grid import grid_masks
 from ctplatform.store import Store
-from ctplatform.train.model import AxialNet
+from ctplatform.model.axialnet import AxialNet
 
 SCANS = ["popi_thorax_256.nii.gz", "chest_crop_mediastinum.nii.gz", "chest_crop_aorta.nii.gz"]
 POSITIVE = [("nodule", "right_lung"), ("emphysema", "lung"), ("cardiomegaly", "heart"), ("atherosclerosis", "great_vessel")]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctplatform.eval.metrics import (
+from ctplatform.model.metrics import (
     ORGAN_IOU_THRESHOLDS,
     auroc_per_label,
     choose_thresholds,
@@ -17,7 +17,7 @@ from ctplatform.eval.metrics import (
 from ctplatform.eval.scoring import SliceSums, explain, score_outputs
 from ctplatform.eval.summary import evaluate_scores
 from ctplatform.geometry import ModelGeometry
-from ctplatform.train.model import AxialNet
+from ctplatform.model.axialnet import AxialNet
 
 GRID = (4, 3, 3)
 

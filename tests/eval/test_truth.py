@@ -22,7 +22,7 @@ from ctplatform.phantom.anatomy import STORE_ORGAN_FROM_PHANTOM
 from ctplatform.eval.truth import cohort_for, to_stored_grid, truth_on_grid
 from ctplatform.phantom.cohort import generate_cohort
 from ctplatform.store import Store
-from ctplatform.train.model import AxialNet
+from ctplatform.model.axialnet import AxialNet
 
 
 @pytest.fixture(scope="module")

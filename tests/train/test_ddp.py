@@ -18,7 +18,7 @@ import torch
 from mlflow import MlflowClient
 
 from ctplatform.store import Store
-from ctplatform.train.model import load_from_run
+from ctplatform.model.checkpoint import load_from_run
 from ctplatform.train.trainer import TrainingDivergedError, read_run_record, run_training
 from tests.conftest import REPO
 from tests.train.small_store import SMALL_OVERRIDES, build_small_store, small_config

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from ctplatform.eval.metrics import auroc_per_label
+from ctplatform.model.metrics import auroc_per_label
 
 #: (row title, split role, metric key, what is better); role "headline" is the first evaluated
 #: split (test), "shifted" the split where the confounder is independent of its label.

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ctplatform.labels import RIGHT_LUNG, label_index
-from ctplatform.train.losses import (
+from ctplatform.model.losses import (
     class_loss,
     forbidden_cells,
     mask_loss,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from ctplatform.config import load_config
-from ctplatform.train.tune import TrainRunASHA, resolve_sweep
-from ctplatform.train.tune_space import (
+from ctplatform.train.tune.sweep import TrainRunASHA, resolve_sweep
+from ctplatform.train.tune.space import (
     concurrent_trials,
     driver_bundle,
     n_trials,
@@ -19,8 +19,8 @@ from ctplatform.train.tune_space import (
     trial_label,
     varied_params,
 )
-from ctplatform.train.tune_table import TrialRow, best_trial, sweep_markdown, table5, trials_frame
-from ctplatform.train.tune_tracking import TrialView, _status
+from ctplatform.train.tune.table import TrialRow, best_trial, sweep_markdown, table5, trials_frame
+from ctplatform.train.tune.tracking import TrialView, _status
 
 
 def _cfg(*overrides: str):

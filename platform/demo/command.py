@@ -57,8 +57,8 @@ def run(args: argparse.Namespace, cfg: "Config") -> int:
     # artifact download would drown them.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    from ctplatform.demo_pipeline import DemoStageError, run_demo
-    from ctplatform.demo_table import summary_table, timing_table
+    from ctplatform.demo.pipeline import DemoStageError, run_demo
+    from ctplatform.demo.table import summary_table, timing_table
     from ctplatform.eval.report import markdown_table
     from ctplatform.phantom.cohort import ConfounderSpec
     from ctplatform.train.tracking import ui_command

@@ -19,8 +19,8 @@ from ray.tune import Callback
 
 from ctplatform.config import Config
 from ctplatform.train import rundir
-from ctplatform.train.tune_table import TrialRow, best_trial, sweep_markdown, table5, trials_frame
-from ctplatform.train.tune_trial import EPOCHS_DONE, TRIAL_RECORD, SweepContext, trial_run_name
+from ctplatform.train.tune.table import TrialRow, best_trial, sweep_markdown, table5, trials_frame
+from ctplatform.train.tune.trial import EPOCHS_DONE, TRIAL_RECORD, SweepContext, trial_run_name
 
 log = logging.getLogger("ctplatform.tune")
 

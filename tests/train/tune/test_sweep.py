@@ -16,8 +16,8 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from ctplatform.train import rundir
-from ctplatform.train.tune import TRAIN_RUNS, run_sweep
-from ctplatform.train.tune_trial import TRIAL_RECORD
+from ctplatform.train.tune.sweep import TRAIN_RUNS, run_sweep
+from ctplatform.train.tune.trial import TRIAL_RECORD
 from tests.conftest import REPO
 from tests.train.small_store import SMALL_OVERRIDES, build_small_store, small_config
 

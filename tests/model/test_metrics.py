@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ctplatform.eval.metrics import (
+from ctplatform.model.metrics import (
     ORGAN_IOU_THRESHOLDS,
     auroc_per_label,
     auroc_summary,

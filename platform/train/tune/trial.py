@@ -20,7 +20,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from ctplatform.config import Config
 from ctplatform.train import rundir
-from ctplatform.train.tune_space import trial_config, trial_label
+from ctplatform.train.tune.space import trial_config, trial_label
 
 if TYPE_CHECKING:
     from ray.train import Checkpoint

@@ -27,11 +27,11 @@ from typing import Any
 
 from ctplatform.config import Config
 
-log = logging.getLogger("ctplatform.demo")
+log = logging.getLogger("ctplatform.demo.command")
 
-DEMO_TAG = "ctplatform.demo"  # the demo key, on every MLflow run the demo creates
-CONFIG_HASH_TAG = "ctplatform.demo.config_hash"  # on a finished training run
-EVAL_HASH_TAG = "ctplatform.demo.eval_hash"  # on an evaluation run
+DEMO_TAG = "ctplatform.demo.command"  # the demo key, on every MLflow run the demo creates
+CONFIG_HASH_TAG = "ctplatform.demo.command.config_hash"  # on a finished training run
+EVAL_HASH_TAG = "ctplatform.demo.command.eval_hash"  # on an evaluation run
 
 
 class DemoStageError(RuntimeError):
@@ -289,7 +289,7 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
     import pandas as pd
     from mlflow import MlflowClient
 
-    from ctplatform.demo_table import RELIANCE_METRIC, reliance_from_predictions
+    from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
     from ctplatform.eval.job import run_evaluation
     from ctplatform.eval.truth import cohort_confounder
 
@@ -321,7 +321,7 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
 def stage_compare(cfg: Config, run_a: str, run_b: str, eval_a: str, eval_b: str, split: str, echo: Callable[[str], None]) -> tuple[Path, str]:
     from mlflow import MlflowClient
 
-    from ctplatform.eval.compare_job import comparison_dir, run_comparison
+    from ctplatform.eval.compare.job import comparison_dir, run_comparison
 
     out_dir = comparison_dir(cfg, run_a, run_b, split)
     found = find_comparison(cfg, eval_a, eval_b)

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, cfg: "Config") -> int:
-    from ctplatform.eval.compare_job import run_comparison
+    from ctplatform.eval.compare.job import run_comparison
     from ctplatform.eval.report import markdown_table
 
     split = args.split or cfg.eval.split

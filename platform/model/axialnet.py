@@ -6,7 +6,7 @@
 Because s_m = (1/H) sum_h (w_m . z_h) + b_m, the gradient of s_m with respect to Z is w_m / H at
 every slice group, so HiResCAM_m = sum_f (w_m / H) * Z (paper eq. 8) is one einsum in the forward
 pass, and Grad-CAM's gradient average over (H, D1, D2) is the mean of w_m over (D1, D2) divided by H.
-No backward pass is needed for either; `tests/train/test_model.py` checks both against autograd.
+No backward pass is needed for either; `tests/model/test_axialnet.py` checks both against autograd.
 
 The feature grid [H, D1, D2] is `cfg.model.geometry.grid` (ctplatform.geometry is the one source of
 truth); the model measures its own grid at construction and refuses a mismatch.
@@ -23,6 +23,7 @@ from torch import nn
 
 from ctplatform.geometry import ModelGeometry
 from ctplatform.labels import N_LABELS
+from ctplatform.model.cams import gradcam_from_features, hirescam_from_features
 
 if TYPE_CHECKING:
     from ctplatform.config import Config
@@ -69,24 +70,6 @@ def custom_convs(padding: int) -> nn.Sequential:
     for c_in, c_out in zip(CUSTOM_CONV_CHANNELS[:-1], CUSTOM_CONV_CHANNELS[1:]):
         layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=padding), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
-
-
-def hirescam_from_features(z: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
-    """HiResCAM_m = sum_f (w_m / H) * Z_f: [B, 80, H, D1, D2] from Z [B, H, F, D1, D2] and W [80, F*D1*D2]."""
-    b, h, f, d1, d2 = z.shape
-    w = fc_weight.reshape(-1, f, d1, d2)
-    return torch.einsum("mfij,bhfij->bmhij", w, z) / h
-
-
-def gradcam_from_features(z: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
-    """3D Grad-CAM (paper eqs. 9-10) for AxialNet: alpha_m^f = mean over (H, D1, D2) of d s_m / d Z_f.
-
-    d s_m / d Z_f[h, i, j] = w_m[f, i, j] / H, so alpha_m^f = mean_ij(w_m[f]) / H and the map is
-    sum_f alpha_m^f Z_f: [B, 80, H, D1, D2].
-    """
-    b, h, f, d1, d2 = z.shape
-    alpha = fc_weight.reshape(-1, f, d1, d2).mean(dim=(2, 3)) / h  # [80, F]
-    return torch.einsum("mf,bhfij->bmhij", alpha, z)
 
 
 class AxialNet(nn.Module):
@@ -162,38 +145,3 @@ def build_model(cfg: "Config") -> AxialNet:
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model
-
-
-def load_from_run(run_id: str, tracking_uri: str | None = None) -> tuple[AxialNet, "Config"]:
-    """Rebuild a trained AxialNet from an MLflow run: its logged `config.yaml` and best weights.
-
-    The backbone is built without the pretrained file (the logged state_dict holds all weights), so
-    the run can be loaded on a machine that does not have that file. The model is in eval mode.
-    """
-    import tempfile
-
-    import mlflow
-    import yaml
-
-    from ctplatform.config import Config
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            cfg_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)
-            state_path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="checkpoint/model_state.pt", dst_path=tmp
-            )
-        except Exception as e:  # MLflow raises several types for a missing run or artifact
-            raise FileNotFoundError(
-                f"MLflow run {run_id} has no config.yaml or checkpoint/model_state.pt at "
-                f"{mlflow.get_tracking_uri()} (did the training run finish?): {type(e).__name__}"
-            ) from None
-        cfg = Config.model_validate(yaml.safe_load(Path(cfg_path).read_text()))
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    model = AxialNet(cfg.model.geometry, pretrained_weights=None)
-    model.load_state_dict(state)
-    model.pretrained = cfg.model.pretrained_weights is not None
-    model.eval()
-    return model, cfg

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ctplatform.config import Config
-from ctplatform.eval.compare import Comparison, compare_runs
+from ctplatform.eval.compare.comparison import Comparison, compare_runs
 from ctplatform.eval.report import html_table, markdown_table
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from ctplatform.geometry import ModelGeometry, center_crop_or_pad, crop_or_pad_slices
 from ctplatform.labels import N_LABELS, encode_volume_labels
 from ctplatform.store import IncompleteItemError, Store
-from ctplatform.train.augment import (
+from ctplatform.model.augment import (
     NO_AUGMENTATION,
     apply_to_grid,
     apply_to_volume,

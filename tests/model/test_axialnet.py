@@ -7,7 +7,8 @@ import torch
 import torchvision
 
 from ctplatform.geometry import ModelGeometry
-from ctplatform.train.model import AxialNet, gradcam_from_features, hirescam_from_features
+from ctplatform.model.axialnet import AxialNet
+from ctplatform.model.cams import gradcam_from_features, hirescam_from_features
 
 SMALL = ModelGeometry((24, 64, 64), custom_conv_padding=1)  # grid 8x2x2
 
@@ -123,7 +124,10 @@ def _probe(geometry: ModelGeometry) -> AxialNet:
 
 
 def _receptive_field(m: AxialNet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per cell (i, j): input-gradient centroid (y, x) and peak (y, x) of sum_f Z[0, 0, f, i, j]."""
+    """Per cell (i, j): input-gradient centroid (y, x) and the centre (y, x) of its peak plateau.
+
+    With constant weights the gradient is flat over a small square: its argmax would be decided by
+    floating-point summation order (a tie), so the peak is the plateau's centre, not an argmax."""
     _, y, x = m.geometry.input_shape
     _, d1, d2 = m.geometry.grid
     inp = torch.ones(1, 1, 3, y, x, requires_grad=True)
@@ -137,7 +141,8 @@ def _receptive_field(m: AxialNet) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
             w = g / g.sum()
             cy[i, j] = (w.sum(1) * torch.arange(y)).sum()
             cx[i, j] = (w.sum(0) * torch.arange(x)).sum()
-            peak[i, j] = torch.tensor(divmod(int(g.argmax()), x), dtype=torch.float32)
+            plateau = (g >= g.max() * (1 - 1e-4)).nonzero().float()
+            peak[i, j] = plateau.mean(dim=0)
     return cy, cx, peak
 
 

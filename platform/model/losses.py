@@ -26,7 +26,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ctplatform.partition.allowed_regions import allowed_regions
+from ctplatform.model.allowed_regions import allowed_regions
 
 MaskLossForm = Literal["mean_softplus", "sum_neglog"]
 

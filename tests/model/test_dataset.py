@@ -10,8 +10,8 @@ import torch
 from ctplatform.geometry import ModelGeometry, center_crop_or_pad
 from ctplatform.labels import RIGHT_LUNG, label_index
 from ctplatform.store import Store
-from ctplatform.train.augment import apply_to_grid, apply_to_volume, augmentation_rng, draw_augmentation
-from ctplatform.train.dataset import (
+from ctplatform.model.augment import apply_to_grid, apply_to_volume, augmentation_rng, draw_augmentation
+from ctplatform.model.dataset import (
     EpochSampler,
     MissingGridMaskError,
     ShardSampler,

@@ -27,7 +27,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from ctplatform.config import Config
 from ctplatform.train import rundir
-from ctplatform.train.tune_space import (
+from ctplatform.train.tune.space import (
     concurrent_trials,
     describe_resources,
     driver_bundle,
@@ -37,8 +37,8 @@ from ctplatform.train.tune_space import (
     trial_label,
     varied_params,
 )
-from ctplatform.train.tune_table import TrialRow, best_trial
-from ctplatform.train.tune_trial import EPOCHS_DONE, SweepContext
+from ctplatform.train.tune.table import TrialRow, best_trial
+from ctplatform.train.tune.trial import EPOCHS_DONE, SweepContext
 
 log = logging.getLogger("ctplatform.tune")
 
@@ -112,7 +112,7 @@ def sweep_base_config(cfg: Config, train_storage: str) -> Config:
 def check_sweep_inputs(cfg: Config) -> dict[str, str]:
     """{variant: why its trials will fail} for variants whose grid masks are missing. Problems every
     trial shares (no store, an empty split, unfinished volumes) raise: the sweep cannot run."""
-    from ctplatform.train.dataset import MissingGridMaskError
+    from ctplatform.model.dataset import MissingGridMaskError
     from ctplatform.train.trainer import check_inputs
 
     problems: dict[str, str] = {}
@@ -158,7 +158,7 @@ def trial_dirname(trial: Any) -> str:
 def make_trainable(base: Config, ctx: SweepContext) -> Any:
     from ray import tune
 
-    from ctplatform.train.tune_trial import run_trial
+    from ctplatform.train.tune.trial import run_trial
 
     return tune.with_resources(
         tune.with_parameters(run_trial, sweep=ctx.to_dict()),
@@ -169,7 +169,7 @@ def make_trainable(base: Config, ctx: SweepContext) -> Any:
 def make_tuner(base: Config, ctx: SweepContext, storage: str, concurrency: int, trainable: Any) -> Any:
     from ray import tune
 
-    from ctplatform.train.tune_tracking import SweepTracker
+    from ctplatform.train.tune.tracking import SweepTracker
 
     t = base.tune
     scheduler = None
@@ -207,7 +207,7 @@ def saved_trials(experiment_path: str) -> list[Any]:
     ResultGrid has no status: an interrupted trial would look finished)."""
     from ray.tune import ExperimentAnalysis
 
-    from ctplatform.train.tune_tracking import view_of_trial
+    from ctplatform.train.tune.tracking import view_of_trial
 
     return [view_of_trial(t) for t in ExperimentAnalysis(experiment_path).trials]
 
@@ -215,7 +215,7 @@ def saved_trials(experiment_path: str) -> list[Any]:
 # ------------------------------------------------------------------------------ the driver
 def create_sweep(base: Config, storage: str, name: str, concurrency: int) -> dict[str, Any]:
     """The parent MLflow run and the sweep record (ctplatform_sweep.json) of a new sweep."""
-    from ctplatform.train.tune_tracking import start_parent_run, sweep_params
+    from ctplatform.train.tune.tracking import start_parent_run, sweep_params
 
     experiment_path = f"{storage}/{name}"
     parent_run_id, experiment_id = start_parent_run(base, name, sweep_params(base, n_trials(base), concurrency))
@@ -237,7 +237,7 @@ def report_sweep(ctx: SweepContext, base: Config, experiment_path: str, wall: fl
     """Rows of every trial from Tune's saved state, the table logged on the parent run and written to
     the experiment folder, the runs' final statuses; returns (rows, markdown, interrupted)."""
     from ctplatform.train.tracking import finish_mlflow_run
-    from ctplatform.train.tune_tracking import collect_rows, log_table
+    from ctplatform.train.tune.tracking import collect_rows, log_table
 
     rows = collect_rows(ctx, saved_trials(experiment_path))
     planned = n_trials(base)

@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from ctplatform.cli import main
-from ctplatform.demo_pipeline import CONFIG_HASH_TAG, DEMO_TAG, demo_key, training_hash, with_lambda
-from ctplatform.demo_table import confounder_present, confounder_reliance, summary_table
+from ctplatform.demo.pipeline import CONFIG_HASH_TAG, DEMO_TAG, demo_key, training_hash, with_lambda
+from ctplatform.demo.table import confounder_present, confounder_reliance, summary_table
 from tests.conftest import REPO
 
 #: Small and fast: 20 tiny phantoms (train 10, valid 3, test 3, shifted 4), coarse voxels, an
@@ -38,7 +38,7 @@ def _run(capsys, workdir, extra=()) -> tuple[int, str]:
 def _demo_config(workdir):
     """The configuration the demo command builds from the same arguments."""
     from ctplatform.cli import build_parser, config_from_args
-    from ctplatform.demo import DEFAULT_CONFIG, apply_flags
+    from ctplatform.demo.command import DEFAULT_CONFIG, apply_flags
 
     args = build_parser().parse_args(["demo", "--workdir", str(workdir), *TINY])
     return apply_flags(args, config_from_args(args, DEFAULT_CONFIG))

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ctplatform.train.augment import (
+from ctplatform.model.augment import (
     Augmentation,
     apply_to_grid,
     apply_to_volume,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ctplatform import labels as L
-from ctplatform.partition.allowed_regions import allowed_regions
+from ctplatform.model.allowed_regions import allowed_regions
 
 
 def _grid() -> torch.Tensor:

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, cfg: "Config") -> int:
     from ctplatform.train.tracking import ui_command
-    from ctplatform.train.tune import run_sweep
+    from ctplatform.train.tune.sweep import run_sweep
 
     if args.retry_failed and not args.resume:
         print("ctplatform tune: --retry-failed needs --resume")
