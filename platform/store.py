@@ -64,13 +64,26 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
 
 
+#: Names Zarr itself uses inside a group: an item so named would overwrite the group's metadata.
+RESERVED_IDS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
 def validate_volume_id(volume_id: str) -> str:
-    """Volume ids name arrays and files: letters, digits, '.', '_' and '-' only, not starting with '.'."""
+    """Volume ids name arrays and files: letters, digits, '.', '_' and '-' only, not starting with '.'.
+
+    The message never quotes a rejected id (it could hold a name or an MRN): it says why.
+    """
     if not isinstance(volume_id, str) or not _ID_PATTERN.match(volume_id):
+        why = "it is empty" if not volume_id else (
+            f"it is {len(volume_id)} characters" if isinstance(volume_id, str) and len(volume_id) > 200
+            else "it holds other characters or starts with one of '._-'"
+        )
         raise ValueError(
-            f"invalid volume id {volume_id!r}: use letters, digits, '.', '_' or '-' (max 200), "
+            f"invalid volume id ({why}): use letters, digits, '.', '_' or '-' (max 200), "
             "starting with a letter or digit"
         )
+    if volume_id.lower() in RESERVED_IDS:
+        raise ValueError(f"invalid volume id: {volume_id!r} is a name Zarr reserves for its own metadata; choose another")
     return volume_id
 
 

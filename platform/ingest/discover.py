@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ctplatform.ingest.dicom import is_dicom_file
 from ctplatform.ingest.readers import CTRATE_NAME, FORMATS, is_nifti
-from ctplatform.store import validate_volume_id
+from ctplatform.store import RESERVED_IDS, validate_volume_id
 
 LISTING_SUFFIXES = (".csv", ".parquet")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -31,6 +31,8 @@ _SUFFIXES = (".nii.gz", ".nii", ".npz")
 def sanitize_id(name: str) -> str:
     """Map any name onto the store's id rule: unsafe runs become '_', leading '.', '_', '-' go."""
     out = _UNSAFE.sub("_", name).lstrip("._-")[:200].rstrip(".")
+    if out.lower() in RESERVED_IDS:  # e.g. a file named zarr.json.nii.gz
+        out = out.replace(".", "_")
     return out or "scan"
 
 
@@ -43,7 +45,11 @@ def id_from_file(path: Path) -> str:
     return sanitize_id(name)
 
 
-def _row(volume_id: str, path: Path | str, fmt: str, split: str = "", metadata: str = "", error: str = "") -> dict:
+def _row(
+    volume_id: str, path: Path | str, fmt: str, split: str = "", metadata: str = "", error: str = "", private: str = ""
+) -> dict:
+    """One work row; `private` (non-empty only when pseudonymising) holds the names below the input
+    root that must never be shown ('/'-joined), and marks the row as pseudonymised."""
     return {
         "volume_id": volume_id,
         "path": str(path),
@@ -51,11 +57,31 @@ def _row(volume_id: str, path: Path | str, fmt: str, split: str = "", metadata: 
         "split": split,
         "metadata": metadata,
         "error": error,
+        "private": private,
     }
 
 
-def discover_folder(root: Path) -> list[dict]:
-    """Scans under `root` (hidden files and folders are skipped), in sorted path order."""
+def _named(rows: list[dict], key: bytes | None) -> list[dict]:
+    """With a key: ids become keyed hashes of the names they were made from (pseudonym.py)."""
+    if key is None:
+        return rows
+    from ctplatform.ingest.pseudonym import pseudonym
+
+    out = []
+    for r in rows:
+        private = r["private"]
+        error = r["error"]
+        if error:
+            from ctplatform.ingest.pseudonym import scrub
+
+            error = scrub(error, r["path"], private)
+        out.append({**r, "volume_id": pseudonym(key, private), "error": error})
+    return out
+
+
+def discover_folder(root: Path, key: bytes | None = None) -> list[dict]:
+    """Scans under `root` (hidden files and folders are skipped), in sorted path order; with `key`
+    every id is a keyed hash of the scan's path below `root` (pseudonym.py)."""
     rows: list[dict] = []
 
     def unreadable(err: OSError) -> None:
@@ -68,6 +94,7 @@ def discover_folder(root: Path) -> list[dict]:
                 where,
                 "dicom",
                 error=f"cannot read folder {rel}: {reason}; fix its permissions and re-run",
+                private=rel.as_posix() if key else "",
             )
         )
 
@@ -75,19 +102,24 @@ def discover_folder(root: Path) -> list[dict]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
         files = [here / f for f in sorted(filenames) if not f.startswith(".")]
+        rel = here.relative_to(root)
         if any(is_dicom_file(f) for f in files):
-            rel = here.relative_to(root)
-            rows.append(_row(sanitize_id("_".join(rel.parts) or root.name), here, "dicom"))
+            private = (rel.as_posix() if rel.parts else root.name) if key else ""
+            rows.append(_row(sanitize_id("_".join(rel.parts) or root.name), here, "dicom", private=private))
         for f in files:
+            private = (rel / f.name).as_posix() if key else ""
             if is_nifti(f):
-                rows.append(_row(id_from_file(f), f, "ctrate" if CTRATE_NAME.match(f.name) else "nifti"))
+                rows.append(_row(id_from_file(f), f, "ctrate" if CTRATE_NAME.match(f.name) else "nifti", private=private))
             elif f.name.lower().endswith(".npz"):
-                rows.append(_row(id_from_file(f), f, "npz"))
-    return rows
+                rows.append(_row(id_from_file(f), f, "npz", private=private))
+    return _named(rows, key)
 
 
-def read_listing(path: Path) -> list[dict]:
-    """Rows of a CSV/Parquet listing (`volume_id, path[, format, split, metadata]`)."""
+def read_listing(path: Path, key: bytes | None = None) -> list[dict]:
+    """Rows of a CSV/Parquet listing (`volume_id, path[, format, split, metadata]`).
+
+    The listing's ids were chosen by its author and are kept; with `key`, a row without one gets
+    a keyed hash of its path instead of the file name."""
     import pandas as pd
 
     df = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -110,7 +142,11 @@ def read_listing(path: Path) -> list[dict]:
             metadata = str(path.parent / metadata)
         if not raw_id:
             error = error or "listing row has no volume_id"
-        rows.append(_row(sanitize_id(raw_id or p.name), p, fmt, rec.get("split", "").strip(), metadata, error))
+        elif raw_id.lower() in RESERVED_IDS:
+            error = error or f"volume_id {raw_id!r} is a name Zarr reserves for its own metadata; choose another"
+        private = src if key and not raw_id else ""
+        row = _row(sanitize_id(raw_id or p.name), p, fmt, rec.get("split", "").strip(), metadata, error, private)
+        rows.extend(_named([row], key) if private else [row])
     return rows
 
 
@@ -127,7 +163,10 @@ def mark_duplicates(rows: list[dict]) -> list[dict]:
         seen.add(vid)
         group = groups[vid]
         if len(group) > 1:
-            names = ", ".join(Path(g["path"]).name for g in group[:3]) + (" ..." if len(group) > 3 else "")
+            if any(g.get("private") for g in group):
+                names = "names withheld: pseudonymised"
+            else:
+                names = ", ".join(Path(g["path"]).name for g in group[:3]) + (" ..." if len(group) > 3 else "")
             r = {
                 **r,
                 "error": f"duplicate volume id: {len(group)} sources map to it ({names}); none was ingested. "
@@ -137,17 +176,18 @@ def mark_duplicates(rows: list[dict]) -> list[dict]:
     return out
 
 
-def discover(input_path: str | Path) -> list[dict]:
-    """Work rows for a folder or listing, duplicates marked, ids valid for the store."""
+def discover(input_path: str | Path, key: bytes | None = None) -> list[dict]:
+    """Work rows for a folder or listing, duplicates marked, ids valid for the store; with `key`,
+    ids made from folder/file names are pseudonymised (pseudonym.py)."""
     path = Path(input_path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     if path.is_file() and path.suffix.lower() in LISTING_SUFFIXES:
-        rows = read_listing(path)
+        rows = read_listing(path, key)
     elif path.is_dir():
-        rows = discover_folder(path)
+        rows = discover_folder(path, key)
     elif path.is_file():
-        rows = [_row(id_from_file(path), path, "")]
+        rows = _named([_row(id_from_file(path), path, "", private=path.name if key else "")], key)
     else:
         raise ValueError(f"input {path} is neither a folder, a scan file nor a .csv/.parquet listing")
     for r in rows:

@@ -85,9 +85,15 @@ def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = Non
 
 
 def _status(row: dict, **fields: Any) -> dict:
+    from ctplatform.ingest.pseudonym import PSEUDONYMISED_SOURCE, scrub
+
+    private = row.get("private") or ""
+    if private and fields.get("error"):
+        fields["error"] = scrub(fields["error"], row["path"], private)
     out = {
         "volume_id": row["volume_id"],
-        "source": row["path"],
+        # A pseudonymised row's path holds the names the pseudonym hides.
+        "source": PSEUDONYMISED_SOURCE if private else row["path"],
         "format": row.get("format") or "",
         "status": "failed",
         "error": "",
@@ -131,6 +137,7 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
     """
     from ctplatform.ingest.preprocess import to_store
     from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
+    from ctplatform.ingest.sizing import ReadLimits
     from ctplatform.store import IncompleteItemError, Store
 
     start = time.perf_counter()
@@ -163,7 +170,7 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
                     )
             except IncompleteItemError:
                 pass  # absent or half-written by a killed run: (re)do it
-        scan = read_scan(path, fmt, metadata)
+        scan = read_scan(path, fmt, metadata, ReadLimits.from_config(cfg))
         hu16, attrs = to_store(scan, cfg)
         del scan
         attrs["source_sha256"] = sha
@@ -230,7 +237,9 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
     from ctplatform.runtime import init_ray
     from ctplatform.store import Store
 
-    rows = discover(input_path)
+    from ctplatform.ingest.pseudonym import load_key
+
+    rows = discover(input_path, load_key(cfg.ingest.pseudonymise_key, cfg.store_path))
     store = Store(cfg.store_path)
     store.group  # create the store once here, not concurrently in the tasks
     if not rows:
