@@ -12,7 +12,9 @@ HELP = """Write labels.parquet: SARLE over free-text reports, or import released
   ctplatform label-reports --reports reports.csv --store STORE
       reports.csv has one row per volume: volume_id, report. Runs as a Ray Data job (batches of
       reports per task); a re-labelled volume's rows are replaced whole; an empty report fails
-      for that volume only (the error names the volume id, never report text).
+      for that volume only (the error names the volume id, never report text); a report that is
+      not recognisable clinical English is flagged for review (not labelled normal); rows whose
+      volume id is not in the store are refused by count; a malformed CSV fails naming its line.
   ctplatform label-reports --radchestct-labels imgtrain_Abnormality_and_Location_Labels.csv ... --store STORE
       RAD-ChestCT's released abnormality x location labels, mapped onto the 80 labels.
   ctplatform label-reports --ctrate-labels train_predicted_labels.csv ... --store STORE
@@ -72,8 +74,9 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
             log.error("%s", e)
             return 2
         print(summary.table())
-        if summary.failed:
-            print(f"{summary.failed} volume(s) failed; their earlier labels, if any, are kept:")
+        if summary.failed or summary.review:
+            print(f"{summary.failed} volume(s) failed and {summary.review} were flagged for review; "
+                  "their earlier labels, if any, are kept:")
             for err in summary.errors[:20]:
                 print(f"  {err}")
             if len(summary.errors) > 20:
