@@ -291,6 +291,7 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
 
     from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
     from ctplatform.eval.job import run_evaluation
+    from ctplatform.eval.report import scan_key_salt
     from ctplatform.eval.truth import cohort_confounder
 
     ehash = eval_hash(cfg)
@@ -311,7 +312,8 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
     if spec is not None and metric not in client.get_run(eval_id).data.metrics:
         path = mlflow.artifacts.download_artifacts(run_id=eval_id, artifact_path="predictions.parquet")
         value = reliance_from_predictions(
-            pd.read_parquet(path), pd.read_csv(cohort / "scans.csv", keep_default_na=False), spec[1], split
+            pd.read_parquet(path), pd.read_csv(cohort / "scans.csv", keep_default_na=False), spec[1], split,
+            scan_key_salt(cfg.workdir),
         )
         if value == value:  # not NaN
             client.log_metric(eval_id, metric, value)

@@ -74,11 +74,13 @@ def confounder_present(kind: str, values: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown confounder kind {kind!r}")
 
 
-def reliance_from_predictions(predictions: pd.DataFrame, cohort_listing: pd.DataFrame, target: str, split: str) -> float:
+def reliance_from_predictions(
+    predictions: pd.DataFrame, cohort_listing: pd.DataFrame, target: str, split: str, salt: bytes
+) -> float:
     """confounder_reliance on `split` from an evaluation's predictions.parquet and the cohort's scans.csv.
 
-    Predictions are keyed by scan_key (a hash of the volume id); the listing gives each volume's
-    confounder kind and value.
+    Predictions are keyed by scan_key (a keyed hash of the volume id, `salt` from
+    eval.report.scan_key_salt); the listing gives each volume's confounder kind and value.
     """
     from ctplatform.eval.report import scan_key
 
@@ -86,7 +88,7 @@ def reliance_from_predictions(predictions: pd.DataFrame, cohort_listing: pd.Data
     kinds = set(listing["confounder_kind"].dropna().astype(str)) - {""}
     if not kinds:
         return math.nan
-    value = {scan_key(str(v)): float(c) for v, c in zip(listing["volume_id"], listing["confounder_value"])}
+    value = {scan_key(str(v), salt): float(c) for v, c in zip(listing["volume_id"], listing["confounder_value"])}
     pred = predictions[(predictions["split"] == split) & predictions["scan_key"].isin(value)]
     if pred.empty:
         return math.nan

@@ -70,7 +70,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
 
     from ctplatform.eval.figures import choose_figure_scans, curves_from_sums
     from ctplatform.eval.plots import choose_curve_labels, plot_slice_scores
-    from ctplatform.eval.report import predictions_frame, scan_key, write_summary
+    from ctplatform.eval.report import predictions_frame, scan_key, scan_key_salt, write_summary
     from ctplatform.eval.summary import evaluate_scores
     from ctplatform.eval.tracking import log_evaluation
     from ctplatform.eval.truth import cohort_confounder, cohort_for
@@ -163,6 +163,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     if failed:
         ev.notes.append(f"{len(failed)} scan(s) failed and were left out (see the job log)")
 
+    salt = scan_key_salt(cfg.workdir)  # local disk only: keys in artifacts cannot be recomputed from ids
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     if e.curve_labels:
@@ -186,7 +187,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     for n, (i, labs) in enumerate(picks):
         vid = test_scans[i].volume_id
         j = pos_of[vid]
-        key = scan_key(vid)
+        key = scan_key(vid, salt)
         fig_refs.append(
             render.remote(
                 state_ref, cfg_json, store_root, vid, test_index.y[j], test_index.region_bits[j], labs,
@@ -208,10 +209,10 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     }
     write_summary(ev, out_dir, f"Evaluation on {split}", context)
     pred_path = out_dir / "predictions.parquet"
-    predictions_frame(test_scans + valid_scans).to_parquet(pred_path, index=False)
+    predictions_frame(test_scans + valid_scans, salt).to_parquet(pred_path, index=False)
     # volume id -> key map stays on local disk only (never logged): lets a person find the scan.
     pd.DataFrame(
-        {"scan_key": [scan_key(s.volume_id) for s in test_scans], "volume_id": [s.volume_id for s in test_scans]}
+        {"scan_key": [scan_key(s.volume_id, salt) for s in test_scans], "volume_id": [s.volume_id for s in test_scans]}
     ).to_csv(out_dir / "scan_keys.local.csv", index=False)
     eval_run_id = log_evaluation(cfg, run_id, split, ev, out_dir, exclude=["scan_keys.local.csv"])
     return EvalOutcome(run_id, eval_run_id, split, out_dir, ev.metrics, failed, ev.notes, reused, len(jobs))
