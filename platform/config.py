@@ -189,6 +189,11 @@ class TrainConfig(Section):
     organ_iou_threshold: float = Field(
         0.5, gt=0, lt=1, description="fixed threshold of the validation OrganIoU (normalised attention > t)"
     )
+    qc_exclude_flags: tuple[str, ...] = Field(
+        ("no_lungs",),
+        description="partition QC flags that exclude a volume from training and validation (counts logged "
+        "to MLflow); other fallback volumes train on the heuristic masks and are counted",
+    )
 
     @field_validator("grid_variant")
     @classmethod

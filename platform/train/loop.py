@@ -270,8 +270,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return
 
     store = Store(cfg.store_path)
-    train_index = load_split(store, t.splits["train"])
-    val_index = load_split(store, t.splits["valid"])
+    train_index = load_split(store, t.splits["train"], t.qc_exclude_flags)
+    val_index = load_split(store, t.splits["valid"], t.qc_exclude_flags)
     train_set = StoreDataset.from_config(cfg, train_index, augment=True)
     val_set = StoreDataset.from_config(cfg, val_index, augment=False)
     sampler = EpochSampler(len(train_set), rank, world, seed=t.seed)

@@ -162,6 +162,9 @@ def child_run(
         cfg, name, storage, parent_run_id=ctx.parent_run_id, n_train=n_train, n_valid=n_valid,
         tags={"ctplatform.sweep": ctx.name, "ctplatform.trial_id": trial_id},
     )  # fmt: skip
+    from ctplatform.train.trainer import log_qc_counts
+
+    log_qc_counts(cfg, run_id)  # which scans partition QC kept out (counts only)
     return run_id
 
 
