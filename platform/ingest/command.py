@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     try:
         df = run_ingest(args.input, cfg, overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a missing input, a bad listing, a store path that is a file
         print(f"ctplatform ingest: {e}", file=sys.stderr)
         return 2
     if df.empty:

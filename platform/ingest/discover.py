@@ -122,12 +122,22 @@ def read_listing(path: Path, key: bytes | None = None) -> list[dict]:
     a keyed hash of its path instead of the file name."""
     import pandas as pd
 
-    df = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        if path.suffix.lower() == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"listing {path.name}: byte {e.start} is not UTF-8; save the listing as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as e:
+        # pandas' message can quote a cell: only its kind is shown.
+        kind = "it is empty" if isinstance(e, pd.errors.EmptyDataError) else f"{type(e).__name__}"
+        raise ValueError(f"listing {path.name} could not be read ({kind}); it needs columns volume_id and path") from None
     missing = [c for c in ("volume_id", "path") if c not in df.columns]
     if missing:
         raise ValueError(f"listing {path} lacks columns {missing}; it needs volume_id and path (optional: format, split)")
     rows = []
-    for rec in df.fillna("").astype(str).to_dict("records"):
+    for n, rec in enumerate(df.fillna("").astype(str).to_dict("records"), start=2 if path.suffix.lower() == ".csv" else 1):
         raw_id = rec["volume_id"].strip()
         src = rec["path"].strip()
         fmt = rec.get("format", "").strip().lower()
@@ -144,6 +154,16 @@ def read_listing(path: Path, key: bytes | None = None) -> list[dict]:
             error = error or "listing row has no volume_id"
         elif raw_id.lower() in RESERVED_IDS:
             error = error or f"volume_id {raw_id!r} is a name Zarr reserves for its own metadata; choose another"
+        elif sanitize_id(raw_id) != raw_id:
+            # The author chose this id: renaming it silently would file the scan under another name,
+            # and the cell may hold a name or an MRN, so it is never quoted.
+            try:
+                validate_volume_id(raw_id)
+                why = "invalid volume id"
+            except ValueError as e:
+                why = str(e)
+            error = error or f"listing {'line' if path.suffix.lower() == '.csv' else 'row'} {n}: {why}"
+            raw_id = f"invalid-listing-row-{n}"
         private = src if key and not raw_id else ""
         row = _row(sanitize_id(raw_id or p.name), p, fmt, rec.get("split", "").strip(), metadata, error, private)
         rows.extend(_named([row], key) if private else [row])

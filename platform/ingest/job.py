@@ -189,6 +189,8 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         error = "out of memory while ingesting; raise ingest.memory_per_task_gb or use a coarser spacing"
     except PermissionError as e:
         error = f"permission denied: {e.filename or row['path']}; fix its permissions and re-run"
+    except OSError as e:  # the store or the source is not where or what it should be
+        error = f"cannot read or write {e.filename or 'a file'}: {e.strerror or type(e).__name__}"
     except Exception as e:  # a bug or an unforeseen file problem: the job must go on
         # DICOM library messages may quote header values: only the exception type leaves the task.
         detail = type(e).__name__ if fmt == "dicom" else f"{type(e).__name__}: {str(e)[:300]}"

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 tasks=args.tasks,
                 skip_existing=args.skip_existing,
             )
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:  # a malformed CSV (its line and reason), a missing file or store
             log.error("%s", e)
             return 2
         print(summary.table())
