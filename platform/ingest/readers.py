@@ -105,9 +105,26 @@ def _open_nifti(path: Path) -> Any:
         raise ScanError(f"{path.name} is not a readable NIfTI image ({type(e).__name__}: {str(e)[:200]})") from None
 
 
+def _raw_header_checks(path: Path, hdr: Any) -> None:
+    """Checks on the header as written: nibabel's loader silently repairs some faults (a zero
+    pixdim becomes 1 mm), which would place the volume with a made-up voxel size."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as f:
+            raw = type(hdr).from_fileobj(f, check=False)
+    except Exception as e:  # nibabel raises several types for nonsense headers
+        raise ScanError(f"{path.name}: the NIfTI header is corrupt ({type(e).__name__})") from None
+    if int(raw["sform_code"]) == 0 and int(raw["qform_code"]) != 0:
+        ndim = min(max(int(raw["dim"][0]), 0), 7)
+        pixdim = [float(v) for v in raw["pixdim"][1 : 1 + min(ndim, 3)]]
+        check_spacing(path.name, pixdim, "header's pixdim")
+
+
 def _size_nifti(img: Any, path: Path, limits: ReadLimits | None) -> None:
     """Refuse, from the header alone, a volume that cannot fit, is truncated or is a gzip bomb."""
     hdr = img.header
+    _raw_header_checks(path, hdr)
     try:
         shape = tuple(int(n) for n in hdr.get_data_shape())
         dtype = hdr.get_data_dtype()
@@ -170,6 +187,7 @@ def read_nifti(path: str | Path, limits: ReadLimits | None = None) -> Scan:
             f"{path.name} has no orientation (qform_code and sform_code are both 0), so its axes cannot be "
             "mapped to the patient; write it with an affine, or use format 'ctrate' with its metadata CSV"
         )
+    _raw_header_checks(path, hdr)
     affine = np.asarray(img.affine, dtype=np.float64)
     check_spacing(path.name, voxel_spacing(affine), "header's affine")
     slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
