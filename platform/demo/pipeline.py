@@ -291,7 +291,7 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
 
     from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
     from ctplatform.eval.job import run_evaluation
-    from ctplatform.eval.truth import cohort_confounder
+    from ctplatform.phantom.cohort import cohort_confounder
 
     ehash = eval_hash(cfg)
     found = find_evaluation(cfg, run_id, split, ehash)

@@ -73,7 +73,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     from ctplatform.eval.report import predictions_frame, scan_key, write_summary
     from ctplatform.eval.summary import evaluate_scores
     from ctplatform.eval.tracking import log_evaluation
-    from ctplatform.eval.truth import cohort_confounder, cohort_for
+    from ctplatform.eval.truth import confounder_label, survey
     from ctplatform.labels import label_by_name
     from ctplatform.runtime import init_ray, setup_mlflow
     from ctplatform.store import Store
@@ -97,14 +97,10 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     check_grid_masks(store, geometry, run_cfg.train.grid_variant, test_index.ids)
     if valid_index is not None and len(valid_index):
         check_grid_masks(store, geometry, run_cfg.train.grid_variant, valid_index.ids)
-    manifest = store.read_table("manifest")
-    sources = dict(zip(manifest["volume_id"].astype(str), manifest.get("source", pd.Series([None] * len(manifest)))))
     all_ids = test_index.ids + (valid_index.ids if valid_index is not None else [])
-    cohorts = {vid: cohort_for(vid, sources.get(vid), e.truth_dir) for vid in all_ids}
-    with_truth = sorted({c for c in cohorts.values() if c})
-    confounder = cohort_confounder(with_truth[0]) if with_truth else None
-    if with_truth:
-        log.info("true lesion masks found for %d of %d scans", sum(c is not None for c in cohorts.values()), len(cohorts))
+    # Lesion truth comes from the store only (truth/, truth_grid/); without it localization is left out.
+    truth = survey(store, all_ids, geometry, e.truth_grid_method)
+    cohorts = truth.fingerprints
 
     out_dir = Path(e.output_dir or (cfg.workdir / "eval")) / run_id / split
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,8 +154,9 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
 
     ev = evaluate_scores(
         test_scans, valid_scans, n_boot=e.bootstrap, seed=e.seed, convention=e.organ_iou_convention,
-        confounder_label=label_by_name(confounder[1]).index if confounder else None,
+        confounder_label=confounder_label(truth.confounder),
     )
+    ev.notes += truth.notes
     if failed:
         ev.notes.append(f"{len(failed)} scan(s) failed and were left out (see the job log)")
 

@@ -131,6 +131,7 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
     """
     from ctplatform.ingest.preprocess import to_store
     from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
+    from ctplatform.ingest.truth import prepare_truth, store_truth, truth_source
     from ctplatform.store import IncompleteItemError, Store
 
     start = time.perf_counter()
@@ -147,11 +148,17 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         if fmt == "ctrate":
             metadata = ctrate_metadata_row(path, row.get("metadata") or cfg.ctrate_metadata)
         sha = source_sha256(path, fmt, metadata)
+        truth = truth_source(row)
         store = Store(store_root)
         if not overwrite:
             try:
                 arr = store.volume(row["volume_id"])
                 if arr.attrs.get("source_sha256") == sha and _settings_match(arr.attrs, cfg):
+                    # The volume is current; its truth may be new (a store from before truth was stored).
+                    if truth is not None:
+                        store_truth(store, row["volume_id"], truth, arr.shape, dict(arr.attrs), cfg.chunk_slices)
+                    else:
+                        store.remove_truth(row["volume_id"])
                     return _status(
                         row,
                         format=fmt,
@@ -167,7 +174,13 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         hu16, attrs = to_store(scan, cfg)
         del scan
         attrs["source_sha256"] = sha
+        # Truth is carried (and checked) before anything is written: a mask that does not fit fails the row.
+        truth_item = prepare_truth(truth, hu16.shape, attrs) if truth is not None else None
         store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices)
+        if truth_item is not None:
+            store.write_truth(row["volume_id"], *truth_item, chunk_slices=cfg.chunk_slices)
+        else:
+            store.remove_truth(row["volume_id"])
         return _status(
             row,
             format=fmt,

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config
-from ctplatform.partition.volume import empty_row, is_complete, partition_volume
+from ctplatform.partition.volume import empty_row, grid_truth_current, is_complete, partition_volume
 from ctplatform.store import Store
 
 log = logging.getLogger("ctplatform.partition")
@@ -59,6 +59,8 @@ def volumes_to_do(store: Store, cfg: Config, overwrite: bool = False) -> tuple[l
     finished = set(store.organ_ids())
     for variant in cfg.partition.variants:
         finished &= set(store.grid_ids(cfg.model.geometry.name, variant))
+    # Volumes with truth but no current grid truth (e.g. truth added to an older store) are redone.
+    finished -= {i for i in store.truth_ids() if i in finished and not grid_truth_current(store, i, cfg.model.geometry)}
     done = [i for i in ids if i in ok and i in finished]
     done_set = set(done)
     return [i for i in ids if i not in done_set], done
