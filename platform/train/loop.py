@@ -27,6 +27,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.store import Store
 from ctplatform.model.dataset import (
@@ -401,6 +402,6 @@ def _finish(
 ) -> None:
     """Log the best model (rank 0's tracker) and write the attempt's outcome for the driver."""
     if tracker is not None and best_state is not None:
-        tracker.log_best(copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status})
+        tracker.log_best(copy.deepcopy(unwrap(model)), best_state, {tracking.STATUS: state.status})
     if worker.rank == 0:
         write_outcome(config, state.status, state.last_metrics)
