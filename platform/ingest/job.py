@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -237,10 +236,8 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
 
     manifest.parquet receives every row (upsert by volume_id).
     """
-    import ray
-
     from ctplatform.ingest.discover import discover
-    from ctplatform.runtime import init_ray
+    from ctplatform.runtime import TaskResources, init_ray, map_volumes
     from ctplatform.store import Store
 
     rows = discover(input_path)
@@ -257,41 +254,24 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
         init_ray(cfg)
         request = cfg.ingest.memory_per_task_gb * 1e9
         _check_memory_request(request)
-        ctx = ray.data.DataContext.get_current()
-        previous = ctx.max_errored_blocks
-        # One row per block: a worker killed (e.g. by the OOM killer) loses only its own scan.
-        ctx.max_errored_blocks = len(todo)
-        try:
-            with warnings.catch_warnings():
-                # Ray 2.60 has no named parameter for max_retries yet (ray_remote_args is deprecated
-                # for removal in 2.64); without it a scan that kills its worker is retried forever.
-                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-                ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
-                    ingest_one,
-                    fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
-                    compute=ray.data.TaskPoolStrategy(size=cfg.ingest.max_tasks_in_flight),
-                    num_cpus=cfg.ingest.cpus_per_task,
-                    memory=request,
-                    max_retries=TASK_RETRIES,
-                )
-            pending: list[dict] = []
-            last = time.monotonic()
-            for out in ds.iter_rows():
-                out = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
-                results.append(out)
-                pending.append(out)
-                if len(pending) >= MANIFEST_EVERY or time.monotonic() - last > MANIFEST_SECONDS:
-                    store.upsert_table("manifest", _frame(pending))
-                    pending, last = [], time.monotonic()
-        finally:
-            ctx.max_errored_blocks = previous
-        done = {r["volume_id"] for r in results}
-        for r in todo:
-            if r["volume_id"] not in done:  # its task died after Ray's retries
-                results.append(
-                    _status(r, error="the ingest task died (out of memory, or a crash in a decoder); see the Ray "
-                            "logs, raise ingest.memory_per_task_gb if needed, and re-run")
-                )
+        results += map_volumes(
+            todo,
+            ingest_one,
+            fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
+            resources=TaskResources(
+                num_cpus=cfg.ingest.cpus_per_task,
+                memory_bytes=request,
+                max_in_flight=cfg.ingest.max_tasks_in_flight,
+                max_retries=TASK_RETRIES,
+            ),
+            on_rows=lambda rows: store.upsert_table("manifest", _frame(rows)),
+            every=MANIFEST_EVERY,
+            seconds=MANIFEST_SECONDS,
+            failed_row=lambda r: _status(
+                r, error="the ingest task died (out of memory, or a crash in a decoder); see the Ray "
+                "logs, raise ingest.memory_per_task_gb if needed, and re-run"
+            ),
+        )
     df = _frame(results)
     store.upsert_table("manifest", df)
     return df.sort_values("volume_id", kind="stable").reset_index(drop=True)
