@@ -121,7 +121,7 @@ def _raw_header_checks(path: Path, hdr: Any) -> None:
         check_spacing(path.name, pixdim, "header's pixdim")
 
 
-def _size_nifti(img: Any, path: Path, limits: ReadLimits | None) -> None:
+def size_nifti(img: Any, path: Path, limits: ReadLimits | None) -> None:
     """Refuse, from the header alone, a volume that cannot fit, is truncated or is a gzip bomb."""
     hdr = img.header
     _raw_header_checks(path, hdr)
@@ -141,11 +141,11 @@ def _size_nifti(img: Any, path: Path, limits: ReadLimits | None) -> None:
 def _load_nifti(path: Path, limits: ReadLimits | None = None, img: Any = None) -> tuple[Any, np.ndarray]:
     """The image header object and its unscaled data (raises ScanError for unreadable files).
 
-    The header is sized first (`_size_nifti`): only then is voxel data read, and nibabel reads
+    The header is sized first (`size_nifti`): only then is voxel data read, and nibabel reads
     exactly the claimed bytes, so a compressed stream never inflates beyond the checked claim.
     """
     img = img if img is not None else _open_nifti(path)
-    _size_nifti(img, path, limits)
+    size_nifti(img, path, limits)
     try:
         raw = np.asanyarray(img.dataobj.get_unscaled())
     except (EOFError, zlib.error, OSError) as e:

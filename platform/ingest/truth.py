@@ -130,8 +130,14 @@ def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI label mask as non-negative integers, and its affine."""
     import nibabel as nib
 
+    from ctplatform.ingest.readers import size_nifti
+
     try:
         img = nib.load(str(path))
+    except Exception as e:  # unreadable: the message names the file, never its header values
+        raise ScanError(f"truth mask {path.name} could not be read ({type(e).__name__})") from None
+    size_nifti(img, Path(path), None)  # sized from its header before a voxel is read (sizing.py)
+    try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # unreadable: the message names the file, never its header values
         raise ScanError(f"truth mask {path.name} could not be read ({type(e).__name__})") from None

@@ -77,7 +77,7 @@ def _scan_tree(root: Path, markers: dict[str, str], skip_chunks: bool = False) -
     return hits
 
 
-def test_planted_markers_never_leave_their_inputs(ray_local, tmp_path: Path, capfd, caplog) -> None:
+def test_planted_markers_never_leave_their_inputs(ray_local, tmp_path: Path, capfd, caplog, monkeypatch) -> None:
     import ray
 
     m = _markers()
@@ -99,6 +99,9 @@ def test_planted_markers_never_leave_their_inputs(ray_local, tmp_path: Path, cap
     (keys / "pseudonym.key").write_bytes(os.urandom(32).hex().encode())
     store = tmp_path / "store"
     work = tmp_path / "work"
+    db = work / "mlflow.db"
+    # This run's own MLflow database (mlflow.set_tracking_uri elsewhere may have exported the variable).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     common = ["--store", str(store), "--workdir", str(work), "--set", f"ingest.pseudonymise_key={keys / 'pseudonym.key'}",
               "--set", "ingest.spacing_mm=[2.0,2.0,2.0]", "--set", "ingest.min_air_fraction=0"]
 
@@ -154,5 +157,5 @@ def test_planted_markers_never_leave_their_inputs(ray_local, tmp_path: Path, cap
     assert any((session / "logs").glob("worker-*")), "no Ray worker logs to search"
     for where, found in _scan_tree(session / "logs", m).items():
         leaks[f"ray session logs: {where}"] = found
-    assert (work / "mlflow.db").is_file() or any(work.rglob("*.db")), "the MLflow database was not where expected"
+    assert db.is_file() and (work / "mlartifacts").is_dir(), "the MLflow database was not where expected"
     assert not leaks, leaks

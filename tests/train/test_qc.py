@@ -21,7 +21,7 @@ def _partition(store, flags: dict[str, str]) -> None:
     store.write_table("partition", pd.DataFrame(rows))
 
 
-def test_no_lungs_volumes_are_excluded_and_counted_in_mlflow(tmp_path: Path) -> None:
+def test_no_lungs_volumes_are_excluded_and_counted_in_mlflow(tmp_path: Path, monkeypatch) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -35,6 +35,7 @@ def test_no_lungs_volumes_are_excluded_and_counted_in_mlflow(tmp_path: Path) -> 
 
     cfg = small_config(tmp_path, tmp_path / "store", [f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}"])
     assert check_inputs(cfg) == (3, 1)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", cfg.tracking_uri)  # restored after the test
     mlflow.set_tracking_uri(cfg.tracking_uri)
     exp = mlflow.set_experiment("qc")
     run = MlflowClient().create_run(exp.experiment_id)
