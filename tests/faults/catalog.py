@@ -40,6 +40,7 @@ class Ingest:
     fmt: str = ""
     metadata: Any = None
     store: Path | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # more work-row fields (e.g. truth, truth_codes)
 
 
 @dataclass(frozen=True)
@@ -282,6 +283,7 @@ def _cases() -> list[Case]:
     add("ctrate_no_metadata_csv", "scan", lambda t: Ingest(_ctrate(t).path, "ctrate"), r"metadata CSV not found")
     add("ctrate_zero_spacing", "scan", lambda t: _ctrate(t, ZSpacing=0.0), r"voxel sizes .*zero")
     add("ctrate_spacing_not_numbers", "scan", lambda t: _ctrate(t, XYSpacing="[a, b]"), r"XYSpacing is not a list")
+    add("truth_mask_claims_128GiB", "scan", lambda t: _truth_claim(t), r"truth mask.*|header claims 4096x4096x4096")
     # --- DICOM series
     add("dicom_mr_modality", "dicom", lambda t: Ingest(_series(t, modality="MR")), r"not CT")
     add("dicom_two_series_in_one_folder", "dicom",
@@ -379,6 +381,14 @@ def _cases() -> list[Case]:
     add("pseudonymised_folder_error_names_no_folder", "store", lambda t: _pseudonymised_bad(t), r"not CT")
     add("pseudonymise_key_inside_store", "store", lambda t: _key_in_store(t), r"inside the store")
     return c
+
+
+def _truth_claim(tmp: Path) -> Ingest:
+    """A good scan whose lesion-truth mask (a listing's truth column) claims 128 GiB in 1 KB."""
+    scan = _nifti(tmp / "scan.nii.gz", ct_array((20, 48, 48)))
+    mask = header_only_nifti(tmp / "truth" / "mask.nii", (4096, 4096, 4096), dtype=np.uint8)
+    (tmp / "truth" / "codes.csv").write_text("label,bit\ngreat_vessel_aneurysm,0\n")
+    return Ingest(scan, "nifti", extra=(("truth", str(mask)), ("truth_codes", str(tmp / "truth" / "codes.csv"))))
 
 
 def _cut(path: Path, fraction: float) -> Path:
@@ -547,7 +557,8 @@ def _run_ingest(spec: Ingest, tmp: Path, out: Outcome) -> None:
     from ctplatform.ingest.job import ingest_one
 
     store = spec.store or tmp / "store"
-    row = {"volume_id": "v1", "path": str(spec.path), "format": spec.fmt, "metadata": spec.metadata, "split": ""}
+    row = {"volume_id": "v1", "path": str(spec.path), "format": spec.fmt, "metadata": spec.metadata, "split": "",
+           **dict(spec.extra)}
     res = ingest_one(row, str(store), IngestConfig().model_dump(mode="json"))
     out.reason = str(res["error"])
     out.flagged = res["status"] != "ok" and bool(out.reason)
