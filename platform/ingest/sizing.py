@@ -23,6 +23,10 @@ TASK_OVERHEAD_BYTES = 300_000_000
 WORKING_BYTES_PER_VOXEL = 4
 #: Real CT compresses 1.3-2.5x with gzip (the shared scans); zeros-only bombs reach 1000x.
 DEFAULT_MAX_COMPRESSION_RATIO = 64.0
+#: Label masks are mostly zeros: the phantom's lesion masks gzip 100-220x.
+MASK_MAX_COMPRESSION_RATIO = 4096.0
+#: Below this a claim cannot hurt, whatever its compression ratio.
+BOMB_FLOOR_BYTES = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ def check_claim(
                 f"{name}: {what} claims {describe(shape, dtype)} but the file holds only {human_bytes(stored_bytes)} "
                 "of voxel data: truncated or a corrupt header; re-copy or re-export it"
             )
-        if compressed and raw > limits.max_compression_ratio * max(stored_bytes, 1):
+        if compressed and raw > BOMB_FLOOR_BYTES and raw > limits.max_compression_ratio * max(stored_bytes, 1):
             raise ScanError(
                 f"{name}: {what} claims {describe(shape, dtype)} from {human_bytes(stored_bytes)} compressed "
                 f"(ratio {raw / max(stored_bytes, 1):.0f}:1, over the plausible {limits.max_compression_ratio:g}:1 "
