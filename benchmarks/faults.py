@@ -116,12 +116,18 @@ def memory_figures() -> list[dict]:
     return out
 
 
-def markers_test() -> dict:
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults/test_markers.py"],
-                         cwd=REPO, capture_output=True, text=True)
-    tail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr[-300:]
-    return {"passed": res.returncode == 0, "summary": tail, "seconds": round(time.perf_counter() - t0, 1)}
+def markers_test(attempts: int = 2) -> dict:
+    """The slow marker test; a setup error (Ray could not start on a loaded machine) is retried once."""
+    for attempt in range(1, attempts + 1):
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults/test_markers.py"],
+                             cwd=REPO, capture_output=True, text=True)
+        tail = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr[-300:]
+        setup_error = " error" in tail and " failed" not in tail
+        if not setup_error or attempt == attempts:
+            break
+    return {"passed": res.returncode == 0, "setup_error": setup_error, "summary": tail, "attempts": attempt,
+            "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def mb(n: float) -> str:
@@ -166,7 +172,7 @@ def report(rows: list[dict], base: list[dict] | None, mem: list[dict], markers: 
     if markers is not None:
         lines += ["", f"Marker strings (DICOM tags, folder/file names, report text, CSV cells) found in logs, stdout, "
                       f"MLflow (database and artifacts), Ray session logs and the store: "
-                      f"{'0 (test passed)' if markers['passed'] else 'FOUND or the test failed'} "
+                      f"{'0 (test passed)' if markers['passed'] else 'not measured: Ray could not start (setup error)' if markers.get('setup_error') else 'FOUND (test failed)'} "
                       f"({markers['summary']}, {markers['seconds']} s)."]
     bad = [r for r in rows if not r["flagged"] or r["crashed"] or r["silently_wrong"] or r["leaked"]]
     if bad:
