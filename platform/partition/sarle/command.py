@@ -81,7 +81,8 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 print(f"  {err}")
             if len(summary.errors) > 20:
                 print(f"  ... and {len(summary.errors) - 20} more (see the log)")
-        return 0 if summary.labelled or not summary.failed else 1
+        # Nothing labelled while reports were refused (failed, for review, or absent from the store): exit 1.
+        return 0 if summary.labelled or not (summary.failed or summary.review or summary.absent) else 1
 
     from ctplatform.partition.sarle.external import CTRATE_COVERED_LABELS, read_label_tables
     from ctplatform.partition.sarle.job import summarize, write_labels
