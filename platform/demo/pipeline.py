@@ -27,6 +27,7 @@ from typing import Any
 
 from ctplatform import tracking
 from ctplatform.config import Config
+from ctplatform.phantom.layout import CohortLayout
 
 log = logging.getLogger("ctplatform.demo.command")
 
@@ -182,7 +183,8 @@ class Stages:
 def stage_phantom(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tuple[Any, str]:
     from ctplatform.phantom.cohort import generate_cohort
 
-    before = len(list((cohort / "truth").glob("*.json"))) if (cohort / "truth").is_dir() else 0
+    truth = CohortLayout(cohort).truth_dir
+    before = len(list(truth.glob("*.json"))) if truth.is_dir() else 0
     d = cfg.demo
     listing = generate_cohort(
         cohort, d.n, seed=d.seed, size=d.size, confounder=d.confounder, prevalence=dict(d.prevalence) or None
@@ -199,7 +201,7 @@ def stage_ingest(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tupl
     from ctplatform.ingest.command import summary
     from ctplatform.ingest.job import exit_status, run_ingest
 
-    df = run_ingest(cohort / "scans.csv", cfg)
+    df = run_ingest(CohortLayout(cohort).listing, cfg)
     echo(summary(df, cfg.store_path))
     if df.empty or exit_status(df, cfg.ingest.fail_fraction):
         raise DemoStageError("ingest", f"{int((df['status'] != 'ok').sum())} of {len(df)} scans failed (reasons above)")
@@ -227,7 +229,7 @@ def stage_labels(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tupl
     from ctplatform.partition.sarle.job import run_labelling
     from ctplatform.store import Store
 
-    summary = run_labelling(cfg, str(cohort / "reports.csv"), Store(cfg.store_path), skip_existing=True)
+    summary = run_labelling(cfg, str(CohortLayout(cohort).reports), Store(cfg.store_path), skip_existing=True)
     echo(summary.table())
     if summary.failed:
         raise DemoStageError("label-reports", f"{summary.failed} report(s) could not be labelled: {summary.errors[:3]}")
@@ -293,7 +295,7 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
     if spec is not None and metric not in client.get_run(eval_id).data.metrics:
         path = mlflow.artifacts.download_artifacts(run_id=eval_id, artifact_path="predictions.parquet")
         value = reliance_from_predictions(
-            pd.read_parquet(path), pd.read_csv(cohort / "scans.csv", keep_default_na=False), spec[1], split
+            pd.read_parquet(path), pd.read_csv(CohortLayout(cohort).listing, keep_default_na=False), spec[1], split
         )
         if value == value:  # not NaN
             client.log_metric(eval_id, metric, value)

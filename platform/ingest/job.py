@@ -32,6 +32,7 @@ import pandas as pd
 
 from ctplatform.config import Config, IngestConfig
 from ctplatform.ingest.scan import ScanError
+from ctplatform.store import MANIFEST_COLUMNS, manifest_row
 
 log = logging.getLogger("ctplatform.ingest")
 
@@ -39,23 +40,6 @@ MANIFEST_EVERY = 200
 #: Retries of a task whose worker died (ingest_one itself never raises for bad input).
 TASK_RETRIES = 2
 MANIFEST_SECONDS = 60.0
-#: Manifest columns, in order (the store contract's columns first).
-MANIFEST_COLUMNS = [
-    "volume_id",
-    "source",
-    "format",
-    "status",
-    "error",
-    "shape",
-    "spacing",
-    "sha256",
-    "split",
-    "original_shape",
-    "original_spacing",
-    "original_orientation",
-    "skipped",
-    "seconds",
-]
 _BUF = 1 << 20
 
 
@@ -84,24 +68,10 @@ def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = Non
 
 
 def _status(row: dict, **fields: Any) -> dict:
-    out = {
-        "volume_id": row["volume_id"],
-        "source": row["path"],
-        "format": row.get("format") or "",
-        "status": "failed",
-        "error": "",
-        "shape": [],
-        "spacing": [],
-        "sha256": "",
-        "split": row.get("split") or "",
-        "original_shape": [],
-        "original_spacing": [],
-        "original_orientation": "",
-        "skipped": False,
-        "seconds": 0.0,
-    }
-    out.update(fields)
-    return out
+    """The manifest row of a discovered scan: failed unless `fields` say otherwise."""
+    base = {"volume_id": row["volume_id"], "source": row["path"], "format": row.get("format") or "",
+            "split": row.get("split") or ""}
+    return manifest_row(**{**base, **fields})
 
 
 def _settings_match(attrs: Any, cfg: IngestConfig) -> bool:
@@ -203,7 +173,7 @@ def exit_status(results: pd.DataFrame, fail_fraction: float) -> int:
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
 def _check_memory_request(request: float) -> None:
