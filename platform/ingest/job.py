@@ -31,8 +31,13 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config, IngestConfig
+from ctplatform.ingest.dicom import series_files
+from ctplatform.ingest.discover import discover
+from ctplatform.ingest.preprocess import to_store
+from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
 from ctplatform.ingest.scan import ScanError
-from ctplatform.store import MANIFEST_COLUMNS, manifest_row
+from ctplatform.runtime import TaskResources, init_ray, map_volumes
+from ctplatform.store import MANIFEST_COLUMNS, IncompleteItemError, Store, manifest_row
 
 log = logging.getLogger("ctplatform.ingest")
 
@@ -52,8 +57,6 @@ def _hash_file(h: "hashlib._Hash", path: Path) -> None:
 def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = None) -> str:
     """sha256 of what the volume is made from: the file, every file of a DICOM series (with its
     name), and for CT-RATE the metadata values used."""
-    from ctplatform.ingest.dicom import series_files
-
     path = Path(path)
     h = hashlib.sha256()
     if fmt == "dicom":
@@ -98,10 +101,6 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
     Skips (status ok, skipped True) when a finished volume made from the same source sha256 with the
     same spacing/HU range/interpolation exists, unless `overwrite`.
     """
-    from ctplatform.ingest.preprocess import to_store
-    from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
-    from ctplatform.store import IncompleteItemError, Store
-
     start = time.perf_counter()
     fmt = row.get("format") or ""
     try:
@@ -193,10 +192,6 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
 
     manifest.parquet receives every row (upsert by volume_id).
     """
-    from ctplatform.ingest.discover import discover
-    from ctplatform.runtime import TaskResources, init_ray, map_volumes
-    from ctplatform.store import Store
-
     rows = discover(input_path)
     store = Store(cfg.store_path)
     store.group  # create the store once here, not concurrently in the tasks
