@@ -7,6 +7,9 @@ import argparse
 from ctplatform.config import Config
 from ctplatform.labels import ORGAN_CODES
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 _CODES = ", ".join(f"{code} {name.replace('_', ' ')}" for name, code in ORGAN_CODES.items())
 HELP = f"""Segment the right lung, left lung and mediastinum of every ingested volume (PARTITION).
 
