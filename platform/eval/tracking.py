@@ -16,6 +16,7 @@ from pathlib import Path
 from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.eval.summary import Evaluation
+from ctplatform.runtime import setup_mlflow
 
 log = logging.getLogger("ctplatform.eval")
 
@@ -56,8 +57,6 @@ def log_evaluation(
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
-
-    from ctplatform.runtime import setup_mlflow
 
     setup_mlflow(cfg)
     client = MlflowClient()
@@ -109,8 +108,6 @@ def log_evaluation(
 def find_evaluation_run(cfg: Config, run_id: str, split: str) -> str:
     """The latest finished evaluation run of `run_id` on `split` (or run_id itself if it is one)."""
     from mlflow import MlflowClient
-
-    from ctplatform.runtime import setup_mlflow
 
     setup_mlflow(cfg)
     client = MlflowClient()
