@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.phantom.findings import IMPLIES, SUPPORTED, check_labels, sample_findings
+from ctplatform.phantom.generate import SIZES, Confounder, make_phantom
 from ctplatform.phantom.layout import CohortLayout
+from ctplatform.phantom.nifti import ORIENTATIONS, lesion_bitmap, lesion_codes_table, reorient, store_affine, write_nifti
 
 log = logging.getLogger("ctplatform.phantom")
 
@@ -132,9 +134,6 @@ def volume_id(seed: int, index: int) -> str:
 
 def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, preview: bool) -> dict[str, Any]:
     """Generate and write one scan; returns its record (also saved as truth/<id>.json)."""
-    from ctplatform.phantom.generate import Confounder, make_phantom
-    from ctplatform.phantom.nifti import ORIENTATIONS, lesion_bitmap, reorient, store_affine, write_nifti
-
     out = CohortLayout(out_dir)
     vid = volume_id(cohort_seed, row["index"])
     conf = Confounder(row["confounder_kind"], row["confounder_value"]) if row["confounder_kind"] else None
@@ -148,7 +147,7 @@ def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, pre
         data, a = reorient(array, aff, orientation)
         write_nifti(path, data, a)
     if preview:
-        from ctplatform.phantom.preview import preview_png
+        from ctplatform.phantom.preview import preview_png  # matplotlib: loaded only when a preview is asked for
 
         preview_png(ph, out.preview(vid), title=vid)
     record = {
@@ -182,8 +181,6 @@ def generate_cohort(
 
     preview: write a PNG for the first `preview` scans. workers: processes (default: CPUs, at most n).
     """
-    from ctplatform.phantom.generate import SIZES
-
     if n < 1:
         raise ValueError("a cohort needs n >= 1 scans")
     if size not in SIZES:
@@ -267,8 +264,6 @@ def _check_same_cohort(out: Path, params: dict[str, Any]) -> None:
 
 
 def write_tables(out: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
-    from ctplatform.phantom.nifti import lesion_codes_table
-
     listing = pd.DataFrame([
         {k: r[k] for k in ("volume_id", "path", "format", "split", "confounder_kind", "confounder_value", "fat_mm",
                            "marker", "orientation", "seed")}
