@@ -32,7 +32,7 @@ A second run reuses every finished stage (training runs are found by a hash of t
 
 #: The demo's configuration when --config is not given (cli.py reads it): configs/demo.yaml beside
 #: the package folder, as in a checkout installed in editable mode (what `make` does).
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
