@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Run the platform end to end on a phantom cohort: with and without the mask loss.
 
 Generates a synthetic chest CT cohort whose body-wall fat tracks great-vessel atherosclerosis (a

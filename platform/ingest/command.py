@@ -6,6 +6,9 @@ import argparse
 
 from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Ingest CT scans into the store: canonical orientation, resampling, int16 HU, Zarr.
 
 PATH is a folder searched recursively for NIfTI files (.nii, .nii.gz), RAD-ChestCT .npz files and

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctplatform.config import Config
+from ctplatform.model.dataset import check_grid_masks, check_volumes, load_split
+from ctplatform.runtime import init_ray, setup_mlflow
 from ctplatform.store import Store
 from ctplatform.train import rundir
-from ctplatform.model.dataset import check_grid_masks, check_volumes, load_split
+from ctplatform.train.loop import train_loop_per_worker
+from ctplatform.train.tracking import finish_mlflow_run, start_mlflow_run
 
 if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer
@@ -97,8 +100,6 @@ def build_trainer(
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from ctplatform.train.loop import train_loop_per_worker
 
     wcfg = worker_config(cfg)
     t = wcfg.train
@@ -223,9 +224,6 @@ def run_training(
     Raises TrainingDivergedError when the loss became NaN or exploded (the MLflow run is FAILED and
     the last good checkpoint is kept), and Ray's TrainingFailedError when workers kept failing.
     """
-    from ctplatform.runtime import init_ray
-    from ctplatform.train.tracking import finish_mlflow_run, start_mlflow_run
-
     n_train, n_valid = check_inputs(cfg)
     storage = storage_root(cfg)
     name, record = resolve_run(storage, resume, run_name)
@@ -233,8 +231,6 @@ def run_training(
     if record is not None:
         mlflow_run_id = record["mlflow_run_id"]
         experiment_id = record.get("experiment_id")
-        from ctplatform.runtime import setup_mlflow
-
         setup_mlflow(cfg)
         log.info("resuming run %s (MLflow run %s)", name, mlflow_run_id)
     else:

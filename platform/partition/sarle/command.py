@@ -7,6 +7,9 @@ import logging
 
 from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Write labels.parquet: SARLE over free-text reports, or import released labels.
 
   ctplatform label-reports --reports reports.csv --store STORE

@@ -23,6 +23,7 @@ import pandas as pd
 from ctplatform.config import Config
 from ctplatform.labels import LOCATION_GROUP
 from ctplatform.partition.sarle.labeler import LABEL_COLUMNS, label_report, label_rows
+from ctplatform.runtime import init_ray
 from ctplatform.store import Store, validate_volume_id
 
 log = logging.getLogger("ctplatform.sarle")
@@ -159,8 +160,6 @@ def run_labelling(
 ) -> LabelSummary:
     """Label every report of `reports` (a CSV) with a Ray Data job and write labels.parquet."""
     import ray
-
-    from ctplatform.runtime import init_ray
 
     known = frozenset(store.volume_ids())
     init_ray(cfg)
