@@ -118,7 +118,19 @@ class LocalCluster:
                    PYTHONUNBUFFERED="1", **(extra_env or {}))
         return cls(root=root, env=env, token=token)
 
-    def _start(self, name: str, args: list[str], ports: tuple[str, ...], wait_s: float = 180) -> Node:
+    def _start(self, name: str, args: list[str], ports: tuple[str, ...], attempts: int = 3) -> Node:
+        """Start a node; on a loaded machine `ray start` gives up after its fixed 30 s wait for the
+        raylet to register, so a failed start is cleaned up and tried again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(name if attempt == 1 else f"{name}-{attempt}", args, ports)
+            except RuntimeError:
+                self.nodes.pop().stop()
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, name: str, args: list[str], ports: tuple[str, ...], wait_s: float = 180) -> Node:
         temp_dir = self.root / name
         temp_dir.mkdir(parents=True)
         chosen = dict(zip(ports, free_ports(len(ports))))
@@ -131,10 +143,10 @@ class LocalCluster:
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         node = Node(name, temp_dir, proc, log_path)
         self.nodes.append(node)
-        if name == "head":
+        if name.startswith("head"):
             self.gcs_address = f"127.0.0.1:{chosen['port']}"
             self.dashboard = f"http://127.0.0.1:{chosen['dashboard-port']}"
-        before = {n["node_id"] for n in self.alive_nodes()} if name != "head" else set()
+        before = {n["node_id"] for n in self.alive_nodes()} if not name.startswith("head") else set()
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
