@@ -104,12 +104,23 @@ def cluster_gpus() -> tuple[float, float | None]:
     if not ray.is_initialized():
         return 0.0, None
     now = float(ray.cluster_resources().get("GPU", 0))
+    declared = autoscaler_max_resources()
+    return now, (None if declared is None else float(declared.get("GPU", 0)))
+
+
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """What the connected cluster holds once its autoscaler has started every node group to its
+    maximum, or None without an autoscaler (or without Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
     # The autoscaler (KubeRay's v2 among them) publishes its node groups' resources in the GCS;
     # Ray Data reads the same record to plan its own scaling.
     from ray._private.state import state
 
     declared = state.get_max_resources_from_cluster_config()
-    return now, (None if declared is None else float(declared.get("GPU", 0)))
+    return None if declared is None else {k: float(v) for k, v in declared.items()}
 
 
 def resolve_use_gpu(cfg: Config) -> bool:

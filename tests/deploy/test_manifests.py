@@ -19,6 +19,7 @@ from deploy.kuberay.validate import (
     validate_document,
     validate_file,
 )
+from deploy.kuberay import sizing
 from tests.conftest import REPO
 
 KUBERAY = REPO / "deploy" / "kuberay"
@@ -225,25 +226,71 @@ def _gpu_worker(spec):
 def test_resource_requests_match_the_stages_settings():
     cfg = _stage_config()
     cluster = _one("RayCluster", "ctplatform")["spec"]
-    cpu = _container(_cpu_worker(cluster))["resources"]["limits"]
-    gpu_group = _gpu_worker(cluster)
-    gpu = _container(gpu_group)["resources"]["limits"]
-    # CPU group: as many ingest/partition tasks as CPUs, each with its memory request.
-    for stage in (cfg.ingest, cfg.partition):
-        tasks = _quantity(cpu["cpu"]) // stage.cpus_per_task
-        assert tasks >= 1
-        assert tasks * stage.memory_per_task_gb * 2**30 <= _quantity(cpu["memory"])
+    gpu = _container(_gpu_worker(cluster))["resources"]["limits"]
     # GPU group: one GPU per Ray Train worker, its CPUs for the worker and its DataLoader processes.
-    gpus_per_pod = int(gpu["nvidia.com/gpu"])
-    assert gpus_per_pod >= 1
+    assert int(gpu["nvidia.com/gpu"]) >= 1
     assert cfg.train.cpus_per_worker + cfg.train.loader_workers <= _quantity(gpu["cpu"])
-    assert cfg.train.num_workers <= gpu_group["maxReplicas"] * gpus_per_pod
-    assert cfg.tune.trial_gpus <= gpus_per_pod and cfg.tune.trial_cpus <= _quantity(gpu["cpu"])
     # The RayJobs size their groups like the long-running cluster.
     for stage, pick in (("ingest", _cpu_worker), ("partition", _cpu_worker), ("train", _gpu_worker), ("tune", _gpu_worker)):
         job = _one("RayJob", f"ctplatform-{stage}")["spec"]["rayClusterSpec"]
         ref = pick(cluster)
         assert _container(pick(job))["resources"] == _container(ref)["resources"], stage
+        assert pick(job)["rayStartParams"] == ref["rayStartParams"], stage
+
+
+@pytest.mark.parametrize("where_spec", _ray_cluster_specs(), ids=lambda w: w[0])
+def test_ray_never_promises_more_memory_than_the_pod_has(where_spec):
+    """Ray's `memory` resource plus its object store fit in the pod's memory limit (KubeRay's default
+    --memory is the whole limit, with 30% more for the object store on top)."""
+    where, spec = where_spec
+    for pod in sizing.cluster_pods(spec):
+        assert pod.memory + pod.object_store_memory <= pod.pod_memory, (where, pod.group)
+        assert (pod.memory, pod.object_store_memory) == sizing.ray_start_memory(pod.pod_memory), (where, pod.group)
+
+
+@pytest.mark.parametrize("stage", ["ingest", "partition", "train", "tune"])
+def test_each_rayjobs_asks_fit_its_own_cluster(stage):
+    """The asks are computed from the configuration the RayJob's entrypoint loads (as the ctplatform
+    command loads it) with the stages' own arithmetic, against the RayJob's rayClusterSpec."""
+    from ctplatform.train.trainer import decide_use_gpu
+    from ctplatform.train.tune.space import concurrent_trials, trial_request
+
+    job = _one("RayJob", f"ctplatform-{stage}")["spec"]
+    command, cfg = sizing.entrypoint_config(job["entrypoint"])
+    assert command == stage
+    pods = sizing.cluster_pods(job["rayClusterSpec"])
+    workers = [p for p in pods if p.group != "head"]
+    capacity = sizing.cluster_max(pods)
+    # what resolve_use_gpu decides on this cluster as it starts: nothing up, the groups declared
+    use_gpu = decide_use_gpu(cfg.train.use_gpu, 0.0, capacity["GPU"], cfg.train.num_workers)
+    asks = sizing.stage_asks(cfg, stage, use_gpu)
+    for unit, ask in asks.items():
+        homes = [p.group for p in pods if sizing.fits(ask, p.as_ray()) >= 1]
+        assert homes, f"{stage}: one {unit} ({ask}) fits no pod of {[p.group for p in pods]}"
+    if stage in ("ingest", "partition"):
+        per_pod = max(sizing.fits(asks["task"], p.as_ray()) for p in workers)
+        assert per_pod >= 1
+    if stage in ("train", "tune"):
+        assert use_gpu, f"{stage} would train on CPU on its GPU cluster"
+        gpu_pods = [p for p in workers if p.GPU > 0]
+        places = sum(sizing.fits(asks["train worker"], p.as_ray()) * p.max_replicas for p in gpu_pods)
+        assert places >= cfg.train.num_workers, f"{stage}: {cfg.train.num_workers} workers, {places} places"
+    if stage == "tune":
+        n = concurrent_trials(cfg, capacity, use_gpu)  # raises when not one trial fits
+        need = trial_request(cfg, use_gpu)
+        assert all(n * v <= capacity.get(k, 0) for k, v in need.items()), (n, need, capacity)
+
+
+def test_the_cpu_pod_holds_twelve_ingest_tasks_not_sixteen():
+    """The issue's figure: 16 CPU / 64 GiB, 4 GB a task, 30% of the pod for the object store."""
+    cfg = _stage_config()
+    pod = sizing.pod_resources(_cpu_worker(_one("RayCluster", "ctplatform")["spec"]), "cpu")
+    assert (pod.CPU, pod.pod_memory) == (16, 64 * 2**30) and cfg.ingest.memory_per_task_gb == 4
+    assert sizing.fits(sizing.stage_asks(cfg, "ingest", False)["task"], pod.as_ray()) == 12
+
+
+def test_the_sizing_table_in_the_docs_is_the_codes():
+    assert sizing.sizing_table() in (REPO / "docs" / "deploy.md").read_text()
 
 
 def test_mlflow_server_has_a_database_an_artifact_store_and_allowed_hosts():

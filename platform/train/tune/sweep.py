@@ -28,6 +28,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ctplatform.config import Config
 from ctplatform.train import rundir
 from ctplatform.train.tune.space import (
+    cluster_capacity,
     concurrent_trials,
     describe_resources,
     driver_bundle,
@@ -273,7 +274,7 @@ def run_sweep(
     from ray import tune
 
     from ctplatform.runtime import init_ray, setup_mlflow
-    from ctplatform.train.trainer import resolve_use_gpu
+    from ctplatform.train.trainer import autoscaler_max_resources, resolve_use_gpu
     from ctplatform.train.tracking import finish_mlflow_run
 
     start = time.monotonic()
@@ -290,7 +291,8 @@ def run_sweep(
             log.warning("variant %s: its trials will fail: %s", variant, problem)
     init_ray(cfg)  # where to run comes from this command (local Ray or RAY_ADDRESS)
     use_gpu = resolve_use_gpu(base)
-    concurrency = concurrent_trials(base, ray.cluster_resources(), use_gpu)
+    capacity = cluster_capacity(ray.cluster_resources(), autoscaler_max_resources())
+    concurrency = concurrent_trials(base, capacity, use_gpu)
     if record is None:
         record = create_sweep(base, storage, name, concurrency)
     else:
