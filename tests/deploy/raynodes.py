@@ -173,13 +173,16 @@ class LocalCluster:
     # ------------------------------------------------------------------ the state API, over HTTP
     def state(self, resource: str, filters: dict[str, str] | None = None, detail: bool = True) -> list[dict[str, Any]]:
         """Ray's state API (`ray list <resource>`): tasks, actors, nodes, jobs..."""
-        params: list[tuple[str, str]] = [("limit", "10000"), ("detail", "1" if detail else "0"), ("timeout", "30")]
+        params: list[tuple[str, str]] = [("limit", "10000"), ("detail", "true" if detail else "false"), ("timeout", "30")]
         for k, v in (filters or {}).items():
             params += [("filter_keys", k), ("filter_predicates", "="), ("filter_values", v)]
         url = f"{self.dashboard}/api/v0/{resource}?{urllib.parse.urlencode(params)}"
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
-        with urllib.request.urlopen(req, timeout=60) as r:
-            body = json.loads(r.read())
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"state API {resource} {filters}: {e.code} {e.read()[:2000]!r}") from e
         return body["data"]["result"]["result"]
 
     def alive_nodes(self) -> list[dict[str, Any]]:
