@@ -116,11 +116,12 @@ class Jobs:
         return self.wait(submission_id, timeout_s)
 
     def tasks(self, submission_id: str) -> list[dict]:
-        return self.cluster.state("tasks", {"job_id": self.cluster.job_id(submission_id)})
+        job = self.cluster.job_id(submission_id)  # None until the job's driver has started
+        return self.cluster.state("tasks", {"job_id": job}) if job else []
 
     def actors(self, submission_id: str, class_name: str) -> list[dict]:
         job = self.cluster.job_id(submission_id)
-        return [a for a in self.cluster.state("actors", {"class_name": class_name}) if a.get("job_id") == job]
+        return [a for a in self.cluster.state("actors", {"class_name": class_name}) if job and a.get("job_id") == job]
 
 
 def _worker_nodes(tasks: list[dict]) -> set[str]:
