@@ -32,6 +32,10 @@ def _docs(name: str) -> list[dict[str, Any]]:
     return load_documents(KUBERAY / name)
 
 
+def _rel(p: Path) -> str:
+    return str(p.relative_to(KUBERAY))
+
+
 def _one(kind: str, name: str) -> dict[str, Any]:
     found = [d for p in MANIFESTS for d in load_documents(p) if d["kind"] == kind and d["metadata"]["name"] == name]
     assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
@@ -44,9 +48,9 @@ def _ray_cluster_specs() -> list[tuple[str, dict[str, Any]]]:
     for p in MANIFESTS:
         for d in load_documents(p):
             if d["kind"] == "RayCluster":
-                specs.append((p.name, d["spec"]))
+                specs.append((_rel(p), d["spec"]))
             elif d["kind"] == "RayJob" and "rayClusterSpec" in d["spec"]:
-                specs.append((p.name, d["spec"]["rayClusterSpec"]))
+                specs.append((_rel(p), d["spec"]["rayClusterSpec"]))
     return specs
 
 
@@ -71,13 +75,15 @@ def _stage_config():
 
 
 def test_the_expected_manifests_exist():
-    names = {p.name for p in MANIFESTS}
+    names = {_rel(p) for p in MANIFESTS}
     for required in ("namespace.yaml", "storage.yaml", "raycluster.yaml", "mlflow.yaml", "kustomization.yaml",
-                     "rayjob-ingest.yaml", "rayjob-partition.yaml", "rayjob-train.yaml", "rayjob-tune.yaml"):
+                     "redis.yaml", "networkpolicy.yaml", "images/kustomization.yaml",
+                     *(f"jobs/{s}/{f}" for s in ("ingest", "partition", "train", "tune")
+                       for f in ("rayjob.yaml", "kustomization.yaml"))):
         assert required in names
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MANIFESTS, ids=_rel)
 @pytest.mark.parametrize("k8s", [KUBERNETES_VERSION, "1.35"])
 def test_manifest_is_valid(path: Path, k8s: str):
     assert validate_file(path, k8s) == []
@@ -85,7 +91,7 @@ def test_manifest_is_valid(path: Path, k8s: str):
 
 def test_every_kind_is_checked_against_a_schema():
     kinds = {d["kind"] for p in MANIFESTS for d in load_documents(p)}
-    assert {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim", "Secret", "Namespace"} <= kinds
+    assert {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim", "Namespace", "NetworkPolicy"} <= kinds
     # An unknown kind is an error, not a silent pass.
     assert validate_document({"apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "x"}})
 
@@ -146,13 +152,92 @@ def test_a_broken_file_fails_the_command_line_check(tmp_path, capsys):
     assert validate_main([str(KUBERAY / "raycluster.yaml")]) == 0
 
 
-def test_kustomization_covers_every_manifest_but_the_rayjobs():
+def test_kustomizations_cover_every_manifest_and_rewrite_every_image():
+    """The cluster's kustomization applies every manifest but the RayJobs; each RayJob has its own;
+    all take the images component, so kustomize rewrites every image (RayJobs' included)."""
     (kust,) = _docs("kustomization.yaml")
-    listed = set(kust["resources"])
-    others = {p.name for p in MANIFESTS} - {"kustomization.yaml"}
-    assert listed == {n for n in others if not n.startswith("rayjob-")}
-    assert kust["namespace"] == "ctplatform"
-    assert {i["name"] for i in kust["images"]} == {"ctplatform", "ctplatform-mlflow"}
+    top = {p.name for p in MANIFESTS if p.parent == KUBERAY} - {"kustomization.yaml"}
+    assert set(kust["resources"]) == top
+    assert kust["namespace"] == "ctplatform" and kust["components"] == ["images"]
+    (images,) = _docs("images/kustomization.yaml")
+    assert {i["name"] for i in images["images"]} == {"ctplatform", "ctplatform-mlflow"}
+    for stage in ("ingest", "partition", "train", "tune"):
+        (job_kust,) = _docs(f"jobs/{stage}/kustomization.yaml")
+        assert job_kust["resources"] == ["rayjob.yaml"] and job_kust["namespace"] == "ctplatform"
+        assert (KUBERAY / "jobs" / stage / job_kust["components"][0]).resolve() == KUBERAY / "images"
+    used = {c["image"].split(":")[0] for p in MANIFESTS for d in load_documents(p) if d.get("kind") in
+            ("RayCluster", "RayJob", "Deployment") for c in _all_containers(d)}
+    assert used - {"postgres", "redis"} <= {i["name"] for i in images["images"]}
+
+
+def _all_containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc["kind"] == "Deployment":
+        return doc["spec"]["template"]["spec"]["containers"]
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    return [c for _, g in _groups(spec) for c in g["template"]["spec"]["containers"]]
+
+
+def test_no_secret_is_committed_and_kubectl_apply_generates_them_from_the_users_files(tmp_path):
+    """No Secret object (no placeholder password) in any manifest; the kustomization's
+    secretGenerator reads make_secrets.py's files, which git ignores; those files hold random values."""
+    import subprocess
+    import sys
+
+    assert not [p for p in MANIFESTS for d in load_documents(p) if d["kind"] == "Secret"]
+    for p in MANIFESTS:
+        assert "change-me" not in p.read_text(), p
+    (kust,) = _docs("kustomization.yaml")
+    files = [e for g in kust["secretGenerator"] for e in (g.get("envs") or []) + (g.get("files") or [])]
+    assert files and all(f.startswith("secrets/") for f in files)
+    ignored = subprocess.run(["git", "check-ignore", *files], cwd=KUBERAY, capture_output=True, text=True)
+    if ignored.returncode not in (0, 1):
+        pytest.skip("not a git checkout")
+    assert sorted(ignored.stdout.split()) == sorted(files)
+    out = tmp_path / "secrets"
+    for _ in range(2):
+        run = subprocess.run([sys.executable, str(KUBERAY / "make_secrets.py"), "--out", str(out), "--force"],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        first = {f: (out / f).read_text() for f in ("mlflow-db.env", "redis.env", "basic_auth.ini")} if _ == 0 else first
+    assert {f: (out / f).read_text() for f in first} != first  # fresh random values each time
+    assert subprocess.run([sys.executable, str(KUBERAY / "make_secrets.py"), "--out", str(out)]).returncode == 1
+    env = dict(line.split("=", 1) for line in (out / "mlflow-db.env").read_text().split())
+    assert env["backend-store-uri"] == f"postgresql://mlflow:{env['password']}@postgres:5432/mlflow"
+    client = dict(line.split("=", 1) for line in (out / "mlflow-client.env").read_text().split())
+    assert f"admin_password = {client['password']}" in (out / "basic_auth.ini").read_text()
+    assert {Path(f).name for f in files} == {p.name for p in out.iterdir()}
+
+
+def test_mlflow_requires_login_and_only_ray_pods_reach_it():
+    c = _one("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert "--app-name=basic-auth" in c["args"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-auth"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == "/etc/mlflow-auth/basic_auth.ini"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/mlartifacts"]["subPath"] != mounts["/var/lib/mlflow-auth"]["subPath"]  # users never served
+    for where, spec in _ray_cluster_specs():
+        for group, g in _groups(spec):
+            names = {e["name"]: e for e in _container(g)["env"]}
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                assert names[key]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client", (where, group)
+    policies = {d["metadata"]["name"]: d["spec"] for d in _docs("networkpolicy.yaml")}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    (rule,) = policies["mlflow"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "ctplatform"}}}]
+    assert policies["postgres"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "mlflow"}
+    assert policies["redis"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
+
+
+def test_the_head_keeps_the_clusters_state_in_redis():
+    spec = _one("RayCluster", "ctplatform")["spec"]
+    ft = spec["gcsFaultToleranceOptions"]
+    svc = _one("Service", "redis")
+    assert ft["redisAddress"] == f"{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
+    assert ft["redisPassword"]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "password"}
+    redis = _one("Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+    assert "--requirepass" in redis["args"] and "$(REDIS_PASSWORD)" in redis["args"]
+    assert redis["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "password"}
 
 
 def test_every_ray_cluster_shares_image_storage_auth_and_mlflow():
@@ -300,8 +385,7 @@ def test_mlflow_server_has_a_database_an_artifact_store_and_allowed_hosts():
     assert args["backend-store-uri"] == "$(MLFLOW_BACKEND_STORE_URI)"
     env = {e["name"]: e for e in c["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "mlflow-db"
-    secret = _one("Secret", "mlflow-db")
-    assert secret["stringData"]["backend-store-uri"].startswith("postgresql://")
+    assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["key"] == "backend-store-uri"
     assert _one("Service", "postgres")["spec"]["ports"][0]["port"] == 5432
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     assert args["artifacts-destination"] in mounts and args["serve-artifacts"] is True

@@ -43,10 +43,14 @@ def _local_args(args: list[str], port: int, db: Path, artifacts: Path) -> list[s
         "--backend-store-uri": f"sqlite:///{db}",
         "--artifacts-destination": str(artifacts),
     }
+    # basic-auth needs the mlflow[auth] extra of the server's image, not in this environment; the
+    # Host checks below come from the server itself and hold with or without it.
+    dropped = {"--app-name"}
     out = []
     for a in args:
         key = a.split("=", 1)[0]
-        out.append(f"{key}={replace[key]}" if key in replace else a)
+        if key not in dropped:
+            out.append(f"{key}={replace[key]}" if key in replace else a)
     return out
 
 
