@@ -60,3 +60,17 @@ def test_auto_reads_the_autoscalers_gpu_group_from_a_real_ray(ray_local):
         assert resolve_use_gpu(cfg) is False
     finally:
         _remove_cluster_config()
+
+
+def test_a_sweep_plans_on_what_the_autoscaler_can_start():
+    """The Tune RayJob's trouble: 4-GPU trials on a cluster that starts with 1 GPU of 8."""
+    from ctplatform.train.tune.space import cluster_capacity, concurrent_trials
+
+    cfg = load_config(None, ["train.num_workers=4", "train.cpus_per_worker=4"])
+    now = {"CPU": 8.0, "GPU": 1.0, "memory": 48e9}
+    with pytest.raises(ValueError):
+        concurrent_trials(cfg, now, use_gpu=True)  # what is up now holds no trial
+    declared = {"CPU": 64.0, "GPU": 8.0, "memory": 8 * 36e9}
+    assert cluster_capacity(now, declared) == declared
+    assert concurrent_trials(cfg, cluster_capacity(now, declared), use_gpu=True) == 2
+    assert cluster_capacity(now, None) == now
