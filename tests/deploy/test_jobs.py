@@ -91,7 +91,7 @@ def test_the_wheel_runtime_env_uploads_the_package_and_no_data(tmp_path):
         (src / decoy).write_bytes(b"patient data")
     env = load_runtime_env(JOBS / "runtime_env.wheel.yaml", repo=src)
     (wheel_path,) = env["py_modules"]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(Path(wheel_path).parent), str(src)], check=True, cwd=src, capture_output=True, timeout=600)
     assert Path(wheel_path).is_file(), "the wheel's name changed: update runtime_env.wheel.yaml"
     RuntimeEnv(**env)
