@@ -118,7 +118,7 @@ class LocalCluster:
                    PYTHONUNBUFFERED="1", **(extra_env or {}))
         return cls(root=root, env=env, token=token)
 
-    def _start(self, name: str, args: list[str], ports: tuple[str, ...], attempts: int = 3) -> Node:
+    def _start(self, name: str, args: list[str], ports: tuple[str, ...], attempts: int = 5) -> Node:
         """Start a node; on a loaded machine `ray start` gives up after its fixed 30 s wait for the
         raylet to register, so a failed start is cleaned up and tried again."""
         for attempt in range(1, attempts + 1):
