@@ -39,7 +39,13 @@ def init_ray(cfg: Config) -> None:
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address and address != _own_local_address:  # our own local Ray from an earlier init: gone now
-        ray.init(address=address, log_to_driver=True)
+        # The cluster's workers and actors get its address too (as a local Ray's do, below): Ray
+        # Train's PlacementGroupCleaner on a node that also runs other Rays otherwise fails to find it.
+        env = {"env_vars": {"RAY_ADDRESS": address}} if "://" not in address and address != "auto" else None
+        try:
+            ray.init(address=address, log_to_driver=True, runtime_env=env)
+        except ValueError:  # the job's own runtime_env sets RAY_ADDRESS: keep it
+            ray.init(address=address, log_to_driver=True)
         return
     _init_local_ray(cfg)
 
