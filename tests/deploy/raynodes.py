@@ -115,7 +115,11 @@ class LocalCluster:
         token = secrets.token_hex(32)
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")}
         env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token,
-                   PYTHONUNBUFFERED="1", **(extra_env or {}))
+                   PYTHONUNBUFFERED="1",
+                   # a raylet waits this long for its dashboard agent (default 30 s: too short on a
+                   # loaded CI machine, where the raylet then aborts)
+                   RAY_agent_register_timeout_ms="180000",
+                   **(extra_env or {}))
         return cls(root=root, env=env, token=token)
 
     def _start(self, name: str, args: list[str], ports: tuple[str, ...], attempts: int = 5) -> Node:
