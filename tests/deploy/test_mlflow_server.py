@@ -73,7 +73,7 @@ def mlflow_server(tmp_path_factory):
     proc = subprocess.Popen([mlflow_exe, "server", *args], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=tmp)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a loaded CI machine starts it slowly
         while True:
             try:
                 if _get(port, "/health", "127.0.0.1") == 200:
@@ -81,7 +81,7 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up:\n{(tmp / 'server.log').read_text()[-3000:]}")
+                raise RuntimeError(f"mlflow server did not come up (exit code {proc.poll()}):\n{(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(0.5)
         yield port
     finally:
