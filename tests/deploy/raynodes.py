@@ -33,6 +33,31 @@ NODE_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runti
               "metrics-export-port", "node-manager-port", "object-manager-port")
 
 
+#: `ray start`, patient: it gives a new node 30 s (fixed) to appear in the GCS; on a loaded CI
+#: machine the GCS answers later than that. The same CLI, waiting up to 5 minutes instead.
+PATIENT_RAY_START = """
+import sys, time
+import ray._private.services as services
+from ray.scripts.scripts import main
+
+asked = services.get_node
+
+def get_node(*args, **kwargs):
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            return asked(*args, **kwargs)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+services.get_node = get_node
+sys.argv[0] = "ray"
+sys.exit(main())
+"""
+
+
 def free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -140,7 +165,8 @@ class LocalCluster:
         chosen = dict(zip(ports, free_ports(len(ports))))
         # Ray resolves a loopback node IP to the machine's address: the nodes share that one IP and
         # differ by their ports.
-        cmd = [str(VENV_BIN / "ray"), "start", "--block", "--temp-dir", str(temp_dir), "--disable-usage-stats", *args]
+        cmd = [sys.executable, "-c", PATIENT_RAY_START, "start", "--block", "--temp-dir", str(temp_dir),
+               "--disable-usage-stats", *args]
         cmd += [a for flag, port in chosen.items() for a in (f"--{flag}", str(port))]
         log_path = temp_dir / "ray-start.log"
         with open(log_path, "w") as log:
