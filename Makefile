@@ -1,5 +1,6 @@
 # The README's two commands: `make demo` (the platform end to end on generated data) and `make test`.
-# Each creates or reuses the virtual environment in $(VENV) and installs the package into it.
+# Each creates or reuses the virtual environment in $(VENV) and installs the package into it, at the
+# exact versions of constraints.txt (pyproject.toml holds the ranges).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,10 +10,10 @@ STAMP := $(VENV)/.ctplatform-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

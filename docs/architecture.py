@@ -57,7 +57,7 @@ def draw_flow(ax: plt.Axes) -> None:
     # Inputs and people
     box(ax, 0.2, 6.3, 2.1, 1.5, "CT scans", ["NIfTI, DICOM series,", "RAD-ChestCT .npz"], INPUT)
     box(ax, 0.2, 4.5, 2.1, 1.3, "Reports", ["free text (CSV)"], INPUT)
-    box(ax, 0.2, 1.0, 2.1, 2.6, "You", ["ray job submit", "(Job API, token auth)", "kubectl apply -f", "rayjob-*.yaml",
+    box(ax, 0.2, 1.0, 2.1, 2.6, "You", ["ray job submit", "(Job API, token auth)", "kubectl apply -k", "jobs/<stage>",
                                        "MLflow UI via", "port-forward"], "white")
 
     # Ray head

@@ -2,7 +2,7 @@
 
     python deploy/jobs/pipeline.py --input /mnt/ctplatform/input/scans \
         --reports /mnt/ctplatform/input/reports.csv --workdir /mnt/ctplatform/work \
-        --config configs/radchestct.yaml
+        --config /opt/ctplatform/configs/radchestct.yaml
 
 Meant as a `ray job submit` entrypoint (it also runs as is on a machine with a local Ray). Each
 stage is the `ctplatform` command of the same name, run in turn as a child process: under a Ray
@@ -54,7 +54,7 @@ def check_options(opts: PipelineOptions) -> list[str]:
         problems.append("label-reports needs --reports (a CSV of report texts)")
     if opts.store is None and opts.workdir is None:
         problems.append("give --workdir (and optionally --store): where the store, MLflow database and runs go")
-    # A job runs in a temporary copy of its working_dir: relative data paths would land there.
+    # A job runs in a directory of Ray's, not the submitter's: relative paths would resolve there.
     for name in ("input", "reports", "store", "workdir"):
         value = getattr(opts, name)
         if value and not _is_remote_or_absolute(value):

@@ -30,13 +30,17 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def load_runtime_env(path: str | Path, repo: Path = REPO) -> dict[str, Any]:
-    """A runtime_env YAML file as a dict, with a relative working_dir resolved against the repository."""
+    """A runtime_env YAML file as a dict, with relative working_dir/py_modules paths resolved against
+    the repository."""
     env = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(env, dict):
         raise ValueError(f"{path}: a runtime_env file must hold a mapping")
     wd = env.get("working_dir")
     if wd and "://" not in wd and not Path(wd).is_absolute():
         env["working_dir"] = str((repo / wd).resolve())
+    if env.get("py_modules"):  # a built wheel, e.g. dist/ctplatform-0.1.0-py3-none-any.whl
+        env["py_modules"] = [m if "://" in m or Path(m).is_absolute() else str((repo / m).resolve())
+                             for m in env["py_modules"]]
     return env
 
 

@@ -75,13 +75,67 @@ def worker_config(cfg: Config) -> Config:
     return c
 
 
-def resolve_use_gpu(cfg: Config) -> bool:
-    """train.use_gpu, with "auto" meaning: the connected Ray cluster has GPUs."""
-    if cfg.train.use_gpu != "auto":
-        return bool(cfg.train.use_gpu)
+def decide_use_gpu(setting: bool | str, gpus_now: float, gpus_declared: float | None, workers: int = 1) -> bool:
+    """Whether Ray Train workers ask for GPUs (pure: the numbers come from `cluster_gpus`).
+
+    An explicit true/false is what the run asks for: true on an autoscaling cluster makes the
+    workers' placement group wait for GPU nodes, which is what brings them up. "auto" means GPUs
+    when the cluster has some now OR its autoscaler declares a node group with GPUs
+    (`gpus_declared`): a KubeRay GPU group at 0 replicas shows no GPU until something asks for one,
+    so reading only what is up would train on CPU, silently, on the cluster built for GPUs.
+    """
+    if setting is True or setting is False:
+        return setting
+    if setting != "auto":
+        raise ValueError(f"train.use_gpu must be true, false or auto, not {setting!r}")
+    if gpus_now > 0:
+        return True
+    if gpus_declared:
+        log.info(
+            "train.use_gpu=auto: the cluster has no GPU up, but its autoscaler declares up to %g; asking for "
+            "%d GPU worker(s) so it starts them (set train.use_gpu=false to train on CPU)", gpus_declared, workers,
+        )
+        return True
+    return False
+
+
+def cluster_gpus() -> tuple[float, float | None]:
+    """(GPUs in the connected Ray cluster now, GPUs its autoscaler can bring up at most or None when
+    the cluster has no autoscaler config); (0, None) without Ray."""
     import ray
 
-    return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    if not ray.is_initialized():
+        return 0.0, None
+    now = float(ray.cluster_resources().get("GPU", 0))
+    declared = autoscaler_max_resources()
+    return now, (None if declared is None else float(declared.get("GPU", 0)))
+
+
+def autoscaler_max_resources() -> dict[str, float] | None:
+    """What the connected cluster holds once its autoscaler has started every node group to its
+    maximum, or None without an autoscaler (or without Ray)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    # The autoscaler (KubeRay's v2 among them) publishes its node groups' resources in the GCS;
+    # Ray Data reads the same record to plan its own scaling.
+    from ray._private.state import state
+
+    declared = state.get_max_resources_from_cluster_config()
+    return None if declared is None else {k: float(v) for k, v in declared.items()}
+
+
+def resolve_use_gpu(cfg: Config) -> bool:
+    """train.use_gpu for the connected cluster (see `decide_use_gpu`)."""
+    t = cfg.train
+    if t.use_gpu is False:
+        return False
+    now, declared = cluster_gpus()
+    use = decide_use_gpu(t.use_gpu, now, declared, t.num_workers)
+    if use and now < t.num_workers:
+        log.info("waiting for %d GPU(s) (%g up now): an autoscaling cluster starts GPU nodes for them", t.num_workers, now)
+    return use
 
 
 def build_trainer(

@@ -5,6 +5,7 @@ Python each build step runs is run here too. (No Docker engine on these machines
 from __future__ import annotations
 
 import fnmatch
+import os
 import hashlib
 import importlib.metadata
 import shlex
@@ -33,8 +34,9 @@ def _commands(path: Path) -> list[dockerfile.Command]:
 
 
 def _pins() -> dict[str, str]:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    return {d.split("==")[0].split("[")[0].lower(): d.split("==")[1] for d in deps if "==" in d}
+    """constraints.txt: the exact versions the image installs."""
+    lines = (REPO / "constraints.txt").read_text().splitlines()
+    return {ln.split("==")[0].lower(): ln.split("==")[1].strip() for ln in lines if "==" in ln and not ln.startswith("#")}
 
 
 def _python_snippets(run: str) -> list[tuple[str, list[str]]]:
@@ -72,14 +74,32 @@ def test_image_builds_on_the_ray_image_of_the_pinned_version():
     (base,) = [c.value[0] for c in _commands(IMAGE_DOCKERFILE) if c.cmd == "FROM"]
     ray = _pins()["ray"]
     assert ray == importlib.metadata.version("ray")
-    assert base == f"rayproject/ray:{ray}-py311-gpu"
+    assert base.startswith(f"rayproject/ray:{ray}-py311-cu")
+
+
+def test_torch_cuda_build_matches_the_ray_images_cuda():
+    """The image's CUDA (its -cuXYZ tag) is the CUDA the pinned torch is built for (the torch of
+    constraints.txt, installed here); the build refuses a mismatch itself too."""
+    import re
+
+    (base,) = [c.value[0] for c in _commands(IMAGE_DOCKERFILE) if c.cmd == "FROM"]
+    major, minor = re.fullmatch(r".*-cu(\d+)(\d)", base).groups()
+    assert _pins()["torch"] == torch.__version__.split("+")[0]
+    assert torch.version.cuda == f"{major}.{minor}", (base, torch.version.cuda)
+    (run,) = [c.value[0] for c in _commands(IMAGE_DOCKERFILE) if c.cmd == "RUN" and "torch.version.cuda" in c.value[0]]
+    ((code, _),) = _python_snippets(run)
+    env = {**os.environ, "CUDA_VERSION": f"{major}.{minor}.1"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode == 0
+    env["CUDA_VERSION"] = "12.8.1"
+    mismatch = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert mismatch.returncode != 0 and "built for CUDA" in mismatch.stderr
 
 
 def test_copied_paths_exist_and_are_not_ignored():
     ignore = DOCKER / "Dockerfile.dockerignore"  # BuildKit's per-Dockerfile ignore file
     copies = [c for c in _commands(IMAGE_DOCKERFILE) if c.cmd in ("COPY", "ADD")]
     sources = [s for c in copies for s in c.value[:-1]]
-    assert {"pyproject.toml", "README.md", "platform", "configs", "deploy/jobs"} <= set(sources)
+    assert {"pyproject.toml", "README.md", "constraints.txt", "platform", "configs", "deploy/jobs"} <= set(sources)
     for src in sources:
         if src == "configs" and not (REPO / src).is_dir():
             pytest.skip("configs/ is not on main yet")
@@ -89,14 +109,14 @@ def test_copied_paths_exist_and_are_not_ignored():
         assert _ignored(ignore, heavy), heavy
 
 
-def test_requirements_step_installs_exactly_pyprojects_pins(tmp_path):
+def test_requirements_step_installs_pyprojects_dependencies_at_the_constraints(tmp_path):
     (run,) = [c.value[0] for c in _commands(IMAGE_DOCKERFILE) if c.cmd == "RUN" and "tomllib" in c.value[0]]
     ((code, _),) = _python_snippets(run)
     code = code.replace("/opt/ctplatform/src/pyproject.toml", str(REPO / "pyproject.toml"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    expected = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert out.split() == expected
-    assert all("==" in line for line in out.split())  # every dependency pinned
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert out.split() == project["dependencies"] + project["optional-dependencies"]["cluster"]
+    assert "-c /opt/ctplatform/src/constraints.txt -r /tmp/requirements.txt" in run  # exact versions
 
 
 def test_weights_go_where_the_config_expects_them_and_are_checked(tmp_path):
@@ -138,5 +158,5 @@ def test_package_install_step_imports_the_package():
 def test_mlflow_image_pins_the_packages_mlflow():
     (run,) = [c.value[0] for c in _commands(MLFLOW_DOCKERFILE) if c.cmd == "RUN"]
     pins = dict(w.split("==") for w in shlex.split(run) if "==" in w)
-    assert pins["mlflow"] == _pins()["mlflow"]
+    assert pins["mlflow[auth]"] == _pins()["mlflow"]  # with the basic-auth app mlflow.yaml starts
     assert {"psycopg2-binary", "boto3"} <= pins.keys()  # PostgreSQL backend, s3 artifacts

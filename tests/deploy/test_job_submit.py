@@ -2,7 +2,7 @@
 dashboard and token authentication, as on the cluster): the ingest job goes through the Job
 Submission API, the partition job through the `ray job submit` CLI exactly as docs/deploy.md shows
 it, and the pipeline entrypoint re-runs both (resuming: nothing is redone). Both use
-deploy/jobs/runtime_env.local.yaml. Then the store is checked: manifest rows ok, organ maps and
+deploy/jobs/runtime_env.local.yaml, which uploads nothing: workers import the installed package. Then the store is checked: manifest rows ok, organ maps and
 every grid-mask variant present. Input: two real scans from the shared CT folder (read in place).
 
 The head is a separate Ray (not the session's `ray_local`): jobs need a dashboard. It is stopped in
@@ -203,7 +203,7 @@ def test_pipeline_entrypoint_resumes_finished_stages(ray_head, cohort):
     if not (store / "manifest.parquet").exists():
         pytest.skip("needs the store of test_ingest_and_partition_jobs_on_a_ray_head")
     client = connect(ray_head.address, ray_head.token)
-    entry = (f"python deploy/jobs/pipeline.py --stages ingest,partition --input {listing} --store {store} "
+    entry = (f"python {REPO / 'deploy' / 'jobs' / 'pipeline.py'} --stages ingest,partition --input {listing} --store {store} "
              f"--workdir {work} " + " ".join(SETTINGS))
     job = submit(client, entry, load_runtime_env(RUNTIME_ENV))
     status = wait_for_job(client, job, timeout_s=300, echo=False)

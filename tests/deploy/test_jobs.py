@@ -14,17 +14,18 @@ from deploy.kuberay.validate import load_documents
 from tests.conftest import REPO
 
 JOBS = REPO / "deploy" / "jobs"
-RUNTIME_ENVS = [JOBS / "runtime_env.yaml", JOBS / "runtime_env.local.yaml"]
+RUNTIME_ENVS = [JOBS / "runtime_env.yaml", JOBS / "runtime_env.local.yaml", JOBS / "runtime_env.wheel.yaml"]
 
 
 @pytest.mark.parametrize("path", RUNTIME_ENVS, ids=lambda p: p.name)
-def test_runtime_env_is_accepted_by_ray(path):
+def test_runtime_env_is_accepted_by_ray_and_ships_no_folder(path):
     from ray.runtime_env import RuntimeEnv
 
     env = load_runtime_env(path)
-    assert Path(env["working_dir"]) == REPO  # relative to the repository, wherever the command runs
-    RuntimeEnv(**env)  # Ray's own validation of every field
-    assert {".git", ".venv", "ctplatform-work"} <= set(env["excludes"])
+    # Ray's own validation of every field (a wheel must exist for it: the wheel test builds one)
+    RuntimeEnv(**{k: v for k, v in env.items() if k != "py_modules"})
+    assert "working_dir" not in env  # the code is the installed package (venv or image)
+    assert all(m.endswith(".whl") for m in env.get("py_modules", [])), env["py_modules"]
 
 
 def test_cluster_runtime_env_points_at_the_clusters_mlflow():
@@ -37,16 +38,73 @@ def test_cluster_runtime_env_points_at_the_clusters_mlflow():
     assert "MLFLOW_TRACKING_URI" not in load_runtime_env(JOBS / "runtime_env.local.yaml")["env_vars"]
 
 
-def test_working_dir_package_is_small_and_holds_configs_and_scripts(tmp_path):
-    from ray._private.runtime_env.packaging import create_package
+#: What a user's folder holds beside the code when they submit from it (the documented recipe did).
+DECOYS = ["scans/patient_0001.nii.gz", "scans/series/IM0001.dcm", "reports.csv",
+          "ctplatform-work/store/data.zarr/zarr.json", "ctplatform-work/mlflow.db", "volumes/trn00001.npz"]
+DATA_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".npz", ".npy", ".zarr", ".db", ".parquet", ".nrrd", ".mha")
 
-    env = load_runtime_env(JOBS / "runtime_env.local.yaml")
-    pkg = tmp_path / "working_dir.zip"
-    create_package(env["working_dir"], pkg, include_gitignore=True, excludes=env["excludes"])
-    names = zipfile.ZipFile(pkg).namelist()
-    assert "deploy/jobs/pipeline.py" in names and "platform/cli.py" in names
-    assert not [n for n in names if n.startswith((".venv/", ".git/", "ctplatform-work/")) or "__pycache__" in n]
-    assert pkg.stat().st_size < 50 * 2**20  # Ray refuses working_dirs over 500 MiB; this one is a few MiB
+
+def _uploads(runtime_env: dict, tmp: Path) -> list[Path]:
+    """The files Ray's job client would upload for this runtime_env, built with Ray's own code
+    (JobSubmissionClient's upload path: a zip per folder, a wheel as it is)."""
+    from ray._private.runtime_env.packaging import create_package
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    uploads: list[Path] = []
+
+    def capture(path, excludes, is_file=False, parent=False):
+        if is_file:
+            uploads.append(Path(path))
+        else:
+            pkg = tmp / f"upload{len(uploads)}.zip"
+            create_package(path, pkg, include_gitignore=True, include_parent_dir=parent, excludes=excludes)
+            uploads.append(pkg)
+
+    env = dict(runtime_env)
+    upload_working_dir_if_needed(env, include_gitignore=True, upload_fn=capture)
+    upload_py_modules_if_needed(env, include_gitignore=True,
+                                upload_fn=lambda p, excludes, is_file=False: capture(p, excludes, is_file, True))
+    return uploads
+
+
+@pytest.mark.parametrize("path", [JOBS / "runtime_env.yaml", JOBS / "runtime_env.local.yaml"], ids=lambda p: p.name)
+def test_the_job_runtime_envs_upload_nothing(path, tmp_path):
+    assert _uploads(load_runtime_env(path), tmp_path) == []
+
+
+def test_the_wheel_runtime_env_uploads_the_package_and_no_data(tmp_path):
+    """Build the wheel the way runtime_env.wheel.yaml says, from a checkout with a user's scans,
+    reports and work folder beside the code; what Ray would upload holds code and package data only."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ray.runtime_env import RuntimeEnv
+
+    src = tmp_path / "checkout"
+    shutil.copytree(REPO / "platform", src / "platform", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for decoy in DECOYS:
+        (src / decoy).parent.mkdir(parents=True, exist_ok=True)
+        (src / decoy).write_bytes(b"patient data")
+    env = load_runtime_env(JOBS / "runtime_env.wheel.yaml", repo=src)
+    (wheel_path,) = env["py_modules"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                    str(Path(wheel_path).parent), str(src)], check=True, cwd=src, capture_output=True, timeout=600)
+    assert Path(wheel_path).is_file(), "the wheel's name changed: update runtime_env.wheel.yaml"
+    RuntimeEnv(**env)
+    (upload,) = _uploads(env, tmp_path)
+    assert upload == Path(wheel_path)
+    names = [n for n in zipfile.ZipFile(upload).namelist() if not n.endswith("/")]
+    sources = {str(p.relative_to(REPO / "platform")) for p in (REPO / "platform").rglob("*") if p.is_file()}
+    code = [n for n in names if n.startswith("ctplatform/")]
+    assert "ctplatform/cli.py" in code and "ctplatform/store.py" in code
+    assert all(n.startswith(("ctplatform/", "ctplatform-0.1.0.dist-info/")) for n in names), names
+    assert all(n.removeprefix("ctplatform/") in sources for n in code)  # each a file of platform/
+    assert not [n for n in names if n.lower().endswith(DATA_SUFFIXES) or any(d in n for d in ("scans", "reports.csv"))]
+    assert upload.stat().st_size < 5 * 2**20
 
 
 def test_check_options_lists_every_problem():

@@ -105,8 +105,9 @@ def trial_request(cfg: Config, use_gpu: bool) -> dict[str, float]:
 
 
 def concurrent_trials(cfg: Config, cluster: dict[str, float], use_gpu: bool) -> int:
-    """Trials that run at once: tune.max_concurrent_trials when set (an autoscaling cluster grows to
-    it), else how many trial requests the cluster's GPUs (or CPUs) hold now. Tune schedules only the
+    """Trials that run at once: tune.max_concurrent_trials when set, else how many trial requests
+    `cluster` holds (its GPUs, CPUs, memory; pass `cluster_capacity(...)` so an autoscaling
+    cluster counts what it can grow to). Tune schedules only the
     drivers, so without this bound every driver would start and wait for Train workers that cannot
     be placed.
 
@@ -129,6 +130,15 @@ def concurrent_trials(cfg: Config, cluster: dict[str, float], use_gpu: bool) -> 
             "(on an autoscaling cluster set tune.max_concurrent_trials to start anyway)"
         )
     return int(fits) if math.isfinite(fits) else 1
+
+
+def cluster_capacity(now: dict[str, float], declared: dict[str, float] | None) -> dict[str, float]:
+    """What the sweep may plan on: each resource at the larger of what is up now and what the
+    autoscaler can start (its node groups at their maximum); a GPU group at 0 replicas counts."""
+    capacity = dict(now)
+    for k, v in (declared or {}).items():
+        capacity[k] = max(capacity.get(k, 0.0), v)
+    return capacity
 
 
 def describe_resources(resources: dict[str, float]) -> str:

@@ -30,8 +30,9 @@ from ctplatform.model.dataset import MissingGridMaskError
 from ctplatform.runtime import init_ray, setup_mlflow
 from ctplatform.train import rundir
 from ctplatform.train.tracking import finish_mlflow_run
-from ctplatform.train.trainer import check_inputs, resolve_use_gpu, worker_config
+from ctplatform.train.trainer import autoscaler_max_resources, check_inputs, resolve_use_gpu, worker_config
 from ctplatform.train.tune.space import (
+    cluster_capacity,
     concurrent_trials,
     describe_resources,
     driver_bundle,
@@ -282,7 +283,8 @@ def run_sweep(
             log.warning("variant %s: its trials will fail: %s", variant, problem)
     init_ray(cfg)  # where to run comes from this command (local Ray or RAY_ADDRESS)
     use_gpu = resolve_use_gpu(base)
-    concurrency = concurrent_trials(base, ray.cluster_resources(), use_gpu)
+    capacity = cluster_capacity(ray.cluster_resources(), autoscaler_max_resources())
+    concurrency = concurrent_trials(base, capacity, use_gpu)
     if record is None:
         record = create_sweep(base, storage, name, concurrency)
     else:
