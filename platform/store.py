@@ -39,6 +39,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import re
 import time
 import uuid
@@ -224,14 +225,20 @@ class Store:
         return key in self._leases
 
     # ------------------------------------------------------------------ arrays
-    def _item_files(self, path: str) -> dict[str, int]:
-        """Chunk objects of the array at `path` (relative key -> bytes), metadata excluded."""
-        base = self._fs_path("data.zarr", path)
+    def _sizes(self, base: str) -> dict[str, int]:
+        """Every object below `base` (path relative to it -> bytes): one recursive listing."""
+        if isinstance(self.fs, LocalFileSystem):
+            return _local_sizes(base)
         try:
             found = self.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
-        return {p[len(base) + 1:]: int(i["size"]) for p, i in found.items() if not p.endswith("zarr.json")}
+        return {p[len(base) + 1:]: int(i["size"]) for p, i in found.items()}
+
+    def _item_files(self, path: str) -> dict[str, int]:
+        """Chunk objects of the array at `path` (relative key -> bytes), metadata excluded."""
+        found = self._sizes(self._fs_path("data.zarr", path))
+        return {p: n for p, n in found.items() if not p.endswith("zarr.json")}
 
     def write_array(
         self,
@@ -317,18 +324,14 @@ class Store:
         One recursive listing plus one metadata read per array: what resume planning costs.
         """
         base = self._fs_path("data.zarr", group_path)
-        try:
-            found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
-            return {}
         files: dict[str, dict[str, int]] = {}
         metas: list[str] = []
-        for p, info in found.items():
-            name, _, rest = p[len(base) + 1:].partition("/")
+        for rel, size in self._sizes(base).items():
+            name, _, rest = rel.partition("/")
             if rest == "zarr.json":
-                metas.append(p)
+                metas.append(f"{base}/{rel}")
             elif rest:
-                files.setdefault(name, {})[rest] = int(info["size"])
+                files.setdefault(name, {})[rest] = size
         out: dict[str, dict[str, Any]] = {}
         for p, raw in self._cat(metas).items():
             try:
@@ -558,6 +561,25 @@ class Store:
         with self.fs.open(tmp, "wb") as f:
             f.write(body)
         self.fs.mv(tmp, path)
+
+
+def _local_sizes(base: str) -> dict[str, int]:
+    """`Store._sizes` on local disk with os.scandir (several times faster than fsspec's find)."""
+    out: dict[str, int] = {}
+    stack = [("", base)]
+    while stack:
+        rel, path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            key = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                stack.append((key + "/", e.path))
+            elif not e.name.endswith(".partial"):  # zarr's temporary files while it writes one
+                out[key] = e.stat(follow_symlinks=False).st_size
+    return out
 
 
 def _merge(old: pd.DataFrame | None, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
