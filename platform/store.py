@@ -400,7 +400,13 @@ class Store:
         stacked = np.stack(list(masks.values()))
         attrs = {**attrs, "variants": list(masks), "geometry": geometry}
         attrs.pop("variant", None)
-        self.write_array(self.grid_path(geometry, "", volume_id), stacked, attrs)
+        path = self.grid_path(geometry, "", volume_id)
+        with self.lease(path):
+            # Before the array changes: readers stop trusting the pack's copy of this volume.
+            from ctplatform.store_pack import mark_changed
+
+            mark_changed(self, geometry, volume_id)
+            self.write_array(path, stacked, attrs)
 
     def write_grid(self, geometry: str, variant: str, volume_id: str, mask: np.ndarray, attrs: dict[str, Any]) -> None:
         """One variant: added to (or replacing its earlier self in) the volume's grid array."""

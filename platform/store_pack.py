@@ -4,18 +4,22 @@
     STORE/packs/<geometry>.json                               which pack is current: ids (row order),
                                                               the checksum of each volume's grid array
 
+    STORE/packs/<geometry>.changed/<id>~<time>-<token>        a volume's grid array changed after packing
+
 The per-volume arrays grids/<geometry>/<id> stay the source of truth (each written under its own
 lease, so concurrent writers never share a chunk); a pack is a read-only copy built by ONE writer
 (`pack_grids`, under the lease packs/<geometry>) after partition, written to a fresh folder,
 verified, then published by replacing the small pointer object. Readers never see a half-built
-pack, and a pack never goes stale silently: a reader uses a pack row only when the volume's grid
-array still carries the checksum the pack copied (one listing of the geometry's arrays per process),
-and reads the rest from the per-volume arrays.
+pack, and a pack never goes stale silently: `Store.write_grids` drops a "changed" marker BEFORE it
+rewrites a volume's array, a reader uses the pack for every volume without a marker (the pointer
+plus one listing per process) and reads the rest per volume, and the packer removes a marker only
+once the pack holds the checksum the volume's array carries.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +40,22 @@ def _pointer_path(store: "Store", geometry: str) -> str:
     return store._fs_path("packs", f"{geometry}.json")
 
 
+def _changed_dir(store: "Store", geometry: str) -> str:
+    return store._fs_path("packs", f"{geometry}.changed")
+
+
+def mark_changed(store: "Store", geometry: str, volume_id: str) -> None:
+    """Say that `volume_id`'s grid array of `geometry` is about to change (see module docstring)."""
+    name = f"{volume_id}~{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    store._put_atomic(f"{_changed_dir(store, geometry)}/{name}", b"")
+
+
+def changed_markers(store: "Store", geometry: str) -> dict[str, str]:
+    """marker path -> volume id."""
+    base = _changed_dir(store, geometry)
+    return {f"{base}/{rel}": rel.split("~", 1)[0] for rel in store._sizes(base) if "~" in rel}
+
+
 def current_pack(store: "Store", geometry: str) -> dict[str, Any] | None:
     try:
         with store.fs.open(_pointer_path(store, geometry), "rb") as f:
@@ -50,11 +70,13 @@ def pack_grids(store: "Store", geometry: str, rows_per_chunk: int = PACK_ROWS) -
     Rows whose source is unchanged since the previous pack are copied from it (no per-volume read).
     """
     with store.lease(f"packs/{geometry}", wait=600.0) as lease:
+        markers = changed_markers(store, geometry)  # listed BEFORE the arrays are read
         finished = store._finished(f"{GRIDS}/{geometry}")
         ids = sorted(finished)
         sums = [finished[i].get("checksum", "") for i in ids]
         old = current_pack(store, geometry)
         if old is not None and old["ids"] == ids and old["checksums"] == sums:
+            _clear_markers(store, geometry, markers, old)
             return old
         if not ids:
             raise ValueError(f"no grid masks of geometry {geometry} in {store.root}: nothing to pack")
@@ -104,8 +126,24 @@ def pack_grids(store: "Store", geometry: str, rows_per_chunk: int = PACK_ROWS) -
         pointer = {"pack": name, "variants": variants, "ids": ids, "checksums": sums, "pack_checksums": sums_out}
         lease.check()
         store._put_atomic(_pointer_path(store, geometry), json.dumps(pointer).encode())
+        _clear_markers(store, geometry, markers, pointer)
         _drop_old_packs(store, geometry, keep={name, (old or {}).get("pack", "")})
         return pointer
+
+
+def _clear_markers(store: "Store", geometry: str, markers: dict[str, str], pointer: dict[str, Any]) -> None:
+    """Remove the markers of volumes whose array now carries the checksum the pack holds."""
+    packed = dict(zip(pointer["ids"], pointer["checksums"]))
+    done = []
+    for path, vid in markers.items():
+        try:
+            now = store.array(store.grid_path(geometry, "", vid)).attrs.get("checksum")
+        except KeyError:
+            now = None
+        if now is not None and packed.get(vid) == now:
+            done.append(path)
+    if done:
+        store.fs.rm(done)
 
 
 def _old_rows(store: "Store", geometry: str, old: dict[str, Any] | None, variants: list[str]) -> dict[str, Any]:
@@ -139,15 +177,17 @@ class _PackView:
         self.arrays: dict[str, Any] = {}
         self.cache: dict[tuple[str, int], np.ndarray] = {}  # (variant, chunk) -> packbits rows
         self.cached_bytes = 0
+        # Markers first, then the pointer: a packer publishes its pointer before it clears markers,
+        # so a marker this listing misses is covered by the pointer read after it.
+        changed = set(changed_markers(store, geometry).values())
         pointer = current_pack(store, geometry)
         if pointer is None:
             return
-        now = {i: a.get("checksum") for i, a in store._finished(f"{GRIDS}/{geometry}").items()}
         try:
             self.arrays = {v: store.group[f"{GRIDS}/{geometry}/{pointer['pack']}/{v}"] for v in pointer["variants"]}
         except KeyError:
             return
-        self.rows = {i: r for r, (i, s) in enumerate(zip(pointer["ids"], pointer["checksums"])) if now.get(i) == s}
+        self.rows = {i: r for r, i in enumerate(pointer["ids"]) if i not in changed}
 
 
     def fetch(self, variant: str, rows: list[int]) -> list[np.ndarray]:
