@@ -6,11 +6,14 @@
                                                  (attribute `variants` names them), one chunk
     STORE/data.zarr/grids/<geometry>/pack-<n>/<variant>
                                                  bool [N, 3, H, D1, D2]: read-only packed copy for loaders
+    STORE/data.zarr/truth/<id>                   uint8..64 [z, y, x]: lesion truth bitfield on the volume's voxels
+    STORE/data.zarr/truth_grid/<geometry>/<method>/<id>  the same bits on the feature grid [H, D1, D2]
     STORE/manifest.parquet, labels.parquet, partition.parquet
     STORE/records/<table>/<id>~<time>-<token>.json   per-item table rows not yet folded into the table
     STORE/leases/...                             one-writer leases (ctplatform.lease)
 
-At most three arrays per volume (volume, organ map, grid masks of a geometry). Layout 1 (before
+At most three arrays per volume (volume, organ map, grid masks of a geometry; two more for a volume
+that came with lesion truth: truth and grid truth). Layout 1 (before
 2026-12) kept one array per grid variant at grid/<geometry>/<variant>/<id>: it is still read, and
 `ctplatform store migrate` (store_migrate.py) converts it.
 
@@ -58,6 +61,9 @@ from ctplatform.lease import LEASE_SECONDS, Lease, LeaseHeldError, LeaseLostErro
 VOLUMES, ORGANS, GRID, GRIDS = "volumes", "organs", "grid", "grids"
 #: Layout version written into the root group's attributes (1: one array per grid variant).
 LAYOUT = 2
+TRUTH, TRUTH_GRID = "truth", "truth_grid"
+#: Name of the truth bit that marks a confounder region (not a lesion); see `write_truth`.
+CONFOUNDER = "confounder"
 TABLES: dict[str, str] = {
     "manifest": "manifest.parquet",
     "labels": "labels.parquet",
@@ -89,6 +95,8 @@ ALLOWED_ATTRS: frozenset[str] = frozenset(
         "organs",
         "qc_flags",
         "fallback",
+        "truth_labels",  # truth bitfields: bit k marks truth_labels[k] (a label name, or "confounder")
+        "confounder",  # {"kind": ..., "label": ...}: what the confounder region is and which label it tracks
     }
 )
 _PUBLISH_KEYS = ("complete", "checksum", "stored_chunks", "stored_bytes")
@@ -381,6 +389,70 @@ class Store:
 
     def has_organs(self, volume_id: str) -> bool:
         return self.has(self.organs_path(volume_id))
+
+    # ------------------------------------------------------------------ truth
+    # Lesion truth that arrived with a scan (ingest) and its summary on the feature grid (partition).
+    # A truth array is an unsigned-integer bitfield: bit k of a voxel/cell marks attrs["truth_labels"][k],
+    # a label name of labels.py or CONFOUNDER; attrs["confounder"] (optional) says which label the
+    # confounder region tracks. Its `source_sha256` names the mask it was made from, and a grid truth
+    # carries the same value, so a reader can tell a grid truth made from an older mask.
+    @staticmethod
+    def truth_path(volume_id: str) -> str:
+        return f"{TRUTH}/{validate_volume_id(volume_id)}"
+
+    @staticmethod
+    def grid_truth_path(geometry: str, method: str, volume_id: str) -> str:
+        return f"{TRUTH_GRID}/{geometry}/{method}/{validate_volume_id(volume_id)}"
+
+    @staticmethod
+    def _check_truth(bits: np.ndarray, attrs: dict[str, Any], ndim: int) -> None:
+        if not np.issubdtype(bits.dtype, np.unsignedinteger) or bits.ndim != ndim:
+            raise ValueError(f"truth is an unsigned-integer bitfield with {ndim} axes; got {bits.dtype} {bits.shape}")
+        labels = attrs.get("truth_labels")
+        if not labels or len(labels) > 8 * bits.dtype.itemsize:
+            raise ValueError(f"truth needs attrs['truth_labels'] naming each of its bits (at most {8 * bits.dtype.itemsize})")
+
+    def write_truth(self, volume_id: str, bits: np.ndarray, attrs: dict[str, Any], chunk_slices: int = 24) -> None:
+        """Lesion truth on the stored volume's voxels (same shape as the volume)."""
+        self._check_truth(bits, attrs, 3)
+        chunks = (min(chunk_slices, bits.shape[0]), bits.shape[1], bits.shape[2])
+        self.write_array(self.truth_path(volume_id), bits, attrs, chunks=chunks)
+
+    def truth(self, volume_id: str) -> zarr.Array:
+        return self.array(self.truth_path(volume_id))
+
+    def read_truth(self, volume_id: str) -> np.ndarray:
+        return self.truth(volume_id)[...]
+
+    def has_truth(self, volume_id: str) -> bool:
+        return self.has(self.truth_path(volume_id))
+
+    def remove_truth(self, volume_id: str) -> None:
+        """Forget a volume's truth (its grid truths then no longer count: see eval/truth.py)."""
+        path = self.truth_path(volume_id)
+        with self.lease(path):
+            if path in self.group:
+                del self.group[path]
+
+    def truth_ids(self) -> list[str]:
+        return self._finished_members(TRUTH)
+
+    def write_grid_truth(self, geometry: str, method: str, volume_id: str, cells: np.ndarray, attrs: dict[str, Any]) -> None:
+        """Lesion truth on the model's feature grid [H, D1, D2], same bits as `write_truth`."""
+        self._check_truth(cells, attrs, 3)
+        self.write_array(self.grid_truth_path(geometry, method, volume_id), cells, attrs)
+
+    def grid_truth(self, geometry: str, method: str, volume_id: str) -> zarr.Array:
+        return self.array(self.grid_truth_path(geometry, method, volume_id))
+
+    def read_grid_truth(self, geometry: str, method: str, volume_id: str) -> np.ndarray:
+        return self.grid_truth(geometry, method, volume_id)[...]
+
+    def has_grid_truth(self, geometry: str, method: str, volume_id: str) -> bool:
+        return self.has(self.grid_truth_path(geometry, method, volume_id))
+
+    def grid_truth_ids(self, geometry: str, method: str) -> list[str]:
+        return self._finished_members(f"{TRUTH_GRID}/{geometry}/{method}")
 
     def volume_ids(self) -> list[str]:
         """Ids of all published, intact volumes, sorted."""
