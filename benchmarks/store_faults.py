@@ -130,19 +130,26 @@ def stamps(root: Path, groups: list[str], ids: list[str]) -> dict[str, int]:
 
 
 def kill_series(kind: str, root: Path, args: list[str], env: dict[str, str], instants: int, rng: random.Random,
-                finished_items, table: str, refill) -> dict:
+                finished_items, table: str, refill, progress) -> dict:
     """Kill the driver at `instants` random instants, resume, then finish; count lost/corrupt/redone."""
     seen: dict[str, int] = {}  # item -> stamp when first seen finished
     lost = corrupt = 0
     completed_before_kill = 0
     delays = []
     for k in range(instants):
-        if len(finished_items()) >= refill.total - 2:
+        if progress() >= refill.total - 2:
             refill(rng, seen)  # keep work to do: forget some finished items (not counted as redone)
+        # A random instant of the run's working life: after a random number of items finished
+        # (0 .. half of what is left), plus a random fraction of a typical item's time.
+        base = progress()
+        wait_for = base + rng.randint(0, max(0, (refill.total - base) // 2))
         proc = cli(args, env)
-        delay = rng.uniform(3.0, 25.0)
+        start = time.monotonic()
+        while proc.poll() is None and progress() < wait_for and time.monotonic() - start < 600:
+            time.sleep(0.3)
+        time.sleep(rng.uniform(0.0, 3.0))
+        delay = time.monotonic() - start
         delays.append(round(delay, 1))
-        time.sleep(delay)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
@@ -227,8 +234,12 @@ def worker_kills(args: list[str], env: dict[str, str], kills: int, title: str, o
                 os.kill(pids[0], signal.SIGKILL)
                 killed += 1
             except ProcessLookupError:
-                pass
-            time.sleep(3.0)  # let Ray retry before the next kill
+                continue
+            # The next kill only after the job made progress: each kill should hit another item
+            # (ingest retries a task twice; a third death fails that scan by design).
+            done = ok_items()[0]
+            while proc.poll() is None and ok_items()[0] <= done and time.monotonic() < deadline:
+                time.sleep(0.3)
         else:
             time.sleep(0.2)
     text = proc.communicate(timeout=3600)[0]
@@ -277,7 +288,8 @@ def main() -> None:
 
         print(f"2. kill -9 of the ingest driver at {a.instants} instants", flush=True)
         res["ingest_kill9"] = kill_series("ingest", root, ingest_args, env, a.instants, rng, finished_volumes,
-                                          "manifest", Refill(root, ["volumes"], ids))
+                                          "manifest", Refill(root, ["volumes"], ids),
+                                          lambda: len(Store(str(root)).volume_ids()) if Store(str(root)).exists() else 0)
         print(f"  {res['ingest_kill9']}", flush=True)
 
         part_args = ["partition", "--store", str(root), *PARTITION_SET]
@@ -307,7 +319,8 @@ def main() -> None:
 
         print(f"3. kill -9 of the partition driver at {a.instants} instants", flush=True)
         res["partition_kill9"] = kill_series("partition", root, part_args, env, a.instants, rng, finished_partition,
-                                             "partition", PartitionRefill(root, ["organs"], ids))
+                                             "partition", PartitionRefill(root, ["organs"], ids),
+                                             lambda: len(Store(str(root)).organ_ids()))
         print(f"  {res['partition_kill9']}", flush=True)
 
         print("4. Ray workers killed mid-task", flush=True)
@@ -315,16 +328,17 @@ def main() -> None:
         wlst = listing(work / "workers.csv", ids, scans_b)
 
         def ingest_ok() -> tuple[int, int]:
-            t = Store(str(wroot)).read_table("manifest")
-            return int((t["status"] == "ok").sum()), len(ids)
+            t = Store(str(wroot)).read_table("manifest") if Store(str(wroot)).exists() else None
+            return (0 if t is None else int((t["status"] == "ok").sum())), len(ids)
 
         res["ingest_worker_kills"] = worker_kills(["ingest", "--input", str(wlst), "--store", str(wroot), *INGEST_SET],
                                                   env, 3, "ingest_one", ingest_ok)
         print(f"  ingest: {res['ingest_worker_kills']}", flush=True)
 
         def partition_ok() -> tuple[int, int]:
-            t = Store(str(wroot)).read_table("partition")
-            return int((t["status"] == "ok").sum()), len(ids)
+            s = Store(str(wroot))
+            t = s.read_table("partition")
+            return (0 if t is None else int((t["status"] == "ok").sum())), len(s.volume_ids())
 
         res["partition_worker_kills"] = worker_kills(["partition", "--store", str(wroot), *PARTITION_SET],
                                                      env, 3, "_task", partition_ok)
