@@ -69,8 +69,10 @@ TABLES: dict[str, str] = {
     "labels": "labels.parquet",
     "partition": "partition.parquet",
 }
-#: How long a table merge may wait for another driver's merge (they take well under a second).
-TABLE_WAIT_SECONDS = 120.0
+#: How long a table merge may wait for another driver's merge (they take a second or two), and how
+#: long a merge's lease lasts: a driver killed mid-merge on another host blocks merges that long.
+TABLE_WAIT_SECONDS = 300.0
+TABLE_LEASE_SECONDS = 120.0
 ALLOWED_ATTRS: frozenset[str] = frozenset(
     {
         "complete",
@@ -210,16 +212,17 @@ class Store:
 
     # ------------------------------------------------------------------ leases
     @contextlib.contextmanager
-    def lease(self, key: str, wait: float = 0.0) -> Iterator[Lease]:
+    def lease(self, key: str, wait: float = 0.0, seconds: float | None = None) -> Iterator[Lease]:
         """Hold the one-writer lease of `key` (e.g. an array path); re-entrant within this Store.
 
-        Raises LeaseHeldError ("<key> is being written by another job (host, pid, since)").
+        Raises LeaseHeldError ("<key> is being written by another job (host, pid, since)") after
+        `wait` seconds of retrying; `seconds` overrides the lease duration (short for table merges).
         """
         held = self._leases.get(key)
         if held is not None:
             held[1] += 1
         else:
-            lease = Lease(self.fs, self._fs_path("leases", f"{key}.lease"), key, self.lease_seconds)
+            lease = Lease(self.fs, self._fs_path("leases", f"{key}.lease"), key, seconds or self.lease_seconds)
             held = self._leases[key] = [lease.acquire(wait), 1]
         try:
             yield held[0]
@@ -591,12 +594,13 @@ class Store:
 
     def sync_table(self, name: str) -> pd.DataFrame | None:
         """Fold pending records into the table file and delete them (drivers call this)."""
-        with self.lease(f"tables/{name}", wait=TABLE_WAIT_SECONDS):
+        with self.lease(f"tables/{name}", wait=TABLE_WAIT_SECONDS, seconds=TABLE_LEASE_SECONDS) as lease:
             base = self._read_base(name)
             paths, records = self._records(name)
             if records is None:
                 return base
             merged = _merge(base, records, ["volume_id"])
+            lease.check()  # a merge that outlived its lease must not overwrite a newer one
             self.write_table(name, merged)
             self.fs.rm(paths)  # exactly the records folded: newer ones have other names
             return merged
@@ -607,11 +611,12 @@ class Store:
         Pending per-item records are newer than any driver's rows and win over them.
         """
         key = list(key)
-        with self.lease(f"tables/{name}", wait=TABLE_WAIT_SECONDS):
+        with self.lease(f"tables/{name}", wait=TABLE_WAIT_SECONDS, seconds=TABLE_LEASE_SECONDS) as lease:
             merged = _merge(self._read_base(name), rows, key)
             paths, records = self._records(name) if key == ["volume_id"] else ([], None)
             if records is not None:
                 merged = _merge(merged, records, key)
+            lease.check()
             self.write_table(name, merged)
             if paths:
                 self.fs.rm(paths)
