@@ -262,8 +262,16 @@ def main() -> None:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="store_faults-"))
     work.mkdir(parents=True, exist_ok=True)
     print(machine(), flush=True)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=500_000_000)
+    for attempt in range(4):  # on a loaded machine the raylet may miss Ray's fixed 30 s start window
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=500_000_000)
+            break
+        except Exception:  # noqa: BLE001 - Ray raises a bare Exception for it
+            ray.shutdown()
+            if attempt == 3:
+                raise
+            time.sleep(10)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     res: dict = {"machine": machine(), "scans": a.scans}
     try:
