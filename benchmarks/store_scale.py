@@ -170,7 +170,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="use the stores an earlier run left in --workdir")
+    ap.add_argument("--phases", default="objects,pack,plan,manifest,epoch",
+                    help="comma-separated subset of objects,pack,plan,manifest,epoch")
     a = ap.parse_args()
+    phases = set(a.phases.split(","))
     work = Path(a.workdir or tempfile.mkdtemp(prefix="store_scale-"))
     ids = [f"vol{i:06d}" for i in range(a.volumes)]
     order = ids[:]
@@ -178,21 +182,26 @@ def main() -> None:
     res: dict[str, dict] = {"old": {}, "new": {}}
     print(machine(), flush=True)
     old_root, new_root = work / "layout1", work / "layout2"
-    for root in (old_root, new_root):
-        shutil.rmtree(root, ignore_errors=True)
-    res["old"]["build_s"] = build(store_layout1.Store, old_root, ids, new_layout=False)
-    res["new"]["build_s"] = build(Store, new_root, ids, new_layout=True)
-    print(f"built {a.volumes} volumes: layout 1 {res['old']['build_s']:.0f} s, layout 2 {res['new']['build_s']:.0f} s",
-          flush=True)
-    res["old"].update(objects_per_volume(old_root, a.volumes))
-    res["new"].update(objects_per_volume(new_root, a.volumes))
-    t0 = time.perf_counter()
-    res["new"]["pack_s"] = (pack_grids(Store(str(new_root)), GEOMETRY), time.perf_counter() - t0)[1]
-    t0 = time.perf_counter()
-    assert pack_grids(Store(str(new_root)), GEOMETRY)  # unchanged: only the listing
-    res["new"]["repack_unchanged_s"] = time.perf_counter() - t0
-
-    for key, fn, root in (("old", plan_old, old_root), ("new", plan_new, new_root)):
+    if not a.reuse:
+        for root in (old_root, new_root):
+            shutil.rmtree(root, ignore_errors=True)
+        res["old"]["build_s"] = build(store_layout1.Store, old_root, ids, new_layout=False)
+        res["new"]["build_s"] = build(Store, new_root, ids, new_layout=True)
+        print(f"built {a.volumes} volumes: layout 1 {res['old']['build_s']:.0f} s, layout 2 "
+              f"{res['new']['build_s']:.0f} s", flush=True)
+    if "objects" in phases:
+        res["old"].update(objects_per_volume(old_root, a.volumes))
+        res["new"].update(objects_per_volume(new_root, a.volumes))
+    if "pack" in phases:
+        t0 = time.perf_counter()
+        res["new"]["pack_s"] = (pack_grids(Store(str(new_root)), GEOMETRY), time.perf_counter() - t0)[1]
+        t0 = time.perf_counter()
+        assert pack_grids(Store(str(new_root)), GEOMETRY)  # unchanged: only the listing
+        res["new"]["repack_unchanged_s"] = time.perf_counter() - t0
+    if "plan" not in phases:
+        _finish(a, res, phases)
+        return
+    for key, fn, root in (("new", plan_new, new_root), ("old", plan_old, old_root)):
         _requests["n"] = 0
         t0 = time.perf_counter()
         done = fn(root)
@@ -201,6 +210,9 @@ def main() -> None:
         assert done == a.volumes, (key, done)
         print(f"resume planning {key}: {res[key]['resume_planning_s']:.1f} s", flush=True)
 
+    if "manifest" not in phases:
+        _finish(a, res, phases)
+        return
     for key, cls, root in (("old", store_layout1.Store, old_root), ("new", Store, new_root)):
         t0 = time.perf_counter()
         assert len(cls(str(root)).read_table("manifest")) == a.volumes
@@ -215,11 +227,22 @@ def main() -> None:
     s.sync_table("manifest")
     res["new"]["fold_all_pending_s"] = time.perf_counter() - t0
 
-    sec, req, nb = epoch_old(old_root, order, a.batch)
-    res["old"].update(epoch_s=sec, epoch_requests=req, epoch_batches=nb)
-    print(f"epoch old: {sec:.1f} s", flush=True)
-    sec, req, nb, opened = epoch_new(new_root, order, a.batch)
-    res["new"].update(epoch_s=sec, epoch_requests=req, epoch_batches=nb, epoch_pack_open_s=opened)
+    if "epoch" in phases:
+        sec, req, nb = epoch_old(old_root, order, a.batch)
+        res["old"].update(epoch_s=sec, epoch_requests=req, epoch_batches=nb)
+        print(f"epoch old: {sec:.1f} s", flush=True)
+        sec, req, nb, opened = epoch_new(new_root, order, a.batch)
+        res["new"].update(epoch_s=sec, epoch_requests=req, epoch_batches=nb, epoch_pack_open_s=opened)
+    _finish(a, res, phases, work)
+
+
+def _finish(a: argparse.Namespace, res: dict, phases: set[str], work: Path | None = None) -> None:
+    if phases != {"objects", "pack", "plan", "manifest", "epoch"}:  # a partial run: the raw figures only
+        print(json.dumps(res, indent=1))
+        out = REPO / "benchmarks" / "results"
+        (out / f"store_scale-{'-'.join(sorted(phases))}.json").write_text(
+            json.dumps({"machine": machine(), "volumes": a.volumes, "phases": sorted(phases), **res}, indent=1))
+        return
     o, n = res["old"], res["new"]
     rows = [
         ("arrays per volume", f"{o['arrays']:.2f}", f"{n['arrays']:.2f}", "<= 3"),
@@ -245,7 +268,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "store_scale.json").write_text(json.dumps({"machine": machine(), "volumes": a.volumes, **res}, indent=1))
     (out / "store_scale.md").write_text(f"{machine()}\n\n```\n{text}\n```\n")
-    if not a.keep and not a.workdir:
+    if work is not None and not a.keep and not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
 
