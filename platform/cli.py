@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("evaluate", "ctplatform.eval.command"),
     ("compare", "ctplatform.eval.compare.command"),
     ("demo", "ctplatform.demo.command"),
+    ("store", "ctplatform.store_command"),
 ]
 
 

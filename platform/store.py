@@ -1,35 +1,66 @@
 """The store contract: one Zarr v3 group of arrays plus Parquet tables (see DESIGN.md, "The store").
 
-    STORE/data.zarr/volumes/<id>                      int16 HU [z, y, x], stored orientation (geometry.py)
-    STORE/data.zarr/organs/<id>                       uint8 [z, y, x]: labels.ORGAN_CODES, 0 other
-    STORE/data.zarr/grid/<geometry>/<variant>/<id>    bool [3, H, D1, D2]
-    STORE/data.zarr/truth/<id>                        uint8..64 [z, y, x]: lesion truth bitfield on the volume's voxels
+    STORE/data.zarr/volumes/<id>                 int16 HU [z, y, x], stored orientation (geometry.py)
+    STORE/data.zarr/organs/<id>                  uint8 [z, y, x]: labels.ORGAN_CODES, 0 other
+    STORE/data.zarr/grids/<geometry>/<id>        bool [V, 3, H, D1, D2]: every variant of one volume
+                                                 (attribute `variants` names them), one chunk
+    STORE/data.zarr/grids/<geometry>/pack-<n>/<variant>
+                                                 bool [N, 3, H, D1, D2]: read-only packed copy for loaders
+    STORE/data.zarr/truth/<id>                   uint8..64 [z, y, x]: lesion truth bitfield on the volume's voxels
     STORE/data.zarr/truth_grid/<geometry>/<method>/<id>  the same bits on the feature grid [H, D1, D2]
     STORE/manifest.parquet, labels.parquet, partition.parquet
+    STORE/records/<table>/<id>~<time>-<token>.json   per-item table rows not yet folded into the table
+    STORE/leases/...                             one-writer leases (ctplatform.lease)
 
-Writes are atomic per item: an array is created with `complete: false`, filled, then marked
-`complete: true` (Zarr's local store replaces each metadata file atomically, and object stores put
-whole objects), so a killed job leaves items that read as unfinished and are redone. Tables are
-replaced whole through a temporary file. Array attributes are restricted to geometry and provenance
-keys (`ALLOWED_ATTRS`): no patient names, IDs, dates or report text can enter the store through them.
-The root may be a local path or an fsspec URL (e.g. s3://bucket/store, with s3fs installed).
+At most three arrays per volume (volume, organ map, grid masks of a geometry; two more for a volume
+that came with lesion truth: truth and grid truth). Layout 1 (before
+2026-12) kept one array per grid variant at grid/<geometry>/<variant>/<id>: it is still read, and
+`ctplatform store migrate` (store_migrate.py) converts it.
+
+Integrity (issue 15):
+- One writer per item: every write holds the item's lease (lease.py); a second job fails clearly.
+- Invisible until verified: an array is created with `complete: false`, filled (every chunk stored,
+  even empty ones), re-read and compared with the sha256 of what was meant to be written, its chunk
+  objects counted, and only then published by rewriting its metadata with `complete: true`, the
+  checksum and the stored chunk count and bytes (one atomic object write: Zarr's local store
+  writes through a temporary file and a rename; object stores put whole objects).
+- Resume verifies instead of trusting the flag: `has_*`, `*_ids` compare the recorded chunk count and
+  bytes with what is on disk (one listing; `verify(deep=True)` also re-reads and re-hashes).
+- Progress survives kill -9 at any instant: the task that finishes an item writes the item's table
+  row as its own record object right after publishing; readers fold pending records into the table
+  and drivers fold them in (`sync_table`) and delete them, under a short table lease.
+
+Array attributes are restricted to geometry and provenance keys (`ALLOWED_ATTRS`): no patient names,
+IDs, dates or report text can enter the store through them. The root may be a local path or an
+fsspec URL (e.g. s3://bucket/store, with s3fs installed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
+import math
+import os
 import re
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec
 
-VOLUMES, ORGANS, GRID = "volumes", "organs", "grid"
+from ctplatform.lease import LEASE_SECONDS, Lease, LeaseHeldError, LeaseLostError
+
+VOLUMES, ORGANS, GRID, GRIDS = "volumes", "organs", "grid", "grids"
+#: Layout version written into the root group's attributes (1: one array per grid variant).
+LAYOUT = 2
 TRUTH, TRUTH_GRID = "truth", "truth_grid"
 #: Name of the truth bit that marks a confounder region (not a lesion); see `write_truth`.
 CONFOUNDER = "confounder"
@@ -38,9 +69,16 @@ TABLES: dict[str, str] = {
     "labels": "labels.parquet",
     "partition": "partition.parquet",
 }
+#: How long a table merge may wait for another driver's merge (they take a second or two), and how
+#: long a merge's lease lasts: a driver killed mid-merge on another host blocks merges that long.
+TABLE_WAIT_SECONDS = 300.0
+TABLE_LEASE_SECONDS = 120.0
 ALLOWED_ATTRS: frozenset[str] = frozenset(
     {
         "complete",
+        "checksum",  # sha256 of the array's C-order bytes, recorded when it was published
+        "stored_chunks",  # chunk objects on disk when published
+        "stored_bytes",  # their total size
         "spacing_mm",  # [z, y, x]
         "orientation",  # stored axis codes, e.g. "IPL"
         "original_shape",
@@ -55,6 +93,7 @@ ALLOWED_ATTRS: frozenset[str] = frozenset(
         "geometry",
         "input_shape",
         "variant",
+        "variants",  # names along the first axis of a volume's grid masks
         "organs",
         "qc_flags",
         "fallback",
@@ -62,6 +101,7 @@ ALLOWED_ATTRS: frozenset[str] = frozenset(
         "confounder",  # {"kind": ..., "label": ...}: what the confounder region is and which label it tracks
     }
 )
+_PUBLISH_KEYS = ("complete", "checksum", "stored_chunks", "stored_bytes")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -94,17 +134,38 @@ def validate_volume_id(volume_id: str) -> str:
     return volume_id
 
 
+def checksum(data: np.ndarray) -> str:
+    """sha256 of an array's C-order bytes, as recorded in `checksum`."""
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(data).view(np.uint8).reshape(-1)).hexdigest()
+
+
+def expected_chunks(shape: Iterable[int], chunks: Iterable[int]) -> int:
+    return math.prod(math.ceil(s / c) for s, c in zip(shape, chunks)) if all(shape) else 0
+
+
 class IncompleteItemError(KeyError):
-    """The item is absent or was not finished (a killed writer)."""
+    """The item is absent, was not finished (a killed writer) or does not match what was published."""
+
+
+class StoreWriteError(RuntimeError):
+    """What was written does not read back as what was meant (nothing was published)."""
+
+
+__all__ = [
+    "Store", "IncompleteItemError", "StoreWriteError", "LeaseHeldError", "LeaseLostError",
+    "validate_volume_id", "checksum", "ALLOWED_ATTRS", "TABLES", "LAYOUT",
+]
 
 
 class Store:
     """A CT store on a local path or fsspec URL."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, lease_seconds: float = LEASE_SECONDS) -> None:
         self.root = str(root).rstrip("/")
         self.fs, self._fs_root = fsspec.core.url_to_fs(self.root)
+        self.lease_seconds = lease_seconds
         self._group: zarr.Group | None = None
+        self._leases: dict[str, list[Any]] = {}  # key -> [Lease, depth]
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
@@ -114,27 +175,35 @@ class Store:
     def zarr_url(self) -> str:
         return f"{self.root}/data.zarr"
 
+    def _fs_path(self, *parts: str) -> str:
+        return "/".join([self._fs_root, *parts])
+
     def exists(self) -> bool:
-        return self.fs.exists(f"{self._fs_root}/data.zarr/zarr.json")
+        return self.fs.exists(self._fs_path("data.zarr", "zarr.json"))
 
     @property
     def group(self) -> zarr.Group:
-        """The root group, created with its three sub-groups on first use."""
+        """The root group, created with its sub-groups on first use."""
         if self._group is None:
             if not self.exists():
                 self.fs.makedirs(self._fs_root, exist_ok=True)
-                root = zarr.open_group(self.zarr_url, mode="a", zarr_format=3)
-                for name in (VOLUMES, ORGANS, GRID):
+                root = zarr.open_group(self.zarr_url, mode="a", zarr_format=3, attributes={"layout": LAYOUT})
+                for name in (VOLUMES, ORGANS, GRIDS):
                     root.require_group(name)
             self._group = zarr.open_group(self.zarr_url, mode="a", zarr_format=3)
         return self._group
 
+    @property
+    def layout(self) -> int:
+        """1 for stores written before grid masks were stored one array per volume."""
+        return int(self.group.attrs.get("layout", 1))
+
     def __getstate__(self) -> dict[str, Any]:
         # Ray ships Store objects to tasks: reopen lazily there instead of pickling handles.
-        return {"root": self.root}
+        return {"root": self.root, "lease_seconds": self.lease_seconds}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"])
+        self.__init__(state["root"], state.get("lease_seconds", LEASE_SECONDS))
 
     @staticmethod
     def volume_path(volume_id: str) -> str:
@@ -146,9 +215,55 @@ class Store:
 
     @staticmethod
     def grid_path(geometry: str, variant: str, volume_id: str) -> str:
+        """The array holding `variant` (and every other variant) of one volume's grid masks."""
+        return f"{GRIDS}/{geometry}/{validate_volume_id(volume_id)}"
+
+    @staticmethod
+    def legacy_grid_path(geometry: str, variant: str, volume_id: str) -> str:
+        """Layout 1: one array per variant."""
         return f"{GRID}/{geometry}/{variant}/{validate_volume_id(volume_id)}"
 
+    # ------------------------------------------------------------------ leases
+    @contextlib.contextmanager
+    def lease(self, key: str, wait: float = 0.0, seconds: float | None = None) -> Iterator[Lease]:
+        """Hold the one-writer lease of `key` (e.g. an array path); re-entrant within this Store.
+
+        Raises LeaseHeldError ("<key> is being written by another job (host, pid, since)") after
+        `wait` seconds of retrying; `seconds` overrides the lease duration (short for table merges).
+        """
+        held = self._leases.get(key)
+        if held is not None:
+            held[1] += 1
+        else:
+            lease = Lease(self.fs, self._fs_path("leases", f"{key}.lease"), key, seconds or self.lease_seconds)
+            held = self._leases[key] = [lease.acquire(wait), 1]
+        try:
+            yield held[0]
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                del self._leases[key]
+                held[0].release()
+
+    def holds(self, key: str) -> bool:
+        return key in self._leases
+
     # ------------------------------------------------------------------ arrays
+    def _sizes(self, base: str) -> dict[str, int]:
+        """Every object below `base` (path relative to it -> bytes): one recursive listing."""
+        if isinstance(self.fs, LocalFileSystem):
+            return _local_sizes(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {p[len(base) + 1:]: int(i["size"]) for p, i in found.items()}
+
+    def _item_files(self, path: str) -> dict[str, int]:
+        """Chunk objects of the array at `path` (relative key -> bytes), metadata excluded."""
+        found = self._sizes(self._fs_path("data.zarr", path))
+        return {p: n for p, n in found.items() if not p.endswith("zarr.json")}
+
     def write_array(
         self,
         path: str,
@@ -156,41 +271,110 @@ class Store:
         attrs: dict[str, Any],
         chunks: tuple[int, ...] | None = None,
     ) -> zarr.Array:
-        """Write one item atomically (see module docstring); replaces any earlier item at `path`."""
+        """Write one item under its lease, verify it, then publish it (module docstring)."""
         bad = sorted(set(attrs) - ALLOWED_ATTRS)
         if bad:
             raise ValueError(f"attributes {bad} are not allowed in the store (geometry/provenance only)")
-        arr = self.group.create_array(
-            path,
-            shape=data.shape,
-            dtype=data.dtype,
-            chunks=chunks or data.shape,
-            compressors=_compressor(data.dtype),
-            fill_value=0,
-            overwrite=True,
-            attributes={**_jsonable(attrs), "complete": False},
-        )
-        arr[...] = data
-        arr.attrs["complete"] = True
+        chunks = tuple(chunks or data.shape)
+        with self.lease(path) as lease:
+            meant = checksum(data)
+            arr = self.group.create_array(
+                path,
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=chunks,
+                compressors=_compressor(data.dtype),
+                fill_value=0,
+                overwrite=True,
+                # Every chunk is stored, even all-zero ones, so the chunk count can be checked.
+                config={"write_empty_chunks": True},
+                attributes={**_jsonable({k: v for k, v in attrs.items() if k not in _PUBLISH_KEYS}),
+                            "complete": False},
+            )
+            arr[...] = data
+            if checksum(arr[...]) != meant:
+                raise StoreWriteError(f"{path}: what was written does not read back (nothing was published)")
+            files = self._item_files(path)
+            want = expected_chunks(data.shape, chunks)
+            if len(files) != want:
+                raise StoreWriteError(f"{path}: {len(files)} chunk objects on disk, {want} expected")
+            lease.check()
+            arr.attrs.update(
+                {"checksum": meant, "stored_chunks": want, "stored_bytes": sum(files.values()), "complete": True}
+            )
         return arr
 
     def array(self, path: str) -> zarr.Array:
-        """A finished array, opened lazily; raises IncompleteItemError when absent or unfinished."""
+        """A published array, opened lazily; raises IncompleteItemError when absent or unfinished."""
         try:
             arr = self.group[path]
         except (KeyError, FileNotFoundError):
             raise IncompleteItemError(f"{path} is not in the store {self.root}") from None
+        except (ValueError, TypeError) as e:  # unreadable metadata
+            raise IncompleteItemError(f"{path} in {self.root} is unreadable ({type(e).__name__})") from None
         if not isinstance(arr, zarr.Array) or not arr.attrs.get("complete", False):
             raise IncompleteItemError(f"{path} in {self.root} was not finished (re-run the stage)")
         return arr
 
-    def has(self, path: str) -> bool:
-        try:
-            self.array(path)
-        except IncompleteItemError:
-            return False
-        return True
+    def verify(self, path: str, deep: bool = False) -> str | None:
+        """None when the item is published and intact, else what is wrong.
 
+        Cheap: the recorded chunk count and bytes against the objects on disk (one listing).
+        Deep: also re-reads the array and compares its sha256 with the recorded one.
+        """
+        try:
+            arr = self.array(path)
+        except IncompleteItemError as e:
+            return str(e.args[0])
+        problem = _cheap_problem(dict(arr.attrs), self._item_files(path))
+        if problem or not deep:
+            return problem and f"{path}: {problem}"
+        want = arr.attrs.get("checksum")
+        try:
+            got = checksum(arr[...])
+        except Exception as e:  # noqa: BLE001 - a damaged chunk fails in the codec, whichever it is
+            return f"{path}: its data do not match the checksum recorded when it was written ({type(e).__name__})"
+        if want and got != want:
+            return f"{path}: its data do not match the checksum recorded when it was written"
+        return None
+
+    def has(self, path: str) -> bool:
+        """Published and intact by the cheap check (`verify`)."""
+        return self.verify(path) is None
+
+    def _finished(self, group_path: str) -> dict[str, dict[str, Any]]:
+        """{name: attributes} of the published, intact arrays directly in `group_path`.
+
+        One recursive listing plus one metadata read per array: what resume planning costs.
+        """
+        base = self._fs_path("data.zarr", group_path)
+        files: dict[str, dict[str, int]] = {}
+        metas: list[str] = []
+        for rel, size in self._sizes(base).items():
+            name, _, rest = rel.partition("/")
+            if rest == "zarr.json":
+                metas.append(f"{base}/{rel}")
+            elif rest:
+                files.setdefault(name, {})[rest] = size
+        out: dict[str, dict[str, Any]] = {}
+        for p, raw in self._cat(metas).items():
+            try:
+                meta = json.loads(raw)
+            except ValueError:
+                continue  # torn metadata (not possible with atomic writes, but never trusted)
+            attrs = meta.get("attributes", {})
+            name = p[len(base) + 1:].partition("/")[0]
+            if meta.get("node_type") != "array" or not attrs.get("complete", False):
+                continue
+            mine = {k: v for k, v in files.get(name, {}).items() if "/zarr.json" not in k}
+            if _cheap_problem(attrs, mine) is None:
+                out[name] = attrs
+        return out
+
+    def _finished_members(self, group_path: str) -> list[str]:
+        return sorted(self._finished(group_path))
+
+    # ------------------------------------------------------------------ volumes and organ maps
     def write_volume(self, volume_id: str, hu: np.ndarray, attrs: dict[str, Any], chunk_slices: int = 24) -> None:
         if hu.dtype != np.int16 or hu.ndim != 3:
             raise ValueError(f"volumes are int16 [z, y, x]; got {hu.dtype} {hu.shape}")
@@ -204,12 +388,11 @@ class Store:
         return self.volume(volume_id)[...]
 
     def has_volume(self, volume_id: str, sha256: str | None = None) -> bool:
-        """A finished volume exists (and, when given, was made from a source with this sha256)."""
-        try:
-            arr = self.volume(volume_id)
-        except IncompleteItemError:
+        """A published, intact volume exists (and, when given, was made from a source with this sha256)."""
+        path = self.volume_path(volume_id)
+        if not self.has(path):
             return False
-        return sha256 is None or arr.attrs.get("source_sha256") == sha256
+        return sha256 is None or self.array(path).attrs.get("source_sha256") == sha256
 
     def write_organs(self, volume_id: str, organs: np.ndarray, attrs: dict[str, Any], chunk_slices: int = 24) -> None:
         if organs.dtype != np.uint8 or organs.ndim != 3:
@@ -222,17 +405,6 @@ class Store:
 
     def has_organs(self, volume_id: str) -> bool:
         return self.has(self.organs_path(volume_id))
-
-    def write_grid(self, geometry: str, variant: str, volume_id: str, mask: np.ndarray, attrs: dict[str, Any]) -> None:
-        if mask.dtype != np.bool_ or mask.ndim != 4 or mask.shape[0] != 3:
-            raise ValueError(f"grid masks are bool [3, H, D1, D2]; got {mask.dtype} {mask.shape}")
-        self.write_array(self.grid_path(geometry, variant, volume_id), mask, attrs)
-
-    def read_grid(self, geometry: str, variant: str, volume_id: str) -> np.ndarray:
-        return self.array(self.grid_path(geometry, variant, volume_id))[...]
-
-    def has_grid(self, geometry: str, variant: str, volume_id: str) -> bool:
-        return self.has(self.grid_path(geometry, variant, volume_id))
 
     # ------------------------------------------------------------------ truth
     # Lesion truth that arrived with a scan (ingest) and its summary on the feature grid (partition).
@@ -273,8 +445,10 @@ class Store:
 
     def remove_truth(self, volume_id: str) -> None:
         """Forget a volume's truth (its grid truths then no longer count: see eval/truth.py)."""
-        if self.truth_path(volume_id) in self.group:
-            del self.group[self.truth_path(volume_id)]
+        path = self.truth_path(volume_id)
+        with self.lease(path):
+            if path in self.group:
+                del self.group[path]
 
     def truth_ids(self) -> list[str]:
         return self._finished_members(TRUTH)
@@ -296,61 +470,237 @@ class Store:
     def grid_truth_ids(self, geometry: str, method: str) -> list[str]:
         return self._finished_members(f"{TRUTH_GRID}/{geometry}/{method}")
 
-    def _finished_members(self, group_path: str) -> list[str]:
-        try:
-            grp = self.group[group_path]
-        except KeyError:
-            return []
-        return sorted(
-            name for name, arr in grp.arrays() if arr.attrs.get("complete", False)
-        )
-
     def volume_ids(self) -> list[str]:
-        """Ids of all finished volumes, sorted."""
+        """Ids of all published, intact volumes, sorted."""
         return self._finished_members(VOLUMES)
 
     def organ_ids(self) -> list[str]:
         return self._finished_members(ORGANS)
 
-    def grid_ids(self, geometry: str, variant: str) -> list[str]:
-        return self._finished_members(f"{GRID}/{geometry}/{variant}")
+    # ------------------------------------------------------------------ grid masks
+    def write_grids(
+        self, geometry: str, volume_id: str, masks: dict[str, np.ndarray], attrs: dict[str, Any]
+    ) -> None:
+        """Every variant of one volume's grid masks as one array [V, 3, H, D1, D2] (one chunk)."""
+        for variant, mask in masks.items():
+            if mask.dtype != np.bool_ or mask.ndim != 4 or mask.shape[0] != 3:
+                raise ValueError(f"grid masks are bool [3, H, D1, D2]; got {variant} {mask.dtype} {mask.shape}")
+        stacked = np.stack(list(masks.values()))
+        attrs = {**attrs, "variants": list(masks), "geometry": geometry}
+        attrs.pop("variant", None)
+        path = self.grid_path(geometry, "", volume_id)
+        with self.lease(path):
+            # Before the array changes: readers stop trusting the pack's copy of this volume.
+            from ctplatform.store_pack import mark_changed
 
-    # ------------------------------------------------------------------ tables
+            mark_changed(self, geometry, volume_id)
+            self.write_array(path, stacked, attrs)
+
+    def write_grid(self, geometry: str, variant: str, volume_id: str, mask: np.ndarray, attrs: dict[str, Any]) -> None:
+        """One variant: added to (or replacing its earlier self in) the volume's grid array."""
+        path = self.grid_path(geometry, variant, volume_id)
+        with self.lease(path):
+            masks: dict[str, np.ndarray] = {}
+            if self.has(path):
+                arr = self.array(path)
+                masks = dict(zip(arr.attrs["variants"], arr[...]))
+            masks[variant] = mask
+            self.write_grids(geometry, volume_id, masks, attrs)
+
+    def _grid_array(self, geometry: str, variant: str, volume_id: str) -> tuple[zarr.Array, int | None]:
+        """(array, index of `variant` along axis 0, or None for a layout-1 array)."""
+        try:
+            arr = self.array(self.grid_path(geometry, variant, volume_id))
+        except IncompleteItemError:
+            try:
+                return self.array(self.legacy_grid_path(geometry, variant, volume_id)), None
+            except IncompleteItemError:
+                raise IncompleteItemError(
+                    f"grid/{geometry}/{variant}/{volume_id} is not in the store {self.root}"
+                ) from None
+        variants = list(arr.attrs.get("variants", []))
+        if variant not in variants:
+            raise IncompleteItemError(f"grid masks of {volume_id} ({geometry}) have no variant {variant!r}")
+        return arr, variants.index(variant)
+
+    def read_grid(self, geometry: str, variant: str, volume_id: str) -> np.ndarray:
+        arr, k = self._grid_array(geometry, variant, volume_id)
+        return arr[...] if k is None else arr[k]
+
+    def read_grids(self, geometry: str, variant: str, volume_ids: list[str]) -> np.ndarray:
+        """Grid masks of many volumes [N, 3, H, D1, D2]: from the packed copy where it holds them
+        (one read for the whole batch), else one read per volume."""
+        from ctplatform.store_pack import read_packed
+
+        return read_packed(self, geometry, variant, volume_ids)
+
+    def has_grid(self, geometry: str, variant: str, volume_id: str) -> bool:
+        path = self.grid_path(geometry, variant, volume_id)
+        if self.has(path):
+            return variant in self.array(path).attrs.get("variants", [])
+        return self.layout == 1 and self.has(self.legacy_grid_path(geometry, variant, volume_id))
+
+    def grid_ids(self, geometry: str, variant: str) -> list[str]:
+        return self.finished_grid_ids(geometry, [variant])
+
+    def finished_grid_ids(self, geometry: str, variants: Iterable[str]) -> list[str]:
+        """Ids whose grid masks of `geometry` are published and intact in every one of `variants`."""
+        want = set(variants)
+        ids = {vid for vid, a in self._finished(f"{GRIDS}/{geometry}").items() if want <= set(a.get("variants", []))}
+        if self.layout == 1:
+            legacy = [set(self._finished(f"{GRID}/{geometry}/{v}")) for v in want]
+            ids |= set.intersection(*legacy) if legacy else set()
+        return sorted(ids)
+
+    # ------------------------------------------------------------------ tables and per-item records
     def table_url(self, name: str) -> str:
         return f"{self.root}/{TABLES[name]}"
 
-    def read_table(self, name: str) -> pd.DataFrame | None:
-        """The table, or None when it was never written."""
-        path = f"{self._fs_root}/{TABLES[name]}"
-        if not self.fs.exists(path):
+    def write_record(self, name: str, row: dict[str, Any]) -> None:
+        """One item's table row as its own object (atomic), folded into the table later.
+
+        Written by the task that finished the item, while it holds the item's lease, so the newest
+        record of an id describes what is in the store now.
+        """
+        TABLES[name]  # an unknown table raises KeyError here
+        volume_id = validate_volume_id(str(row["volume_id"]))
+        body = json.dumps(_jsonable(row), allow_nan=True).encode()
+        path = self._fs_path("records", name, f"{volume_id}~{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json")
+        self._put_atomic(path, body)
+
+    def _records(self, name: str) -> tuple[list[str], pd.DataFrame | None]:
+        """(record paths, newest row per id) of the records not yet folded into the table."""
+        base = self._fs_path("records", name)
+        try:
+            paths = sorted(p for p in self.fs.find(base) if p.endswith(".json"))
+        except FileNotFoundError:
+            return [], None
+        if not paths:
+            return [], None
+        newest: dict[str, str] = {}
+        for p in paths:  # sorted: for each id the latest time comes last
+            newest[p.rsplit("/", 1)[1].split("~", 1)[0]] = p
+        rows = [json.loads(raw) for raw in self._cat(sorted(newest.values())).values()]
+        return paths, pd.DataFrame(rows)
+
+    def _read_base(self, name: str) -> pd.DataFrame | None:
+        path = self._fs_path(TABLES[name])
+        try:
+            with self.fs.open(path, "rb") as f:
+                return pd.read_parquet(io.BytesIO(f.read()))
+        except FileNotFoundError:
             return None
-        with self.fs.open(path, "rb") as f:
-            return pd.read_parquet(io.BytesIO(f.read()))
+
+    def read_table(self, name: str) -> pd.DataFrame | None:
+        """The table with every pending record folded in, or None when neither exists."""
+        base = self._read_base(name)
+        _, records = self._records(name)
+        if records is None:
+            return base
+        return _merge(base, records, ["volume_id"])
 
     def write_table(self, name: str, df: pd.DataFrame) -> None:
         """Replace a table atomically (temporary file, then rename or whole-object put)."""
-        path = f"{self._fs_root}/{TABLES[name]}"
-        self.fs.makedirs(self._fs_root, exist_ok=True)
         buf = io.BytesIO()
         df.reset_index(drop=True).to_parquet(buf, index=False)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        self.fs.mv(tmp, path)
+        self._put_atomic(self._fs_path(TABLES[name]), buf.getvalue())
+
+    def sync_table(self, name: str) -> pd.DataFrame | None:
+        """Fold pending records into the table file and delete them (drivers call this)."""
+        with self.lease(f"tables/{name}", wait=TABLE_WAIT_SECONDS, seconds=TABLE_LEASE_SECONDS) as lease:
+            base = self._read_base(name)
+            paths, records = self._records(name)
+            if records is None:
+                return base
+            merged = _merge(base, records, ["volume_id"])
+            lease.check()  # a merge that outlived its lease must not overwrite a newer one
+            self.write_table(name, merged)
+            self.fs.rm(paths)  # exactly the records folded: newer ones have other names
+            return merged
 
     def upsert_table(self, name: str, rows: pd.DataFrame, key: Iterable[str] = ("volume_id",)) -> pd.DataFrame:
         """Merge rows into a table: rows whose key matches a new row are replaced. Returns the result.
 
-        Only the driver of a stage calls this (tasks return rows), so there is one writer per table.
+        Pending per-item records are newer than any driver's rows and win over them.
         """
         key = list(key)
-        old = self.read_table(name)
-        if old is not None and len(old):
-            keep = ~old.set_index(key).index.isin(rows.set_index(key).index)
-            rows = pd.concat([old[keep], rows], ignore_index=True)
-        rows = rows.sort_values(key, kind="stable").reset_index(drop=True)
-        self.write_table(name, rows)
-        return rows
+        with self.lease(f"tables/{name}", wait=TABLE_WAIT_SECONDS, seconds=TABLE_LEASE_SECONDS) as lease:
+            merged = _merge(self._read_base(name), rows, key)
+            paths, records = self._records(name) if key == ["volume_id"] else ([], None)
+            if records is not None:
+                merged = _merge(merged, records, key)
+            lease.check()
+            self.write_table(name, merged)
+            if paths:
+                self.fs.rm(paths)
+        return merged
+
+    def _cat(self, paths: list[str]) -> dict[str, bytes]:
+        """Contents of many small objects (absent ones left out); concurrent on object stores."""
+        if not paths:
+            return {}
+        if isinstance(self.fs, LocalFileSystem):  # plain reads: fsspec's expansion costs more here
+            out = {}
+            for p in paths:
+                try:
+                    with open(p, "rb") as f:
+                        out[p] = f.read()
+                except FileNotFoundError:
+                    pass
+            return out
+        return self.fs.cat(list(paths), on_error="omit")
+
+    def _put_atomic(self, path: str, body: bytes) -> None:
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(body)
+        self.fs.mv(tmp, path)
+
+
+def _local_sizes(base: str) -> dict[str, int]:
+    """`Store._sizes` on local disk with os.scandir (several times faster than fsspec's find)."""
+    out: dict[str, int] = {}
+    stack = [("", base)]
+    while stack:
+        rel, path = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for e in entries:
+            key = f"{rel}{e.name}"
+            if e.is_dir(follow_symlinks=False):
+                stack.append((key + "/", e.path))
+            elif not e.name.endswith(".partial"):  # zarr's temporary files while it writes one
+                out[key] = e.stat(follow_symlinks=False).st_size
+    return out
+
+
+def _merge(old: pd.DataFrame | None, new: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    if old is not None and len(old):
+        keep = ~old.set_index(key).index.isin(new.set_index(key).index)
+        new = pd.concat([old[keep], new], ignore_index=True)
+    return new.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def _cheap_problem(attrs: dict[str, Any], files: dict[str, int]) -> str | None:
+    """What the recorded chunk count/bytes say is wrong with the chunk objects on disk (None: fine).
+
+    Arrays written before these checks (no `stored_chunks`) are trusted as before, until
+    `ctplatform store migrate` records them.
+    """
+    if not attrs.get("complete", False):
+        return "was not finished (re-run the stage)"
+    want = attrs.get("stored_chunks")
+    if want is None:
+        return None
+    if len(files) != want:
+        return f"{len(files)} chunk objects on disk, {want} when it was written"
+    if sum(files.values()) != attrs.get("stored_bytes"):
+        return "its chunk objects changed since it was written"
+    return None
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:

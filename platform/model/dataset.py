@@ -237,7 +237,8 @@ class StoreDataset(Dataset):
 
     def read_grid(self, volume_id: str) -> np.ndarray:
         try:
-            grid = self.store.read_grid(self.geometry.name, self.variant, volume_id)
+            # Through the pack when there is one: this process then reads each pack chunk once an epoch.
+            grid = self.store.read_grids(self.geometry.name, self.variant, [volume_id])[0]
         except IncompleteItemError:
             raise MissingGridMaskError(
                 missing_grid_message(self.store_root, self.geometry.name, self.variant, [volume_id])

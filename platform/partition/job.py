@@ -1,8 +1,10 @@
 """The PARTITION job: Ray Data maps `partition_volume` over every finished volume in the store.
 
-Rows are volume ids; each task reads its volume from the store, writes the organ map and all grid
-variants itself and returns the small partition.parquet row, which the driver upserts as rows
-arrive (every `TABLE_EVERY` rows or `TABLE_SECONDS`, and at the end). Resume: a volume is skipped
+Rows are volume ids; each task reads its volume from the store, writes the organ map and the grid
+masks itself, records its partition.parquet row in the store and returns it; the driver folds the
+records into the table as rows arrive (every `TABLE_EVERY` rows or `TABLE_SECONDS`, and at the
+end), and readers fold pending records in, so a driver killed at any instant loses no finished
+volume. At the end the grid masks are packed for loaders (store_pack.py). Resume: a volume is skipped
 when its organ map and every configured grid variant are finished and partition.parquet has an ok
 row for it made with the same method and geometry; `overwrite=True` redoes everything. Ray Data
 may retry a task; its writes replace whole items atomically, so a retry is harmless.
@@ -21,7 +23,7 @@ import pandas as pd
 from ctplatform.config import Config
 from ctplatform.partition.volume import empty_row, grid_truth_current, is_complete, partition_volume
 from ctplatform.runtime import TaskResources, init_ray, map_volumes
-from ctplatform.store import Store
+from ctplatform.store import LeaseHeldError, Store
 
 log = logging.getLogger("ctplatform.partition")
 
@@ -38,9 +40,14 @@ def _frame(rows: list[dict[str, Any]], cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(empty_row("x", cfg)))
 
 
-def _died(volume_id: str, cfg: Config) -> dict[str, Any]:
+def _died(store: Store, volume_id: str, cfg: Config) -> dict[str, Any]:
     row = empty_row(volume_id, cfg)
     row["error"] = "the partition task died (out of memory?); raise partition.memory_per_task_gb and re-run"
+    try:  # recorded too (a killed driver keeps it), unless another job is partitioning that volume now
+        with store.lease(store.organs_path(volume_id)):
+            store.write_record("partition", row)
+    except LeaseHeldError:
+        pass
     return row
 
 
@@ -58,15 +65,24 @@ def volumes_to_do(store: Store, cfg: Config, overwrite: bool = False) -> tuple[l
             & (table["geometry"] == cfg.model.geometry.name)
         ]
         ok = set(good["volume_id"])
-    # Listing each group once is far cheaper than opening 7 arrays per volume.
+    # Listing each group once is far cheaper than opening every array of every volume.
     finished = set(store.organ_ids())
-    for variant in cfg.partition.variants:
-        finished &= set(store.grid_ids(cfg.model.geometry.name, variant))
+    finished &= set(store.finished_grid_ids(cfg.model.geometry.name, cfg.partition.variants))
     # Volumes with truth but no current grid truth (e.g. truth added to an older store) are redone.
     finished -= {i for i in store.truth_ids() if i in finished and not grid_truth_current(store, i, cfg.model.geometry)}
     done = [i for i in ids if i in ok and i in finished]
     done_set = set(done)
     return [i for i in ids if i not in done_set], done
+
+
+def _pack(store: Store, geometry: str) -> None:
+    """Refresh the packed grid masks loaders read (store_pack.py); a failure only costs read speed."""
+    from ctplatform.store_pack import pack_grids
+
+    try:
+        pack_grids(store, geometry)
+    except (ValueError, RuntimeError, OSError) as e:
+        log.warning("partition: grid masks of %s not packed (%s); loaders read them per volume", geometry, e)
 
 
 def run_partition(cfg: Config, overwrite: bool = False) -> pd.DataFrame:
@@ -91,13 +107,15 @@ def run_partition(cfg: Config, overwrite: bool = False) -> pd.DataFrame:
             memory_bytes=cfg.partition.memory_per_task_gb * 1e9,
             max_in_flight=cfg.partition.max_concurrent_tasks,
         ),
-        on_rows=lambda rows: store.upsert_table("partition", _frame(rows, cfg)),
+        # Tasks recorded their rows already; this only folds the records into the file.
+        on_rows=lambda rows: store.sync_table("partition"),
         every=TABLE_EVERY,
         seconds=TABLE_SECONDS,
-        failed_row=lambda r: _died(r["volume_id"], cfg),
+        failed_row=lambda r: _died(store, r["volume_id"], cfg),
     )
     df = _frame(results, cfg)
-    store.upsert_table("partition", df)
+    store.sync_table("partition")
+    _pack(store, cfg.model.geometry.name)
     failed = int((df["status"] != "ok").sum())
     fallback = int(df["fallback"].fillna(False).astype(bool).sum())
     log.info("partition: %d ok, %d failed, %d with the heuristic fallback", len(df) - failed, failed, fallback)

@@ -1,10 +1,11 @@
 """PARTITION for ONE volume: organ map, quality control, grid masks and the partition.parquet row.
 
 `partition_array` is pure (arrays in, arrays and a row out) and is what the tests exercise;
-`partition_volume` adds the store: it reads the volume, writes `organs/<id>` and every grid variant,
-and, when the volume came with lesion truth, that truth on the grid for every downsampling method
-(`write_grid_truth`); each write is atomic and replaces the item, so a retried task is harmless; it
-returns a small status row. It never raises: a bad volume gives a row with status `failed` and an error that says
+`partition_volume` adds the store: under the volume's partition lease it reads the volume, writes
+`organs/<id>`, the grid masks of every variant and, when the volume came with lesion truth, that truth
+on the grid for every downsampling method (`write_grid_truth`); each write is verified before it is
+published and replaces the item, so a retried task is harmless; it records its row in the store and
+returns it. It never raises: a bad volume gives a row with status `failed` and an error that says
 what was wrong, and the job goes on.
 """
 
@@ -23,7 +24,7 @@ from ctplatform.labels import ORGAN_CODES
 from ctplatform.partition.grid import grid_masks, truth_on_grid
 from ctplatform.partition.organs import segment_organs
 from ctplatform.partition.qc import QCResult, quality_control
-from ctplatform.store import IncompleteItemError, Store
+from ctplatform.store import IncompleteItemError, LeaseHeldError, LeaseLostError, Store
 
 log = logging.getLogger("ctplatform.partition")
 
@@ -129,20 +130,30 @@ def write_outputs(store: Store, volume_id: str, out: PartitionOutput, volume_att
     organ_attrs = {k: volume_attrs[k] for k in INHERITED_ATTRS if k in volume_attrs}
     organ_attrs["organs"] = {name: code for name, code in ORGAN_CODES.items()}
     store.write_organs(volume_id, out.organs, {**organ_attrs, **common})
-    for variant, mask in out.grids.items():
-        attrs = {
-            **common,
-            "geometry": geometry.name,
-            "input_shape": list(geometry.input_shape),
-            "variant": variant,
-            "organs": list(ORGAN_CODES),
-        }
-        store.write_grid(geometry.name, variant, volume_id, mask, attrs)
+    attrs = {**common, "input_shape": list(geometry.input_shape), "organs": list(ORGAN_CODES)}
+    store.write_grids(geometry.name, volume_id, out.grids, attrs)  # every variant: one array
 
 
 def partition_volume(store: Store, volume_id: str, cfg: Config) -> dict[str, Any]:
-    """Read, segment, check, write; returns the partition.parquet row (never raises)."""
+    """Read, segment, check, write; returns the partition.parquet row (never raises).
+
+    Runs under the organ map's one-writer lease and records its row in the store before releasing
+    it; a second job partitioning the volume meanwhile gets a failed row naming the holder.
+    """
     t0 = time.perf_counter()
+    try:
+        with store.lease(store.organs_path(volume_id)):
+            row = _partition_volume(store, volume_id, cfg, t0)
+            store.write_record("partition", row)
+            return row
+    except (LeaseHeldError, LeaseLostError) as e:
+        row = empty_row(volume_id, cfg)
+        row["error"] = str(e)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        return row
+
+
+def _partition_volume(store: Store, volume_id: str, cfg: Config, t0: float) -> dict[str, Any]:
     row = empty_row(volume_id, cfg)
     try:
         arr = store.volume(volume_id)
@@ -154,6 +165,8 @@ def partition_volume(store: Store, volume_id: str, cfg: Config) -> dict[str, Any
         write_outputs(store, volume_id, out, attrs, cfg)
         write_grid_truth(store, volume_id, cfg.model.geometry)
         row.update(out.row, status="ok")
+    except (LeaseHeldError, LeaseLostError):
+        raise
     except (IncompleteItemError, ValueError, MemoryError, OSError) as e:
         row["error"] = f"{type(e).__name__}: {e}"
         log.warning("partition %s failed: %s", volume_id, row["error"])

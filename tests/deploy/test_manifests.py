@@ -194,12 +194,13 @@ def test_no_secret_is_committed_and_kubectl_apply_generates_them_from_the_users_
         pytest.skip("not a git checkout")
     assert sorted(ignored.stdout.split()) == sorted(files)
     out = tmp_path / "secrets"
+    written = []
     for _ in range(2):
         run = subprocess.run([sys.executable, str(KUBERAY / "make_secrets.py"), "--out", str(out), "--force"],
                              capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
-        first = {f: (out / f).read_text() for f in ("mlflow-db.env", "redis.env", "basic_auth.ini")} if _ == 0 else first
-    assert {f: (out / f).read_text() for f in first} != first  # fresh random values each time
+        written.append({f: (out / f).read_text() for f in ("mlflow-db.env", "redis.env", "basic_auth.ini")})
+    assert written[0] != written[1]  # fresh random values each time
     assert subprocess.run([sys.executable, str(KUBERAY / "make_secrets.py"), "--out", str(out)]).returncode == 1
     env = dict(line.split("=", 1) for line in (out / "mlflow-db.env").read_text().split())
     assert env["backend-store-uri"] == f"postgresql://mlflow:{env['password']}@postgres:5432/mlflow"

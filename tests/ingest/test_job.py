@@ -288,3 +288,39 @@ def test_killed_job_resumes(ct_dir, tmp_path, ray_local):
     assert store.volume_ids() == sorted(f"popi{i}" for i in range(n))
     assert store.volume(unfinished).shape == store.volume(sorted(finished)[0]).shape
     assert len(store.read_table("manifest")) == n
+
+
+def test_two_ingest_runs_on_one_store_never_corrupt_it(bad_folder, tmp_path, ray_local):
+    """Two `ctplatform ingest` at once, same ids from different sources: every volume whole and from
+    one source, every manifest row agrees with its array, and a refused row names the other job."""
+    ids = [f"x{i}" for i in range(8)]
+    lists = []
+    for tag, src in (("a", "good_a"), ("b", "good_b")):
+        lists.append(tmp_path / f"{tag}.csv")
+        pd.DataFrame({"volume_id": ids, "path": [str(bad_folder / f"{src}.nii.gz")] * len(ids)}).to_csv(
+            lists[-1], index=False
+        )
+    store_dir = tmp_path / "store"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "ctplatform.cli", "ingest", "--input", str(lst), "--store",
+                          str(store_dir), "--set", "ingest.spacing_mm=[4,4,4]"],
+                         env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for lst in lists
+    ]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    store = Store(str(store_dir))
+    assert store.volume_ids() == sorted(ids), outs
+    shas = {src: ingest_one({"volume_id": "probe", "path": str(bad_folder / f"{src}.nii.gz"), "format": "",
+                             "error": ""}, str(tmp_path / f"probe-{src}"), IngestConfig(spacing_mm=(4, 4, 4)).model_dump())
+            for src in ("good_a", "good_b")}
+    whole = {src: Store(str(tmp_path / f"probe-{src}")).read_volume("probe") for src in shas}
+    manifest = store.read_table("manifest").set_index("volume_id")
+    for vid in ids:
+        assert store.verify(store.volume_path(vid), deep=True) is None
+        sha = store.volume(vid).attrs["source_sha256"]
+        src = next(s for s, row in shas.items() if row["sha256"] == sha)
+        np.testing.assert_array_equal(store.read_volume(vid), whole[src])  # no slice from the other source
+        assert manifest.loc[vid, "sha256"] == sha and manifest.loc[vid, "status"] == "ok"
+    refusals = [ln for out in outs for ln in out.splitlines() if "being written" in ln]
+    assert all("is being written by another job (host" in ln for ln in refusals)
