@@ -21,7 +21,10 @@ import pytest
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "platform"
 PACKAGE = "ctplatform"
 
-FLOOR = frozenset({"config", "labels", "geometry", "store", "runtime", "tracking", "model"})
+FLOOR = frozenset({
+    "config", "labels", "geometry", "runtime", "tracking", "model",
+    "store", "lease", "store_pack", "store_migrate", "store_command",  # the store contract and its upkeep
+})
 STAGES = frozenset({"ingest", "partition", "train", "eval", "phantom", "predict"})
 APPS = frozenset({"cli", "demo"})
 
