@@ -48,6 +48,9 @@ class IngestConfig(Section):
     hu_range: tuple[int, int] = Field((-1024, 3071), description="HU clip range before int16 storage")
     interpolation: Literal["trilinear", "nearest"] = "trilinear"
     chunk_slices: int = Field(24, description="Axial slices per chunk (multiple of 3: slice groups)")
+    codec: Literal["zstd", "lz4"] = Field(
+        "zstd", description="Blosc codec of volumes: zstd (smallest) or lz4 (~3x faster decode, ~13% more bytes; GPU training)"
+    )
     cpus_per_task: float = 1.0
     memory_per_task_gb: float = Field(4.0, description="Ray memory request per ingest task")
     fail_fraction: float = Field(

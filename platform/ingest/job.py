@@ -167,7 +167,7 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         hu16, attrs = to_store(scan, cfg)
         del scan
         attrs["source_sha256"] = sha
-        store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices)
+        store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices, codec=cfg.codec)
         return _status(
             row,
             format=fmt,
