@@ -183,6 +183,17 @@ class TrainConfig(Section):
     organ_iou_threshold: float = Field(
         0.5, gt=0, lt=1, description="fixed threshold of the validation OrganIoU (normalised attention > t)"
     )
+    # GPU input and step settings (issue 18; docs/train.md, "Feeding a GPU")
+    preprocess: Literal["loader", "device"] = Field(
+        "device",
+        description="device: loader processes ship int16 crops, flip/rot90/clip/normalise run on the training device "
+        "(same tensors, ~1/5 of the loader CPU); loader: all of it in the loader processes",
+    )
+    channels_last: bool = Field(True, description="channels_last memory format for the 2D backbone on GPU (CPU: off)")
+    compile: bool = Field(False, description="torch.compile the model (first steps compile; GPU runs gain)")
+    accumulate_steps: int = Field(
+        1, ge=1, description="micro-batches of train.batch_size per optimizer step (gradient accumulation)"
+    )
 
     @field_validator("grid_variant")
     @classmethod

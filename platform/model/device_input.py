@@ -141,7 +141,7 @@ class DeviceBatches:
     def __init__(self, loader: Any, device: torch.device) -> None:
         self.loader = loader
         self.device = torch.device(device)
-        self.dataset = loader.dataset
+        self.dataset = getattr(loader, "dataset", None)  # any iterable of loader-path batches works too
         self.slots: HostSlots | None = getattr(self.dataset, "slots", None)
         cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if cuda else None
