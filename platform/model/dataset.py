@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from numcodecs import blosc as numcodecs_blosc
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ctplatform.geometry import ModelGeometry, center_crop_or_pad, crop_or_pad_slices
@@ -277,6 +278,10 @@ class StoreDataset(Dataset):
         self._items += 1
         volume_id = self.index.ids[i]
         if self._reader is None:
+            if info is not None:
+                # A loader process is one core (cpus_per_worker counts them): Blosc's thread pool
+                # would only oversubscribe it.
+                numcodecs_blosc.use_threads = False
             self._reader = WindowReader()
         self.slots.seq[worker, slot] = -1  # being written
         try:
@@ -335,11 +340,15 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def make_loader(dataset: StoreDataset, sampler: Sampler, batch_size: int, workers: int) -> DataLoader:
+def make_loader(
+    dataset: StoreDataset, sampler: Sampler, batch_size: int, workers: int, share_slots: HostSlots | None = None
+) -> DataLoader:
     """DataLoader with `workers` forkserver processes (0: load in the training process).
 
     In "device" mode the dataset gets its shared slots here (before loader processes start), and the
     loader must be iterated through device_input.DeviceBatches, which turns slots into model input.
+    `share_slots`: another loader's slots, reused when they fit; only for loaders never iterated at
+    the same time (training and validation), whose slots would otherwise both stay allocated.
     """
     kwargs: dict[str, Any] = {}
     if workers > 0:
@@ -351,7 +360,9 @@ def make_loader(dataset: StoreDataset, sampler: Sampler, batch_size: int, worker
     device_mode = dataset.preprocess == "device"
     if device_mode:
         ahead = PREFETCH_FACTOR if workers > 0 else 0
-        dataset.slots = HostSlots(max(workers, 1), batch_size * (ahead + CONSUMER_HELD), dataset.geometry.input_shape)
+        need = (max(workers, 1), batch_size * (ahead + CONSUMER_HELD), *dataset.geometry.input_shape)
+        fits = share_slots is not None and all(a >= b for a, b in zip(share_slots.hu.shape[:2], need[:2])) and share_slots.shape == need[2:]
+        dataset.slots = share_slots if fits else HostSlots(need[0], need[1], need[2:])
     return DataLoader(
         dataset,
         batch_size=batch_size,

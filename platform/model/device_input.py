@@ -121,7 +121,8 @@ def model_batch(
         v, g = augment_on_device(volume, grid[b], int(aug[b, 0]), int(aug[b, 1]))
         xs.append(v)
         grids.append(g)
-    x = normalize_on_device(torch.stack(xs), hu_clip, center)
+    # one volume (the paper's batch): no stacking copy; the float32 conversion is the copy
+    x = normalize_on_device(torch.stack(xs) if len(xs) > 1 else xs[0].unsqueeze(0), hu_clip, center)
     n, z, y, w = x.shape
     return x.reshape(n, z // slices_per_group, slices_per_group, y, w), torch.stack(grids).contiguous()
 

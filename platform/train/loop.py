@@ -279,7 +279,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     val_set = StoreDataset.from_config(cfg, val_index, augment=False)
     sampler = EpochSampler(len(train_set), rank, world, seed=t.seed)
     train_loader = make_loader(train_set, sampler, t.batch_size, t.loader_workers)
-    val_loader = make_loader(val_set, ShardSampler(len(val_set), rank, world), t.batch_size, t.loader_workers)
+    val_loader = make_loader(  # validation never overlaps a training epoch: it reuses the slots
+        val_set, ShardSampler(len(val_set), rank, world), t.batch_size, t.loader_workers, share_slots=train_set.slots
+    )
 
     attempt_start_epoch = state.next_epoch  # > 0 after a recovery or a resume
     for epoch in range(state.next_epoch, t.epochs):
