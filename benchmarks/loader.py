@@ -6,6 +6,7 @@ as a paper-shaped volume (its central 420 x 420, z completed to 405 with its las
 mirrored: what a RAD-ChestCT scan of that size looks like to the loader), each with Blosc-zstd
 (DESIGN default) and Blosc-lz4 (ingest.codec: lz4). All figures come from the same run.
 
+  (the stored POPI shape only with --as-stored)
   1. where a volume's time goes, stage by stage, in one process (CPU seconds, mean over items and
      their augmentation draws);
   2. loader CPU seconds per volume in one DataLoader worker process (its own CPU clock), both paths;
@@ -50,6 +51,10 @@ def popi_volumes() -> dict[str, np.ndarray]:
     extra = PAPER[0] - z
     paper = np.ascontiguousarray(np.concatenate([centre, centre[z - extra :][::-1]]) if extra > 0 else centre[: PAPER[0]])
     return {"paper-shaped 405x420x420": paper, f"POPI as stored {z}x{y}x{x}": hu}
+
+
+def selected(vols: dict[str, np.ndarray], as_stored: bool) -> dict[str, np.ndarray]:
+    return vols if as_stored else dict(list(vols.items())[:1])
 
 
 def build_stores(root: Path, vols: dict[str, np.ndarray], copies: int) -> dict[tuple[str, str], tuple[str, list[str]]]:
@@ -190,6 +195,7 @@ def worker_cpu_per_volume(root: str, ids: list[str], items: int, preprocess: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=8, help="volumes timed per measurement")
+    ap.add_argument("--as-stored", action="store_true", help="also the POPI volume as stored (625 x 625 planes: the crop decodes whole planes)")
     ap.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # one loader process is one core; the consumer's device work counted apart
@@ -208,7 +214,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         t0 = time.perf_counter()
-        vols = popi_volumes()
+        vols = selected(popi_volumes(), args.as_stored)
         stores = build_stores(work, vols, copies=2)
         out(f"(stores built in {time.perf_counter() - t0:.0f} s: real CT {list(vols)}, zstd and lz4, 2 ids each)")
         out()
