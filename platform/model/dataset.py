@@ -7,6 +7,10 @@ One item (pure functions, tested without Ray or a DataLoader):
     grid/<geometry>/<variant>/<id> bool [3, H, D1, D2]   (augmented like the volume)
     labels.parquet rows --labels.encode_volume_labels--> y float32 [80], region_bits uint8 [80]
 
+With preprocess="device" (train.preprocess) an item stops after the crop: the int16 window is
+decoded into a reused shared-memory slot and the augmentation is only drawn; device_input.py does the
+rest on the training device, giving the same tensors.
+
 Arrays are opened lazily inside each loader process (the Store is re-created there), and the
 DataLoader uses the `forkserver` start method: zarr-python 3 can deadlock in a forked child.
 Padding uses the minimum of the block actually read (the crop window), not of the whole volume: the

@@ -19,6 +19,7 @@ instead of training on a torn volume.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,22 +154,21 @@ class DeviceBatches:
         return len(self.loader)
 
     def _stage(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+        ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
         with ctx:
             if "slot" not in batch:
                 return _small_to_device(batch, self.device), _record(self.stream)
             ds, slots = self.dataset, self.slots
-            ref = batch.pop("slot")
+            ref, aug = batch.pop("slot"), batch.pop("aug")  # both stay on the host: no device sync to read them
             _check(slots, ref)
             hu = [slots.hu[int(w), int(s)].to(self.device, non_blocking=True) for w, s, _ in ref.tolist()]
+            copied = _record(self.stream)
             small = _small_to_device(batch, self.device)
-            x, grid = model_batch(
-                hu, small.pop("grid"), small.pop("aug"), ds.hu_clip, ds.center, ds.geometry.slices_per_group
-            )
+            x, grid = model_batch(hu, small.pop("grid"), aug, ds.hu_clip, ds.center, ds.geometry.slices_per_group)
             out = {"x": x, "grid": grid, **small}
             event = _record(self.stream)
-        if event is not None:
-            event.synchronize()  # the slots' copies are done: they may be reused from here on
+        if copied is not None:
+            copied.synchronize()  # the slots' copies are done (preprocessing may still run): reusable from here on
         _check(slots, ref)
         return out, event
 
@@ -208,11 +208,3 @@ def _record(stream: Any) -> Any:
     event = torch.cuda.Event()
     event.record(stream)
     return event
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
