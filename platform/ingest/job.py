@@ -176,7 +176,7 @@ def _ingest_one(row: dict, store: Store, ingest_cfg_dict: dict, overwrite: bool)
         attrs["source_sha256"] = sha
         # Truth is carried (and checked) before anything is written: a mask that does not fit fails the row.
         truth_item = prepare_truth(truth, hu16.shape, attrs) if truth is not None else None
-        store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices)
+        store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices, codec=cfg.codec)
         if truth_item is not None:
             store.write_truth(row["volume_id"], *truth_item, chunk_slices=cfg.chunk_slices)
         else:

@@ -7,6 +7,10 @@ One item (pure functions, tested without Ray or a DataLoader):
     grid/<geometry>/<variant>/<id> bool [3, H, D1, D2]   (augmented like the volume)
     labels.parquet rows --labels.encode_volume_labels--> y float32 [80], region_bits uint8 [80]
 
+With preprocess="device" (train.preprocess) an item stops after the crop: the int16 window is
+decoded into a reused shared-memory slot and the augmentation is only drawn; device_input.py does the
+rest on the training device, giving the same tensors.
+
 Arrays are opened lazily inside each loader process (the Store is re-created there), and the
 DataLoader uses the `forkserver` start method: zarr-python 3 can deadlock in a forked child.
 Padding uses the minimum of the block actually read (the crop window), not of the whole volume: the
@@ -18,10 +22,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from numcodecs import blosc as numcodecs_blosc
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ctplatform.geometry import ModelGeometry, center_crop_or_pad, crop_or_pad_slices
@@ -32,8 +37,11 @@ from ctplatform.model.augment import (
     apply_to_grid,
     apply_to_volume,
     augmentation_rng,
+    Augmentation,
     draw_augmentation,
 )
+from ctplatform.model.chunk_read import WindowReader
+from ctplatform.model.device_input import CONSUMER_HELD, HostSlots, encode_augmentation, read_crop_into
 
 if TYPE_CHECKING:
     from ctplatform.config import Config
@@ -42,6 +50,13 @@ log = logging.getLogger("ctplatform.train")
 
 #: Start method of DataLoader worker processes (zarr 3 + fork can deadlock).
 LOADER_CONTEXT = "forkserver"
+#: Batches each loader process prepares ahead.
+PREFETCH_FACTOR = 2
+
+#: Where an item becomes model input: "loader" (all of it in the loader process, float32 items) or
+#: "device" (the loader ships the int16 crop through a shared slot; device_input.DeviceBatches
+#: augments and normalises it on the training device).
+Preprocess = Literal["loader", "device"]
 
 
 class MissingGridMaskError(FileNotFoundError):
@@ -198,6 +213,7 @@ class StoreDataset(Dataset):
         center: float = 0.449,
         augment: bool = False,
         seed: int = 0,
+        preprocess: Preprocess = "loader",
     ) -> None:
         self.store_root = store_root
         self.index = index
@@ -207,7 +223,13 @@ class StoreDataset(Dataset):
         self.center = center
         self.augment = augment
         self.seed = seed
+        if preprocess not in ("loader", "device"):
+            raise ValueError(f"preprocess must be 'loader' or 'device', not {preprocess!r}")
+        self.preprocess = preprocess
+        self.slots: HostSlots | None = None  # set by make_loader in "device" mode
         self._store: Store | None = None
+        self._reader: WindowReader | None = None
+        self._items = 0  # items this process has written into slots (round robin)
 
     @classmethod
     def from_config(cls, cfg: "Config", index: SplitIndex, augment: bool) -> "StoreDataset":
@@ -220,11 +242,12 @@ class StoreDataset(Dataset):
             center=cfg.train.center,
             augment=augment and cfg.train.augment,
             seed=cfg.train.seed,
+            preprocess=cfg.train.preprocess,
         )
 
     def __getstate__(self) -> dict[str, Any]:
         # Loader processes open their own store (and zarr handles) lazily.
-        return {**self.__dict__, "_store": None}
+        return {**self.__dict__, "_store": None, "_reader": None, "_items": 0}
 
     @property
     def store(self) -> Store:
@@ -251,8 +274,16 @@ class StoreDataset(Dataset):
             )
         return grid
 
+    def augmentation(self, epoch: int, i: int) -> Augmentation:
+        if not self.augment:
+            return NO_AUGMENTATION
+        _, y, x = self.geometry.input_shape
+        return draw_augmentation(augmentation_rng(self.seed, epoch, i), square=y == x)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
+        if self.preprocess == "device":
+            return self.device_item(epoch, i)
         volume_id = self.index.ids[i]
         try:
             hu = read_crop(self.store.volume(volume_id), self.geometry.input_shape)
@@ -261,16 +292,45 @@ class StoreDataset(Dataset):
                 f"volume {volume_id} is not (completely) in {self.store_root}: re-run `ctplatform ingest`"
             ) from None
         grid = self.read_grid(volume_id)
-        aug = NO_AUGMENTATION
-        if self.augment:
-            _, y, x = self.geometry.input_shape
-            aug = draw_augmentation(augmentation_rng(self.seed, epoch, i), square=y == x)
+        aug = self.augmentation(epoch, i)
         hu = apply_to_volume(hu, aug)
         grid = apply_to_grid(grid, aug)
         x_in = to_slice_groups(normalize_hu(hu, self.hu_clip, self.center), self.geometry.slices_per_group)
         return {
             "x": torch.from_numpy(np.ascontiguousarray(x_in)),
             "grid": torch.from_numpy(np.ascontiguousarray(grid)),
+            "y": torch.from_numpy(self.index.y[i].copy()),
+            "region_bits": torch.from_numpy(self.index.region_bits[i].copy()),
+            "index": i,
+        }
+
+    def device_item(self, epoch: int, i: int) -> dict[str, Any]:
+        """The crop decoded into this process's next slot; augmentation drawn, not applied."""
+        if self.slots is None:
+            raise RuntimeError("a 'device' preprocess dataset gets its slots from make_loader")
+        info = torch.utils.data.get_worker_info()
+        worker = 0 if info is None else info.id
+        slot = self._items % self.slots.per_worker
+        self._items += 1
+        volume_id = self.index.ids[i]
+        if self._reader is None:
+            if info is not None:
+                # A loader process is one core (cpus_per_worker counts them): Blosc's thread pool
+                # would only oversubscribe it.
+                numcodecs_blosc.use_threads = False
+            self._reader = WindowReader()
+        self.slots.seq[worker, slot] = -1  # being written
+        try:
+            read_crop_into(self._reader, self.store.volume(volume_id), self.slots.hu[worker, slot].numpy())
+        except IncompleteItemError:
+            raise FileNotFoundError(
+                f"volume {volume_id} is not (completely) in {self.store_root}: re-run `ctplatform ingest`"
+            ) from None
+        self.slots.seq[worker, slot] = self._items
+        return {
+            "slot": torch.tensor([worker, slot, self._items], dtype=torch.int64),
+            "grid": torch.from_numpy(np.ascontiguousarray(self.read_grid(volume_id))),
+            "aug": encode_augmentation(self.augmentation(epoch, i)),
             "y": torch.from_numpy(self.index.y[i].copy()),
             "region_bits": torch.from_numpy(self.index.region_bits[i].copy()),
             "index": i,
@@ -316,20 +376,35 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
-def make_loader(dataset: StoreDataset, sampler: Sampler, batch_size: int, workers: int) -> DataLoader:
-    """DataLoader with `workers` forkserver processes (0: load in the training process)."""
+def make_loader(
+    dataset: StoreDataset, sampler: Sampler, batch_size: int, workers: int, share_slots: HostSlots | None = None
+) -> DataLoader:
+    """DataLoader with `workers` forkserver processes (0: load in the training process).
+
+    In "device" mode the dataset gets its shared slots here (before loader processes start), and the
+    loader must be iterated through device_input.DeviceBatches, which turns slots into model input.
+    `share_slots`: another loader's slots, reused when they fit; only for loaders never iterated at
+    the same time (training and validation), whose slots would otherwise both stay allocated.
+    """
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs = {
             "multiprocessing_context": LOADER_CONTEXT,
             "persistent_workers": True,
-            "prefetch_factor": 2,
+            "prefetch_factor": PREFETCH_FACTOR,
         }
+    device_mode = dataset.preprocess == "device"
+    if device_mode:
+        ahead = PREFETCH_FACTOR if workers > 0 else 0
+        need = (max(workers, 1), batch_size * (ahead + CONSUMER_HELD), *dataset.geometry.input_shape)
+        fits = share_slots is not None and all(a >= b for a, b in zip(share_slots.hu.shape[:2], need[:2])) and share_slots.shape == need[2:]
+        dataset.slots = share_slots if fits else HostSlots(need[0], need[1], need[2:])
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),  # faster host-to-GPU copies; a no-op on CPU machines
+        # faster host-to-GPU copies (a no-op on CPU machines); device-mode slots are page-locked in place
+        pin_memory=torch.cuda.is_available() and not device_mode,
         **kwargs,
     )

@@ -38,6 +38,8 @@ from ctplatform.model.dataset import (
     make_loader,
 )
 from ctplatform.train.distributed import all_gather_objects, all_reduce_sum, weights_rank_spread
+from ctplatform.model.device_input import DeviceBatches
+from ctplatform.train.accel import Accumulator, autocast, configure_model, no_sync
 from ctplatform.model.allowed_regions import allowed_regions
 from ctplatform.model.losses import class_loss, mask_loss, total_loss
 from ctplatform.model.metrics import auroc_per_label, auroc_summary, organ_iou
@@ -67,10 +69,6 @@ class EpochResult:
     diverged: str | None = None  # why the epoch stopped early, if it did
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def train_one_epoch(
     model: torch.nn.Module,
     loader: Any,
@@ -80,47 +78,54 @@ def train_one_epoch(
     state: TrainState,
     progress: "StepProgress | None" = None,
 ) -> EpochResult:
+    """One epoch; an optimizer step every train.accumulate_steps micro-batches (accel.Accumulator)."""
     model.train()
     t = cfg.train
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp)
     sums = torch.zeros(4, dtype=torch.float64)
     steps = 0
-    for batch in loader:
+    acc = Accumulator(t.accumulate_steps)
+    micro_total = len(loader) if hasattr(loader, "__len__") else None
+    if micro_total is not None and t.steps_per_epoch is not None:
+        micro_total = min(micro_total, t.steps_per_epoch * t.accumulate_steps)
+    optimizer.zero_grad(set_to_none=True)
+    for n, b in enumerate(DeviceBatches(loader, device)):
         if t.steps_per_epoch is not None and steps >= t.steps_per_epoch:
             break
-        b = _to_device(batch, device)
-        with autocast:
-            out = model(b["x"], cam=t.lambda_mask > 0)
-        terms = total_loss(
-            out.logits, out.hirescam, b["y"], b["region_bits"], b["grid"], t.lambda_mask, t.mask_loss
-        )
-        # Every rank sees the same (summed) figures, so all decide alike on a bad step.
-        step_stats = all_reduce_sum(
-            torch.stack([terms.total.detach(), terms.cls.detach(), terms.mask.detach(), torch.ones((), device=device)])
-            .double()
-            .to(device)
-        ).cpu()
-        n_ranks = float(step_stats[3])
-        mean_total = float(step_stats[0]) / n_ranks
-        if state.reference_loss is None and math.isfinite(mean_total):
-            state.reference_loss = mean_total
-        limit = t.explode_factor * max(abs(state.reference_loss or 0.0), 1.0)
-        if not math.isfinite(mean_total):
-            return EpochResult(*_means(sums), steps, diverged=f"loss is {mean_total} at step {steps + 1}")
-        if mean_total > limit:
-            return EpochResult(
-                *_means(sums),
-                steps,
-                diverged=f"loss {mean_total:.4g} exceeds {t.explode_factor:g} x the first loss "
-                f"({state.reference_loss:.4g}) at step {steps + 1}",
+        last = acc.is_last(None if micro_total is None else micro_total - n)
+        with no_sync(model, last):  # DDP all-reduces gradients on the group's last micro-batch only
+            with autocast(device, t):
+                out = model(b["x"], cam=t.lambda_mask > 0)
+            terms = total_loss(
+                out.logits, out.hirescam, b["y"], b["region_bits"], b["grid"], t.lambda_mask, t.mask_loss
             )
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        optimizer.step()
+            # Every rank sees the same (summed) figures, so all decide alike on a bad step.
+            step_stats = all_reduce_sum(
+                torch.stack([terms.total.detach(), terms.cls.detach(), terms.mask.detach(), torch.ones((), device=device)])
+                .double()
+                .to(device)
+            ).cpu()
+            n_ranks = float(step_stats[3])
+            mean_total = float(step_stats[0]) / n_ranks
+            if state.reference_loss is None and math.isfinite(mean_total):
+                state.reference_loss = mean_total
+            limit = t.explode_factor * max(abs(state.reference_loss or 0.0), 1.0)
+            if not math.isfinite(mean_total):
+                return EpochResult(*_means(sums), steps, diverged=f"loss is {mean_total} at step {steps + 1}")
+            if mean_total > limit:
+                return EpochResult(
+                    *_means(sums),
+                    steps,
+                    diverged=f"loss {mean_total:.4g} exceeds {t.explode_factor:g} x the first loss "
+                    f"({state.reference_loss:.4g}) at step {steps + 1}",
+                )
+            (terms.total * acc.loss_scale()).backward()
+        acc.add()
         sums += step_stats
-        steps += 1
-        if progress is not None:
-            progress.step(steps, float(sums[0]) / float(sums[3]))
+        if last:
+            acc.step(model, optimizer)
+            steps += 1
+            if progress is not None:
+                progress.step(steps, float(sums[0]) / float(sums[3]))
     return EpochResult(*_means(sums), steps)
 
 
@@ -157,13 +162,11 @@ def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) ->
     """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards."""
     t = cfg.train
     model.eval()
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp)
     cls_sum = mask_sum = 0.0
     n = 0
     ys, scores, ious = [], [], []
-    for batch in loader:
-        b = _to_device(batch, device)
-        with autocast:
+    for b in DeviceBatches(loader, device):
+        with autocast(device, t):
             out = model(b["x"], cam=True)
         logits, cam = out.logits.float(), out.hirescam.float()
         g_true = allowed_regions(b["region_bits"], b["grid"])
@@ -303,7 +306,7 @@ def _build_or_restore(
         model.load_state_dict(model_state)
         if worker.rank == 0:
             log.info("restored checkpoint: continuing at epoch %d", state.next_epoch)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(configure_model(model, cfg.train, worker.device))
     optimizer = make_optimizer(model.parameters(), cfg)
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)
@@ -343,7 +346,10 @@ class _Data:
         return cls(
             sampler,
             make_loader(train_set, sampler, t.batch_size, t.loader_workers),
-            make_loader(val_set, ShardSampler(len(val_set), worker.rank, worker.world), t.batch_size, t.loader_workers),
+            make_loader(  # validation never overlaps a training epoch: it reuses the slots
+                val_set, ShardSampler(len(val_set), worker.rank, worker.world), t.batch_size, t.loader_workers,
+                share_slots=train_set.slots,
+            ),
         )
 
 
