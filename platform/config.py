@@ -145,8 +145,15 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     lambda_mask: float = Field(1 / 3, description="Mask-loss weight; 0 is the class-only baseline")
-    mask_loss: Literal["mean_softplus", "sum_neglog"] = Field(
-        "mean_softplus", description="published code's mean softplus(a) or the paper's sum -log(1-a)"
+    mask_loss: Literal["published", "paper_eq11", "positive_pairs", "mean_softplus", "sum_neglog"] = Field(
+        "published",
+        description="published: the published code (mean softplus of sum_f w Z over all forbidden cells); "
+        "paper_eq11: the paper's per-scan sum of -log(1-a); positive_pairs: mean over positive (scan, label) "
+        "pairs of the sum of ReLU(HiResCAM) over their forbidden cells (model/losses.py; "
+        "mean_softplus and sum_neglog are the old names of the first two)",
+    )
+    labels: Literal["all", "present"] = Field(
+        "all", description="labels trained and scored: all 80, or those with positives in the training split"
     )
     grid_variant: str = "nearest"
     hu_clip: tuple[float, float] = (-1000.0, 800.0)
@@ -180,6 +187,12 @@ class TrainConfig(Section):
     organ_iou_threshold: float = Field(
         0.5, gt=0, lt=1, description="fixed threshold of the validation OrganIoU (normalised attention > t)"
     )
+
+    @field_validator("mask_loss")
+    @classmethod
+    def _mask_loss_name(cls, v: str) -> str:
+        # old names read as the forms they always computed (model/losses.py FORM_ALIASES)
+        return {"mean_softplus": "published", "sum_neglog": "paper_eq11"}.get(v, v)
 
     @field_validator("grid_variant")
     @classmethod
