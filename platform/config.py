@@ -128,6 +128,9 @@ class ModelConfig(Section):
     pretrained_weights: Path | None = Field(
         None, description="Local ResNet-18 ImageNet state_dict; None: random initialisation"
     )
+    backbone_layers: Literal[2, 3, 4] = Field(
+        4, description="ResNet-18 cut after layer2 / layer3 (stride 8 / 16: a finer grid on small inputs) or whole (4, the paper)"
+    )
 
     @property
     def geometry(self) -> ModelGeometry:
@@ -135,6 +138,7 @@ class ModelConfig(Section):
             input_shape=tuple(self.input_shape),
             slices_per_group=self.slices_per_group,
             custom_conv_padding=self.custom_conv_padding,
+            backbone_layers=self.backbone_layers,
         )
 
     @model_validator(mode="after")
