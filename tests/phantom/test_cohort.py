@@ -201,3 +201,16 @@ def test_a_failing_scan_does_not_stop_the_cohort(tmp_path, monkeypatch):
     monkeypatch.setattr(cohort_mod, "make_one", real)
     listing = generate_cohort(tmp_path, 3, seed=7, size="tiny", workers=1, progress=False)  # the re-run fills the gap
     assert len(listing) == 3 and pd.read_csv(tmp_path / "failed.csv").empty
+
+
+def test_two_confounders_each_track_their_own_label():
+    specs = ConfounderSpec.parse_many("fat:great_vessel_atherosclerosis:1.0+zmarker:lung_mass:1.0")
+    rows = assign(80, 3, specs, None, None)
+    for r in rows:
+        assert set(r["confounders"]) == {"fat", "zmarker"}
+        assert r["confounder_kind"] == "fat" and r["confounder_value"] == r["confounders"]["fat"]
+        if r["split"] != "shifted":  # strength 1: the marker is present exactly with the label
+            assert r["confounders"]["zmarker"] == float("lung_mass" in r["findings"])
+            assert (r["confounders"]["fat"] > 18) == ("great_vessel_atherosclerosis" in r["findings"])
+    with pytest.raises(ValueError, match="at most once"):
+        ConfounderSpec.parse_many("fat+fat:lung_mass")
