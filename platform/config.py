@@ -159,6 +159,11 @@ class TrainConfig(Section):
     labels: Literal["all", "present"] = Field(
         "all", description="labels trained and scored: all 80, or those with positives in the training split"
     )
+    selection_metric: Literal["val_class_loss", "val_loss"] = Field(
+        "val_class_loss",
+        description="validation loss that picks the best epoch: val_class_loss is the same criterion for every "
+        "lambda; val_loss adds lambda * L_mask (the old choice: not comparable between a class-only and a mask-loss model)",
+    )
     grid_variant: str = "nearest"
     hu_clip: tuple[float, float] = (-1000.0, 800.0)
     center: float = Field(0.449, description="subtracted after scaling to [0, 1] (published code)")

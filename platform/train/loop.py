@@ -33,6 +33,7 @@ from ctplatform.model.dataset import (
     StoreDataset,
     load_split,
     make_loader,
+    scored_labels,
 )
 from ctplatform.train.distributed import all_gather_objects, all_reduce_sum, weights_rank_spread
 from ctplatform.model.losses import class_loss, mask_loss, total_loss
@@ -78,6 +79,7 @@ def train_one_epoch(
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp)
     sums = torch.zeros(4, dtype=torch.float64)
     steps = 0
+    label_index = _label_index(loader.dataset.index, t.labels, device)  # train.labels: the labels trained on
     for batch in loader:
         if t.steps_per_epoch is not None and steps >= t.steps_per_epoch:
             break
@@ -85,7 +87,8 @@ def train_one_epoch(
         with autocast:
             out = model(b["x"], cam=t.lambda_mask > 0)
         terms = total_loss(
-            out.logits, out.hirescam, b["y"], b["region_bits"], b["grid"], t.lambda_mask, t.mask_loss
+            out.logits, out.hirescam, b["y"], b["region_bits"], b["grid"], t.lambda_mask, t.mask_loss,
+            label_index=label_index,
         )
         # Every rank sees the same (summed) figures, so all decide alike on a bad step.
         step_stats = all_reduce_sum(
@@ -138,6 +141,13 @@ class StepProgress:
         )
 
 
+def _label_index(train_index: Any, mode: str, device: torch.device) -> torch.Tensor | None:
+    """The scored labels (model.dataset.scored_labels) as a device index; None for all 80."""
+    if mode == "all":
+        return None
+    return torch.as_tensor(scored_labels(train_index, mode), device=device)
+
+
 def _means(sums: torch.Tensor) -> tuple[float, float, float]:
     n = float(sums[3])
     if n == 0:
@@ -154,6 +164,7 @@ def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) ->
     t = cfg.train
     model.eval()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp)
+    labels = None if t.labels == "all" else scored_labels(load_split(Store(cfg.store_path), t.splits["train"]), t.labels)
     cls_sum = mask_sum = 0.0
     n = 0
     ys, scores, ious = [], [], []
@@ -163,6 +174,8 @@ def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) ->
             out = model(b["x"], cam=True)
         logits, cam = out.logits.float(), out.hirescam.float()
         g_true = allowed_regions(b["region_bits"], b["grid"])
+        if labels is not None:  # train.labels: score only the labels trained on
+            logits, cam, g_true, b["y"] = logits[:, labels], cam[:, labels], g_true[:, labels], b["y"][:, labels]
         for k in range(logits.shape[0]):  # per scan, so the mean does not depend on batch layout
             cls_sum += float(class_loss(logits[k : k + 1], b["y"][k : k + 1]))
             mask_sum += float(mask_loss(cam[k : k + 1], ~g_true[k : k + 1], t.mask_loss))
@@ -294,9 +307,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
             return
         val = validate(unwrap(model), val_loader, cfg, device)
-        improved = val["val_loss"] < state.best_val_loss
+        # the same criterion for every lambda (val_loss holds lambda * L_mask: not comparable across models)
+        improved = val[t.selection_metric] < state.best_val_loss
         if improved:
-            state.best_val_loss, state.best_epoch, state.bad_epochs = val["val_loss"], epoch, 0
+            state.best_val_loss, state.best_epoch, state.bad_epochs = val[t.selection_metric], epoch, 0
             best_state = cpu_state(model)
         else:
             state.bad_epochs += 1

@@ -1,0 +1,298 @@
+"""The faithfulness experiment: class-only vs mask-loss AxialNet on a phantom cohort, per seed, with
+every figure beside its chance or prior level and paired bootstrap intervals of mask minus class-only.
+
+Shared by `ctplatform demo` (one seed) and `benchmarks/faithfulness.py` (several seeds): one seed is
+    cohort (demo.seed = seed) -> ingest -> partition -> label reports -> train `class-only` (lambda 0)
+      and `mask-loss` (lambda > 0), same seed, same selection criterion (train.selection_metric)
+      -> both models over valid (thresholds), test (headline) and shifted (confounder reliance).
+The figures are in eval/faithfulness.py and eval/baselines.py; this module only chains and tabulates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ctplatform.config import Config
+
+CLASS_ONLY, MASK_LOSS = "class-only", "mask-loss"
+
+#: (row title, split, figure key, baselines [(name, key)], better, target from issue 14)
+ROWS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...], str, str], ...] = (
+    ("HiResCAM OrganIoU (val-chosen thresholds)", "test", "organ_iou_hirescam",
+     (("image-blind prior map", "organ_iou_prior"),), "higher", ">= +33% relative, interval > 0, above prior"),
+    ("Grad-CAM OrganIoU (val-chosen thresholds)", "test", "organ_iou_gradcam", (("image-blind prior map", "organ_iou_prior"),), "higher", ""),
+    ("HiResCAM attention in allowed cells (threshold-free OrganIoU)", "test", "attention_in_allowed_hirescam",
+     (("uniform map = allowed-cell fraction", "attention_in_allowed_uniform"), ("image-blind prior map", "attention_in_allowed_prior")), "higher", ""),
+    ("HiResCAM signed evidence from forbidden cells", "test", "forbidden_evidence_signed_hirescam", (), "closer to 0", ""),
+    ("true-lesion Dice, HiResCAM (val-chosen threshold)", "test", "lesion_dice_hirescam", (("image-blind prior map", "lesion_dice_prior"),), "higher", ""),
+    ("pointing game, HiResCAM", "test", "pointing_hirescam",
+     (("chance = lesion-cell fraction", "pointing_uniform"), ("image-blind prior map", "pointing_prior")), "higher", "mask-loss >= 3x chance"),
+    ("pointing game, Grad-CAM", "test", "pointing_gradcam", (("chance = lesion-cell fraction", "pointing_uniform"),), "higher", ""),
+    ("attention on fat, {fat}", "test", "confounder_share_fat_hirescam", (("uniform map = fat-cell fraction", "confounder_share_fat_uniform"),), "lower", ""),
+    ("attention on the z-marker, {zmarker}", "test", "confounder_share_zmarker_hirescam",
+     (("uniform map = marker-cell fraction", "confounder_share_zmarker_uniform"),), "lower", ""),
+    ("reliance of the {fat} score on fat (AUROC)", "shifted", "reliance_fat", (("chance", "chance_half"),), "closer to 0.5", ""),
+    ("reliance of the {zmarker} score on the z-marker (AUROC)", "shifted", "reliance_zmarker", (("chance", "chance_half"),), "closer to 0.5",
+     "<= 0.65 mask-loss, >= 0.9 class-only"),
+    ("AUROC {zmarker}", "shifted", "auroc/{zmarker}", (("chance", "chance_half"),), "higher", "mask-loss higher, interval > 0"),
+    ("AUROC {fat}", "shifted", "auroc/{fat}", (("chance", "chance_half"),), "higher", ""),
+    ("AUROC median over scored labels", "test", "auroc_median", (("chance", "chance_half"),), "higher", "mask-loss not lower by > 0.03"),
+)
+
+
+# ------------------------------------------------------------------------------ truth on the grid
+def phantom_truth(cohort: Path, store_root: str, geometry: Any, kinds: list[str], method: str = "area"):
+    """TruthFn for eval.faithfulness.collect_split: lesion cells and each confounder's cells."""
+    import pandas as pd
+
+    from ctplatform.eval.truth import to_stored_grid
+    from ctplatform.geometry import center_crop_or_pad
+    from ctplatform.labels import N_LABELS, label_by_name
+    from ctplatform.partition.grid import downsample_bits
+    from ctplatform.phantom.anatomy import ORGAN_CODES
+    from ctplatform.store import Store
+
+    store = Store(store_root)
+    codes = pd.read_csv(cohort / "truth" / "lesion_codes.csv")
+    organ_code = {"fat": ORGAN_CODES["subcutaneous_fat"], "marker": ORGAN_CODES["marker"], "zmarker": ORGAN_CODES["marker"]}
+
+    def on_grid(mask: np.ndarray) -> np.ndarray:
+        return downsample_bits(center_crop_or_pad(mask, geometry.input_shape, fill=0), geometry.grid, method)
+
+    def truth(volume_id: str):
+        vol = store.volume(volume_id)
+        shape, attrs = tuple(vol.shape), vol.attrs
+        bits = to_stored_grid(cohort / "truth" / f"{volume_id}_lesions.nii.gz", shape, attrs).astype(np.uint16)
+        cells = on_grid(bits)
+        lesions = np.zeros((N_LABELS, *geometry.grid), dtype=bool)
+        for bit, name in zip(codes["bit"], codes["label"]):
+            lesions[label_by_name(name).index] |= (cells & np.uint16(1 << int(bit))) > 0
+        organs = to_stored_grid(cohort / "truth" / f"{volume_id}.nii.gz", shape, attrs)
+        regions = {k: on_grid((organs == organ_code[k]).astype(np.uint8)) > 0 for k in kinds}
+        return lesions, regions
+
+    return truth
+
+
+def cohort_confounders(cohort: Path) -> dict[str, str]:
+    """kind -> target label of the cohort's confounders (cohort.json holds one spec or a list)."""
+    spec = json.loads((cohort / "cohort.json").read_text()).get("confounder")
+    specs = spec if isinstance(spec, list) else ([spec] if spec else [])
+    return {s["kind"]: s["label"] for s in specs}
+
+
+def confounder_values(cohort: Path, kind: str) -> dict[str, float]:
+    import pandas as pd
+
+    listing = pd.read_csv(cohort / "scans.csv", keep_default_na=False)
+    col = f"confounder_{kind}" if f"confounder_{kind}" in listing.columns else "confounder_value"
+    return dict(zip(listing["volume_id"].astype(str), listing[col].astype(float)))
+
+
+# ------------------------------------------------------------------------------ one seed
+def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both trained models over valid, test and shifted: per-pair figures, per-scan scores, diagnostics."""
+    from ctplatform.demo.table import confounder_present
+    from ctplatform.eval.baselines import image_blind_prior
+    from ctplatform.eval.faithfulness import choose_validation_thresholds, collect_split, pair_figures
+    from ctplatform.labels import label_by_name
+    from ctplatform.model.allowed_regions import allowed_regions
+    from ctplatform.model.checkpoint import load_from_run
+    from ctplatform.model.dataset import StoreDataset, load_split, scored_labels
+    from ctplatform.model.receptive_field import own_block_gradient_mass
+    from ctplatform.store import Store
+
+    store = Store(cfg.store_path)
+    conf = cohort_confounders(cohort)
+    targets = {k: label_by_name(v).index for k, v in conf.items()}
+    train_index = load_split(store, cfg.train.splits["train"])
+    labels = scored_labels(train_index, "present")  # both models are scored on the same labels
+    out: dict[str, Any] = {"labels": labels, "targets": conf, "models": {}}
+    for title, run_id in runs.items():
+        model, run_cfg = load_from_run(run_id)
+        truth = phantom_truth(cohort, cfg.store_path, run_cfg.model.geometry, list(conf))
+        # image-blind prior: mean allowed region of each label's positive training scans
+        train_set = StoreDataset.from_config(run_cfg, train_index, augment=False)
+        allowed = np.stack([
+            allowed_regions(it["region_bits"][None], it["grid"][None])[0].numpy()
+            for it in (train_set[i] for i in range(len(train_set)))
+        ])
+        prior = image_blind_prior(allowed, train_index.y > 0.5)
+        res: dict[str, Any] = {"run_id": run_id}
+        maps = {}
+        for split in ("valid", "test", "shifted"):
+            t0 = time.monotonic()
+            index = load_split(store, split)
+            maps[split] = collect_split(model, StoreDataset.from_config(run_cfg, index, augment=False), labels, truth)
+            echo(f"  {title}: {split} ({len(index)} scans) analysed in {time.monotonic() - t0:.0f} s")
+        thr = choose_validation_thresholds(maps["valid"], prior, labels)
+        res["figures"] = {s: pair_figures(maps[s], prior, thr, labels, targets) for s in ("test", "shifted")}
+        res["scores"] = {s: (maps[s].y, maps[s].logits, maps[s].ids) for s in ("test", "shifted")}
+        res["lesion_thresholds"] = thr.lesion
+        first = StoreDataset.from_config(run_cfg, load_split(store, "test"), augment=False)[0]["x"][None].float()
+        rf = own_block_gradient_mass(model, first)
+        res["receptive_field"] = {"own_block_mass_mean": rf.mean, "uniform": rf.uniform}
+        res["present"] = {
+            k: confounder_present("marker" if k == "zmarker" else k,
+                                  np.array([confounder_values(cohort, k)[v] for v in maps["shifted"].ids]))
+            for k in conf
+        }
+        out["models"][title] = res
+    return out
+
+
+def seed_values(analysis: dict[str, Any], rows: dict[str, np.ndarray | None] | None = None) -> dict[str, dict[str, float]]:
+    """model -> figure -> value (on all scans, or on the given scan rows per split) for one seed."""
+    from ctplatform.demo.table import confounder_reliance
+    from ctplatform.eval.faithfulness import auroc_figures, mean_over
+    from ctplatform.labels import label_by_name
+
+    rows = rows or {}
+    conf = analysis["targets"]
+    named = {v: label_by_name(v).index for v in conf.values()}
+    out = {}
+    for title, res in analysis["models"].items():
+        vals: dict[str, float] = {}
+        for split in ("test", "shifted"):
+            r = rows.get(split)
+            figs = mean_over(res["figures"][split], r)
+            y, logits, _ = res["scores"][split]
+            if r is not None:
+                y, logits = y[r], logits[r]
+            auc = auroc_figures(y, logits, analysis["labels"], named)
+            for k, v in {**figs, **auc}.items():
+                vals[f"{split}:{k}"] = v
+        y, logits, _ = res["scores"]["shifted"]
+        r = rows.get("shifted")
+        for kind, target in conf.items():
+            idx = label_by_name(target).index
+            present = res["present"][kind]
+            sel = slice(None) if r is None else r
+            vals[f"shifted:reliance_{kind}"] = confounder_reliance(logits[sel, idx], y[sel, idx], present[sel])
+        vals["test:chance_half"] = vals["shifted:chance_half"] = 0.5
+        out[title] = vals
+    return out
+
+
+# ------------------------------------------------------------------------------ several seeds
+def report(analyses: dict[int, dict[str, Any]], n_boot: int = 1000, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """JSON-ready: per seed every figure of both models and its baselines; paired differences with 95% CIs."""
+    from ctplatform.eval.faithfulness import paired_bootstrap
+
+    per_seed = {s: seed_values(a) for s, a in analyses.items()}
+    fns, sizes = [], []
+    for a in analyses.values():
+        n_test = len(a["models"][CLASS_ONLY]["scores"]["test"][2])
+        n_shift = len(a["models"][CLASS_ONLY]["scores"]["shifted"][2])
+
+        def diff(rows: np.ndarray, a: dict[str, Any] = a, n_test: int = n_test, n_shift: int = n_shift) -> dict[str, float]:
+            # test and shifted scans are resampled independently; one draw of `rows` seeds both
+            rng = np.random.default_rng(int(rows.sum()) + len(rows))
+            v = seed_values(a, {"test": rows % n_test, "shifted": rng.integers(0, n_shift, n_shift)})
+            return {k: v[MASK_LOSS][k] - v[CLASS_ONLY][k] for k in v[MASK_LOSS]}
+
+        fns.append(diff)
+        sizes.append(n_test)
+    ci = paired_bootstrap(fns, sizes, n_boot=n_boot)
+    keys = sorted(next(iter(per_seed.values()))[CLASS_ONLY])
+    mean = {m: {k: float(np.nanmean([per_seed[s][m][k] for s in per_seed])) for k in keys} for m in (CLASS_ONLY, MASK_LOSS)}
+    first = next(iter(analyses.values()))
+    return {
+        "meta": meta or {},
+        "seeds": sorted(analyses),
+        "confounders": first["targets"],
+        "scored_labels": {str(s): len(a["labels"]) for s, a in analyses.items()},
+        "per_seed": {str(s): v for s, v in per_seed.items()},
+        "mean_over_seeds": mean,
+        "mask_minus_class_only": {k: mean[MASK_LOSS][k] - mean[CLASS_ONLY][k] for k in keys},
+        "mask_minus_class_only_ci95": {k: list(ci.get(k, (math.nan, math.nan))) for k in keys},
+        "receptive_field": {str(s): {m: a["models"][m]["receptive_field"] for m in a["models"]} for s, a in analyses.items()},
+        "deletion_ks": list(_ks(first)),
+    }
+
+
+def _ks(analysis: dict[str, Any]) -> list[int]:
+    keys = analysis["models"][CLASS_ONLY]["figures"]["test"]
+    return sorted({int(k.rsplit("_k", 1)[1]) for k in keys if k.startswith("deletion_hirescam_k")})
+
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def winner(diff: float, lo: float, hi: float, better: str) -> str:
+    """Which model won the row: by the paired interval (spanning 0: no winner)."""
+    if any(math.isnan(x) for x in (diff, lo, hi)):
+        return "n/a"
+    if lo <= 0 <= hi:
+        return "neither (interval spans 0)"
+    if better == "higher":
+        return MASK_LOSS if lo > 0 else CLASS_ONLY
+    if better == "lower":
+        return MASK_LOSS if hi < 0 else CLASS_ONLY
+    return "see values"  # 'closer to 0.5' / 'closer to 0': read the two values
+
+
+def table_rows(rep: dict[str, Any]) -> list[list[str]]:
+    conf = rep["confounders"]
+    fmt = {"fat": conf.get("fat", "?"), "zmarker": conf.get("zmarker", "?")}
+    mean, d, ci = rep["mean_over_seeds"], rep["mask_minus_class_only"], rep["mask_minus_class_only_ci95"]
+    rows = []
+    for title, split, key, baselines, better, target in ROWS:
+        k = f"{split}:{key.format(**fmt)}"
+        if k not in d or (math.isnan(mean[CLASS_ONLY][k]) and math.isnan(mean[MASK_LOSS][k])):
+            continue
+        lo, hi = ci[k]
+        base = "; ".join(f"{n} {_fmt(mean[CLASS_ONLY].get(f'{split}:{b}', math.nan))}" for n, b in baselines)
+        rows.append([title.format(**fmt), split, _fmt(mean[CLASS_ONLY][k]), _fmt(mean[MASK_LOSS][k]),
+                     f"{d[k]:+.3f} [{lo:+.3f}, {hi:+.3f}]", winner(d[k], lo, hi, better), base, target])
+    for method in ("hirescam", "gradcam", "random"):
+        for m in (CLASS_ONLY, MASK_LOSS):
+            curve = " / ".join(_fmt(mean[m].get(f"test:deletion_{method}_k{k}", math.nan)) for k in rep["deletion_ks"])
+            rows.append([f"deletion drop, top-k cells by {method}, k = {'/'.join(map(str, rep['deletion_ks']))}", "test",
+                         curve if m == CLASS_ONLY else "", curve if m == MASK_LOSS else "", "", "", "random ranking" if method != "random" else "", ""])
+    return rows
+
+
+def format_table(rep: dict[str, Any]) -> str:
+    head = ["figure", "split", CLASS_ONLY, MASK_LOSS, "mask - class [95% CI]", "won", "baseline (image-blind / chance)", "issue target"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(rep)]
+    return "\n".join(lines)
+
+
+def conclusion(rep: dict[str, Any]) -> str:
+    """One sentence from the measured numbers (no adjectives chosen in advance)."""
+    d, ci, mean = rep["mask_minus_class_only"], rep["mask_minus_class_only_ci95"], rep["mean_over_seeds"]
+    k = "test:organ_iou_hirescam"
+    z = f"shifted:reliance_zmarker"
+    parts = [f"over {len(rep['seeds'])} seed(s), the mask loss changed HiResCAM OrganIoU by {d[k]:+.3f} "
+             f"(95% CI {ci[k][0]:+.3f} to {ci[k][1]:+.3f}; image-blind prior {_fmt(mean[CLASS_ONLY].get('test:organ_iou_prior', math.nan))})"]
+    if z in d:
+        parts.append(f"the z-marker reliance from {_fmt(mean[CLASS_ONLY][z])} to {_fmt(mean[MASK_LOSS][z])} (chance 0.5)")
+    a = "test:auroc_median"
+    parts.append(f"and median AUROC by {d[a]:+.3f} (95% CI {ci[a][0]:+.3f} to {ci[a][1]:+.3f})")
+    return "Conclusion: " + ", ".join(parts) + "."
+
+
+def to_json(rep: dict[str, Any], path: Path) -> None:
+    def clean(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, (float, np.floating)):
+            return None if math.isnan(float(x)) else float(x)
+        if isinstance(x, np.integer):
+            return int(x)
+        return x
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(clean(rep), indent=1))
