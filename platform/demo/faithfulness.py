@@ -96,6 +96,36 @@ def confounder_values(cohort: Path, kind: str) -> dict[str, float]:
     return dict(zip(listing["volume_id"].astype(str), listing[col].astype(float)))
 
 
+def lesion_contrast(cohort: Path, store_root: str, ids: list[str], shell_voxels: int = 2) -> dict[str, dict[str, float]]:
+    """Per label, after ingest: median over scans of |mean HU in the lesion - mean HU in a shell around it|.
+
+    The shell is the lesion dilated by `shell_voxels` stored voxels, minus the lesion: the tissue a
+    lesion must stand out from at the model's input resolution. Also the median lesion size in voxels.
+    """
+    import pandas as pd
+    from scipy.ndimage import binary_dilation
+
+    from ctplatform.eval.truth import to_stored_grid
+    from ctplatform.store import Store
+
+    store = Store(store_root)
+    codes = pd.read_csv(cohort / "truth" / "lesion_codes.csv")
+    found: dict[str, list[tuple[float, int]]] = {}
+    for vid in ids:
+        vol = store.volume(vid)
+        hu = np.asarray(vol[...], dtype=np.float32)
+        bits = to_stored_grid(cohort / "truth" / f"{vid}_lesions.nii.gz", tuple(vol.shape), vol.attrs).astype(np.uint16)
+        for bit, name in zip(codes["bit"], codes["label"]):
+            m = (bits & np.uint16(1 << int(bit))) > 0
+            if not m.any():
+                continue
+            shell = binary_dilation(m, iterations=shell_voxels) & ~m
+            if shell.any():
+                found.setdefault(str(name), []).append((abs(float(hu[m].mean() - hu[shell].mean())), int(m.sum())))
+    return {k: {"contrast_hu_median": float(np.median([c for c, _ in v])), "voxels_median": float(np.median([n for _, n in v])),
+                "scans": len(v)} for k, v in sorted(found.items())}
+
+
 # ------------------------------------------------------------------------------ one seed
 def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Both trained models over valid, test and shifted: per-pair figures, per-scan scores, diagnostics."""
@@ -115,6 +145,8 @@ def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callab
     train_index = load_split(store, cfg.train.splits["train"])
     labels = scored_labels(train_index, "present")  # both models are scored on the same labels
     out: dict[str, Any] = {"labels": labels, "targets": conf, "models": {}}
+    test_ids = load_split(store, "test").ids
+    out["lesion_contrast"] = lesion_contrast(cohort, cfg.store_path, test_ids)
     for title, run_id in runs.items():
         model, run_cfg = load_from_run(run_id)
         truth = phantom_truth(cohort, cfg.store_path, run_cfg.model.geometry, list(conf))
@@ -186,6 +218,13 @@ def report(analyses: dict[int, dict[str, Any]], n_boot: int = 1000, meta: dict[s
     """JSON-ready: per seed every figure of both models and its baselines; paired differences with 95% CIs."""
     from ctplatform.eval.faithfulness import paired_bootstrap
 
+    from ctplatform.labels import all_labels
+
+    names = [lab.name for lab in all_labels()]
+
+    def label_name(i: int) -> str:
+        return names[i]
+
     per_seed = {s: seed_values(a) for s, a in analyses.items()}
     fns, sizes = [], []
     for a in analyses.values():
@@ -214,6 +253,8 @@ def report(analyses: dict[int, dict[str, Any]], n_boot: int = 1000, meta: dict[s
         "mask_minus_class_only": {k: mean[MASK_LOSS][k] - mean[CLASS_ONLY][k] for k in keys},
         "mask_minus_class_only_ci95": {k: list(ci.get(k, (math.nan, math.nan))) for k in keys},
         "receptive_field": {str(s): {m: a["models"][m]["receptive_field"] for m in a["models"]} for s, a in analyses.items()},
+        "lesion_contrast_after_ingest": {str(s): a.get("lesion_contrast", {}) for s, a in analyses.items()},
+        "scored_label_names": {str(s): [label_name(int(i)) for i in a["labels"]] for s, a in analyses.items()},
         "deletion_ks": list(_ks(first)),
     }
 

@@ -69,7 +69,7 @@ def confounder_present(kind: str, values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if kind == "fat":
         return values >= (FAT_LOW_MM[1] + FAT_HIGH_MM[0]) / 2  # between the thin and thick ranges
-    if kind == "marker":
+    if kind in ("marker", "zmarker"):
         return values >= 0.5
     raise ValueError(f"unknown confounder kind {kind!r}")
 
