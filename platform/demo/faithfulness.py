@@ -10,6 +10,7 @@ The figures are in eval/faithfulness.py and eval/baselines.py; this module only 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -66,6 +67,7 @@ def phantom_truth(cohort: Path, store_root: str, geometry: Any, kinds: list[str]
     def on_grid(mask: np.ndarray) -> np.ndarray:
         return downsample_bits(center_crop_or_pad(mask, geometry.input_shape, fill=0), geometry.grid, method)
 
+    @functools.lru_cache(maxsize=None)  # both models read the same truth: resample it once
     def truth(volume_id: str):
         vol = store.volume(volume_id)
         shape, attrs = tuple(vol.shape), vol.attrs
@@ -131,6 +133,7 @@ def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callab
     """Both trained models over valid, test and shifted: per-pair figures, per-scan scores, diagnostics."""
     from ctplatform.demo.table import confounder_present
     from ctplatform.eval.baselines import image_blind_prior
+    from ctplatform.eval.deletion import DELETION_KS
     from ctplatform.eval.faithfulness import choose_validation_thresholds, collect_split, pair_figures
     from ctplatform.labels import label_by_name
     from ctplatform.model.allowed_regions import allowed_regions
@@ -138,6 +141,8 @@ def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callab
     from ctplatform.model.dataset import StoreDataset, load_split, scored_labels
     from ctplatform.model.receptive_field import own_block_gradient_mass
     from ctplatform.store import Store
+
+    import torch
 
     store = Store(cfg.store_path)
     conf = cohort_confounders(cohort)
@@ -147,14 +152,16 @@ def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callab
     out: dict[str, Any] = {"labels": labels, "targets": conf, "models": {}}
     test_ids = load_split(store, "test").ids
     out["lesion_contrast"] = lesion_contrast(cohort, cfg.store_path, test_ids)
+    truth = None
     for title, run_id in runs.items():
         model, run_cfg = load_from_run(run_id)
-        truth = phantom_truth(cohort, cfg.store_path, run_cfg.model.geometry, list(conf))
-        # image-blind prior: mean allowed region of each label's positive training scans
+        truth = truth or phantom_truth(cohort, cfg.store_path, run_cfg.model.geometry, list(conf))
+        # image-blind prior: mean allowed region of each label's positive training scans (grid masks only)
         train_set = StoreDataset.from_config(run_cfg, train_index, augment=False)
         allowed = np.stack([
-            allowed_regions(it["region_bits"][None], it["grid"][None])[0].numpy()
-            for it in (train_set[i] for i in range(len(train_set)))
+            allowed_regions(torch.from_numpy(train_index.region_bits[i][None]),
+                            torch.from_numpy(train_set.read_grid(vid)[None]))[0].numpy()
+            for i, vid in enumerate(train_index.ids)
         ])
         prior = image_blind_prior(allowed, train_index.y > 0.5)
         res: dict[str, Any] = {"run_id": run_id}
@@ -162,7 +169,8 @@ def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callab
         for split in ("valid", "test", "shifted"):
             t0 = time.monotonic()
             index = load_split(store, split)
-            maps[split] = collect_split(model, StoreDataset.from_config(run_cfg, index, augment=False), labels, truth)
+            ks = () if split == "valid" else DELETION_KS  # validation only chooses thresholds
+            maps[split] = collect_split(model, StoreDataset.from_config(run_cfg, index, augment=False), labels, truth, ks)
             echo(f"  {title}: {split} ({len(index)} scans) analysed in {time.monotonic() - t0:.0f} s")
         thr = choose_validation_thresholds(maps["valid"], prior, labels)
         res["figures"] = {s: pair_figures(maps[s], prior, thr, labels, targets) for s in ("test", "shifted")}

@@ -95,7 +95,7 @@ def collect_split(
         out["gradcam"].append(gc.numpy().astype(np.float32))
         out["allowed"].append(g.numpy())
         per = {m: np.full((y.shape[0], len(ks)), np.nan) for m in dels}
-        for m in np.nonzero(y > 0.5)[0]:
+        for m in np.nonzero(y > 0.5)[0] if len(ks) else ():  # ks = (): no deletion check (e.g. validation)
             if int(m) not in scored or not bool(g[m].any()):
                 continue
             per["hirescam"][m] = deletion_drops(model, z, int(m), hc[m], ks)
