@@ -40,7 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=None, help="override demo.n (cohort size)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
+    p.add_argument("--table-from", type=Path, default=None, help="only print the table of an earlier JSON")
     args = p.parse_args(argv)
+    if args.table_from is not None:
+        import json
+
+        from ctplatform.demo import faithfulness as fx
+
+        rep = json.loads(args.table_from.read_text())
+        print(fx.format_table(rep) + "\n\n" + fx.diagnostics(rep) + "\n\n" + fx.conclusion(rep))
+        return 0
 
     import ray
 
@@ -96,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     reduced = f" (REDUCED: {base.train.epochs} of {full_epochs} epochs)" if meta["reduced"] else ""
     print(f"\nseeds {seeds}{reduced}, {meta['wall_s']:.0f} s; JSON: {args.json}\n")
     print(fx.format_table(rep))
+    print("\n" + fx.diagnostics(rep))
     print("\n" + fx.conclusion(rep))
     return 0
 

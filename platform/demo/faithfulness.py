@@ -39,6 +39,8 @@ ROWS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...], str, str], ...] = 
     ("attention on fat, {fat}", "test", "confounder_share_fat_hirescam", (("uniform map = fat-cell fraction", "confounder_share_fat_uniform"),), "lower", ""),
     ("attention on the z-marker, {zmarker}", "test", "confounder_share_zmarker_hirescam",
      (("uniform map = marker-cell fraction", "confounder_share_zmarker_uniform"),), "lower", ""),
+    ("fat cells inside the {fat} allowed region (grid property)", "test", "confounder_cells_allowed_fat", (), "same", ""),
+    ("z-marker cells inside the {zmarker} allowed region (grid property)", "test", "confounder_cells_allowed_zmarker", (), "same", ""),
     ("reliance of the {fat} score on fat (AUROC)", "shifted", "reliance_fat", (("chance", "chance_half"),), "closer to 0.5", ""),
     ("reliance of the {zmarker} score on the z-marker (AUROC)", "shifted", "reliance_zmarker", (("chance", "chance_half"),), "closer to 0.5",
      "<= 0.65 mask-loss, >= 0.9 class-only"),
@@ -272,12 +274,31 @@ def _ks(analysis: dict[str, Any]) -> list[int]:
     return sorted({int(k.rsplit("_k", 1)[1]) for k in keys if k.startswith("deletion_hirescam_k")})
 
 
-def _fmt(v: float) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+def _num(v: Any) -> float:
+    """A figure from a report or its JSON (where NaN was written as null)."""
+    return math.nan if v is None else float(v)
 
 
-def winner(diff: float, lo: float, hi: float, better: str) -> str:
-    """Which model won the row: by the paired interval (spanning 0: no winner)."""
+def _fmt(v: Any) -> str:
+    v = _num(v)
+    return "n/a" if math.isnan(v) else f"{v:.3f}"
+
+
+def winner(diff: float, lo: float, hi: float, better: str, values: tuple[float, float] | None = None) -> str:
+    """Which model won the row: by the paired interval (spanning 0: no winner).
+
+    For 'closer to X' rows the interval is of the signed difference, so the winner is read from the
+    two values' distances to X and marked as such (no interval of the distance).
+    """
+    diff, lo, hi = _num(diff), _num(lo), _num(hi)
+    if better.startswith("closer to") and values is not None:
+        target = float(better.split()[-1])
+        c, m = (abs(_num(v) - target) for v in values)
+        if math.isnan(c) or math.isnan(m) or c == m:
+            return "n/a" if math.isnan(c) or math.isnan(m) else "tie"
+        return f"{MASK_LOSS if m < c else CLASS_ONLY} (closer; interval above is of the signed difference)"
+    if better == "same":
+        return ""
     if any(math.isnan(x) for x in (diff, lo, hi)):
         return "n/a"
     if lo <= 0 <= hi:
@@ -296,17 +317,29 @@ def table_rows(rep: dict[str, Any]) -> list[list[str]]:
     rows = []
     for title, split, key, baselines, better, target in ROWS:
         k = f"{split}:{key.format(**fmt)}"
-        if k not in d or (math.isnan(mean[CLASS_ONLY][k]) and math.isnan(mean[MASK_LOSS][k])):
+        c, m = _num(mean[CLASS_ONLY].get(k)), _num(mean[MASK_LOSS].get(k))
+        if k not in d or (math.isnan(c) and math.isnan(m)):
             continue
-        lo, hi = ci[k]
-        base = "; ".join(f"{n} {_fmt(mean[CLASS_ONLY].get(f'{split}:{b}', math.nan))}" for n, b in baselines)
-        rows.append([title.format(**fmt), split, _fmt(mean[CLASS_ONLY][k]), _fmt(mean[MASK_LOSS][k]),
-                     f"{d[k]:+.3f} [{lo:+.3f}, {hi:+.3f}]", winner(d[k], lo, hi, better), base, target])
+        lo, hi = (_num(x) for x in ci[k])
+        base = "; ".join(f"{n} {_fmt(mean[CLASS_ONLY].get(f'{split}:{b}'))}" for n, b in baselines)
+        rows.append([title.format(**fmt), split, _fmt(c), _fmt(m),
+                     f"{_num(d[k]):+.3f} [{lo:+.3f}, {hi:+.3f}]", winner(d[k], lo, hi, better, (c, m)), base, target])
+    ks = rep["deletion_ks"]
+    curves = {
+        (method, model): [_num(mean[model].get(f"test:deletion_{method}_k{k}")) for k in ks]
+        for method in ("hirescam", "gradcam", "random") for model in (CLASS_ONLY, MASK_LOSS)
+    }
     for method in ("hirescam", "gradcam", "random"):
-        for m in (CLASS_ONLY, MASK_LOSS):
-            curve = " / ".join(_fmt(mean[m].get(f"test:deletion_{method}_k{k}", math.nan)) for k in rep["deletion_ks"])
-            rows.append([f"deletion drop, top-k cells by {method}, k = {'/'.join(map(str, rep['deletion_ks']))}", "test",
-                         curve if m == CLASS_ONLY else "", curve if m == MASK_LOSS else "", "", "", "random ranking" if method != "random" else "", ""])
+        rows.append([f"deletion: score drop, top-k cells by {method} zeroed (k = {'/'.join(map(str, ks))})", "test",
+                     " / ".join(_fmt(v) for v in curves[method, CLASS_ONLY]),
+                     " / ".join(_fmt(v) for v in curves[method, MASK_LOSS]), "", "",
+                     "random ranking: last row" if method != "random" else "", "HiResCAM >= Grad-CAM at every k" if method == "hirescam" else ""])
+    verdict = []
+    for model in (CLASS_ONLY, MASK_LOSS):
+        h, g = curves["hirescam", model], curves["gradcam", model]
+        ok = all(a >= b for a, b in zip(h, g) if not (math.isnan(a) or math.isnan(b)))
+        verdict.append("yes" if ok else "no")
+    rows.append(["HiResCAM drop >= Grad-CAM drop at every k", "test", *verdict, "", "", "", "HiResCAM >= Grad-CAM at every k"])
     return rows
 
 
@@ -317,17 +350,32 @@ def format_table(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def diagnostics(rep: dict[str, Any]) -> str:
+    """Receptive field per model and lesion contrast after ingest, as short lines."""
+    lines = []
+    for seed, models in rep.get("receptive_field", {}).items():
+        for m, rf in models.items():
+            lines.append(f"seed {seed} {m}: own-block input-gradient mass {_fmt(rf.get('own_block_mass_mean'))} "
+                         f"(uniform {_fmt(rf.get('uniform'))})")
+    for seed, labels in rep.get("lesion_contrast_after_ingest", {}).items():
+        shown = ", ".join(f"{k} {v['contrast_hu_median']:.0f} HU ({v['voxels_median']:.0f} vx)" for k, v in labels.items())
+        lines.append(f"seed {seed} lesion contrast after ingest (median |lesion - 2-voxel shell|, median size): {shown}")
+    return "\n".join(lines)
+
+
 def conclusion(rep: dict[str, Any]) -> str:
     """One sentence from the measured numbers (no adjectives chosen in advance)."""
     d, ci, mean = rep["mask_minus_class_only"], rep["mask_minus_class_only_ci95"], rep["mean_over_seeds"]
     k = "test:organ_iou_hirescam"
-    z = f"shifted:reliance_zmarker"
-    parts = [f"over {len(rep['seeds'])} seed(s), the mask loss changed HiResCAM OrganIoU by {d[k]:+.3f} "
-             f"(95% CI {ci[k][0]:+.3f} to {ci[k][1]:+.3f}; image-blind prior {_fmt(mean[CLASS_ONLY].get('test:organ_iou_prior', math.nan))})"]
+    z = "shifted:reliance_zmarker"
+    lo, hi = (_num(x) for x in ci[k])
+    parts = [f"over {len(rep['seeds'])} seed(s), the mask loss changed HiResCAM OrganIoU by {_num(d[k]):+.3f} "
+             f"(95% CI {lo:+.3f} to {hi:+.3f}; image-blind prior {_fmt(mean[CLASS_ONLY].get('test:organ_iou_prior'))})"]
     if z in d:
         parts.append(f"the z-marker reliance from {_fmt(mean[CLASS_ONLY][z])} to {_fmt(mean[MASK_LOSS][z])} (chance 0.5)")
     a = "test:auroc_median"
-    parts.append(f"and median AUROC by {d[a]:+.3f} (95% CI {ci[a][0]:+.3f} to {ci[a][1]:+.3f})")
+    lo, hi = (_num(x) for x in ci[a])
+    parts.append(f"and median AUROC by {_num(d[a]):+.3f} (95% CI {lo:+.3f} to {hi:+.3f})")
     return "Conclusion: " + ", ".join(parts) + "."
 
 

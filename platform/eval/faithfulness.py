@@ -210,6 +210,12 @@ def pair_figures(
         region = cells[rows]
         figs[f"confounder_share_{kind}_hirescam"] = _scatter(shape, rows, np.full(rows.size, target), attention_in_region(maps.hirescam[rows, target], region))
         figs[f"confounder_share_{kind}_uniform"] = _scatter(shape, rows, np.full(rows.size, target), cell_fraction(region))
+        # can the grid separate it? the share of the confounder's cells inside the target's allowed region
+        inside = (region & maps.allowed[rows, target]).reshape(rows.size, -1).sum(axis=1)
+        total = region.reshape(rows.size, -1).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(total > 0, inside / total, np.nan)
+        figs[f"confounder_cells_allowed_{kind}"] = _scatter(shape, rows, np.full(rows.size, target), share)
     for method, drops in maps.deletion.items():
         for j, k in enumerate(maps.ks):
             figs[f"deletion_{method}_k{k}"] = np.where(pos, drops[..., j], np.nan)
