@@ -311,10 +311,10 @@ class EvalConfig(Section):
     memory_per_task_gb: float = 4.0
     output_dir: str | None = Field(None, description="local folder for the files; None: <workdir>/eval")
     truth_dir: str | None = Field(
-        None, description="phantom cohort folder (OUT of ctplatform phantom); None: found from the manifest's source paths"
+        None, description="ignored: lesion truth is read from the store (docs/evaluate.md); kept so older configurations load"
     )
     truth_grid_method: Literal["nearest", "trilinear", "area"] = Field(
-        "area", description="PARTITION downsampling of true lesion masks to the grid (area: any lesion voxel in the cell)"
+        "area", description="which of PARTITION's grid truths (store truth_grid/<geometry>/<method>) to score against (area: any lesion voxel in the cell)"
     )
 
 

@@ -51,35 +51,46 @@ ROWS: tuple[tuple[str, str, str, tuple[tuple[str, str], ...], str, str], ...] = 
 
 
 # ------------------------------------------------------------------------------ truth on the grid
-def phantom_truth(cohort: Path, store_root: str, geometry: Any, kinds: list[str], method: str = "area"):
-    """TruthFn for eval.faithfulness.collect_split: lesion cells and each confounder's cells."""
-    import pandas as pd
+def organ_map_in_store(cohort: Path, volume_id: str, volume_attrs: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The phantom's organ map (truth/<id>.nii.gz) on the stored volume's voxels (ingest's steps, nearest).
 
-    from ctplatform.eval.truth import to_stored_grid
+    The store's truth marks one confounder region (its `confounder` bit: the cohort's first); the
+    others (e.g. the z-marker) are read from the phantom's organ codes here.
+    """
+    from ctplatform.ingest.orient import to_store_orientation, voxel_spacing
+    from ctplatform.ingest.resample import resample
+    from ctplatform.ingest.truth import read_mask
+
+    data, affine = read_mask(cohort / "truth" / f"{volume_id}.nii.gz")
+    oriented, aff = to_store_orientation(data, affine)
+    out = resample(oriented, voxel_spacing(aff), tuple(float(x) for x in volume_attrs["spacing_mm"]), order=0)
+    if out.shape != tuple(shape):
+        raise ValueError(f"organ map of {volume_id} resampled to {out.shape}, the stored volume is {tuple(shape)}")
+    return out
+
+
+def phantom_truth(cohort: Path, store_root: str, geometry: Any, kinds: list[str], method: str = "area"):
+    """TruthFn for eval.faithfulness.collect_split: lesion cells (the store's grid truth) and each
+    confounder's cells (the phantom's organ map, downsampled as PARTITION does)."""
+    from ctplatform.eval.truth import decode
     from ctplatform.geometry import center_crop_or_pad
-    from ctplatform.labels import N_LABELS, label_by_name
     from ctplatform.partition.grid import downsample_bits
     from ctplatform.phantom.anatomy import ORGAN_CODES
+    from ctplatform.phantom.cohort import CONFOUNDER_ORGAN
     from ctplatform.store import Store
 
     store = Store(store_root)
-    codes = pd.read_csv(cohort / "truth" / "lesion_codes.csv")
-    organ_code = {"fat": ORGAN_CODES["subcutaneous_fat"], "marker": ORGAN_CODES["marker"], "zmarker": ORGAN_CODES["marker"]}
-
-    def on_grid(mask: np.ndarray) -> np.ndarray:
-        return downsample_bits(center_crop_or_pad(mask, geometry.input_shape, fill=0), geometry.grid, method)
 
     @functools.lru_cache(maxsize=None)  # both models read the same truth: resample it once
     def truth(volume_id: str):
+        grid = store.grid_truth(geometry.name, method, volume_id)
+        lesions = decode(grid[...], list(grid.attrs["truth_labels"])).lesions
         vol = store.volume(volume_id)
-        shape, attrs = tuple(vol.shape), vol.attrs
-        bits = to_stored_grid(cohort / "truth" / f"{volume_id}_lesions.nii.gz", shape, attrs).astype(np.uint16)
-        cells = on_grid(bits)
-        lesions = np.zeros((N_LABELS, *geometry.grid), dtype=bool)
-        for bit, name in zip(codes["bit"], codes["label"]):
-            lesions[label_by_name(name).index] |= (cells & np.uint16(1 << int(bit))) > 0
-        organs = to_stored_grid(cohort / "truth" / f"{volume_id}.nii.gz", shape, attrs)
-        regions = {k: on_grid((organs == organ_code[k]).astype(np.uint8)) > 0 for k in kinds}
+        organs = organ_map_in_store(cohort, volume_id, vol.attrs, tuple(vol.shape))
+        regions = {}
+        for k in kinds:
+            mask = (organs == ORGAN_CODES[CONFOUNDER_ORGAN[k]]).astype(np.uint8)
+            regions[k] = downsample_bits(center_crop_or_pad(mask, geometry.input_shape, fill=0), geometry.grid, method) > 0
         return lesions, regions
 
     return truth
@@ -100,27 +111,29 @@ def confounder_values(cohort: Path, kind: str) -> dict[str, float]:
     return dict(zip(listing["volume_id"].astype(str), listing[col].astype(float)))
 
 
-def lesion_contrast(cohort: Path, store_root: str, ids: list[str], shell_voxels: int = 2) -> dict[str, dict[str, float]]:
+def lesion_contrast(store_root: str, ids: list[str], shell_voxels: int = 2) -> dict[str, dict[str, float]]:
     """Per label, after ingest: median over scans of |mean HU in the lesion - mean HU in a shell around it|.
 
-    The shell is the lesion dilated by `shell_voxels` stored voxels, minus the lesion: the tissue a
-    lesion must stand out from at the model's input resolution. Also the median lesion size in voxels.
+    The lesion is the store's truth (on the stored voxels); the shell is the lesion dilated by
+    `shell_voxels` voxels, minus the lesion: the tissue a lesion must stand out from at the model's
+    input resolution. Also the median lesion size in stored voxels.
     """
-    import pandas as pd
     from scipy.ndimage import binary_dilation
 
-    from ctplatform.eval.truth import to_stored_grid
-    from ctplatform.store import Store
+    from ctplatform.store import CONFOUNDER, Store
 
     store = Store(store_root)
-    codes = pd.read_csv(cohort / "truth" / "lesion_codes.csv")
     found: dict[str, list[tuple[float, int]]] = {}
     for vid in ids:
-        vol = store.volume(vid)
-        hu = np.asarray(vol[...], dtype=np.float32)
-        bits = to_stored_grid(cohort / "truth" / f"{vid}_lesions.nii.gz", tuple(vol.shape), vol.attrs).astype(np.uint16)
-        for bit, name in zip(codes["bit"], codes["label"]):
-            m = (bits & np.uint16(1 << int(bit))) > 0
+        if not store.has_truth(vid):
+            continue
+        hu = np.asarray(store.volume(vid)[...], dtype=np.float32)
+        truth = store.truth(vid)
+        bits = truth[...]
+        for bit, name in enumerate(truth.attrs["truth_labels"]):
+            if name == CONFOUNDER:
+                continue
+            m = (bits & bits.dtype.type(1 << bit)) != 0
             if not m.any():
                 continue
             shell = binary_dilation(m, iterations=shell_voxels) & ~m
@@ -153,7 +166,7 @@ def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callab
     labels = scored_labels(train_index, "present")  # both models are scored on the same labels
     out: dict[str, Any] = {"labels": labels, "targets": conf, "models": {}}
     test_ids = load_split(store, "test").ids
-    out["lesion_contrast"] = lesion_contrast(cohort, cfg.store_path, test_ids)
+    out["lesion_contrast"] = lesion_contrast(cfg.store_path, test_ids)
     truth = None
     for title, run_id in runs.items():
         model, run_cfg = load_from_run(run_id)

@@ -25,13 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctplatform import tracking
 from ctplatform.config import Config
 
 log = logging.getLogger("ctplatform.demo.command")
 
-DEMO_TAG = "ctplatform.demo.command"  # the demo key, on every MLflow run the demo creates
-CONFIG_HASH_TAG = "ctplatform.demo.command.config_hash"  # on a finished training run
-EVAL_HASH_TAG = "ctplatform.demo.command.eval_hash"  # on an evaluation run
 
 
 class DemoStageError(RuntimeError):
@@ -113,39 +111,23 @@ def model_title(lam: float) -> str:
 
 
 # ------------------------------------------------------------------------------ MLflow look-ups
-def _search(cfg: Config, filter_string: str) -> str | None:
-    """Id of the newest active run of the experiment matching filter_string, or None."""
-    from mlflow import MlflowClient
-
+def _find(cfg: Config, tags: dict[str, str]) -> str | None:
+    """Id of the newest finished run of the experiment carrying `tags`, or None."""
     from ctplatform.runtime import setup_mlflow
 
-    exp = setup_mlflow(cfg)
-    found = MlflowClient().search_runs(
-        [exp], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1
-    )
-    return found[0].info.run_id if found else None
+    return tracking.find_run(setup_mlflow(cfg), tags)
 
 
 def find_training_run(cfg: Config, config_hash: str) -> str | None:
-    return _search(cfg, f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'")
+    return _find(cfg, {tracking.DEMO_CONFIG_HASH: config_hash})
 
 
 def find_evaluation(cfg: Config, run_id: str, split: str, ehash: str) -> str | None:
-    from ctplatform.eval.tracking import EVALUATED_RUN_TAG, SPLIT_TAG
-
-    return _search(
-        cfg,
-        f"tags.`{EVALUATED_RUN_TAG}` = '{run_id}' and tags.`{SPLIT_TAG}` = '{split}' "
-        f"and tags.`{EVAL_HASH_TAG}` = '{ehash}' and attributes.status = 'FINISHED'",
-    )
+    return _find(cfg, {tracking.EVALUATED_RUN: run_id, tracking.SPLIT: split, tracking.DEMO_EVAL_HASH: ehash})
 
 
 def find_comparison(cfg: Config, eval_a: str, eval_b: str) -> str | None:
-    return _search(
-        cfg,
-        f"tags.`ctplatform.stage` = 'compare' and tags.`ctplatform.eval_a` = '{eval_a}' "
-        f"and tags.`ctplatform.eval_b` = '{eval_b}' and attributes.status = 'FINISHED'",
-    )
+    return _find(cfg, {tracking.STAGE: "compare", tracking.EVAL_A: eval_a, tracking.EVAL_B: eval_b})
 
 
 def evaluation_metrics(run_id: str, split: str) -> dict[str, float]:
@@ -164,7 +146,7 @@ def forget_demo_runs(cfg: Config, key: str) -> int:
 
     exp = setup_mlflow(cfg)
     client = MlflowClient()
-    runs = client.search_runs([exp], filter_string=f"tags.`{DEMO_TAG}` = '{key}'", max_results=10_000)
+    runs = client.search_runs([exp], filter_string=f"tags.`{tracking.DEMO}` = '{key}'", max_results=10_000)
     for r in runs:
         client.delete_run(r.info.run_id)
     return len(runs)
@@ -278,8 +260,8 @@ def stage_train(cfg: Config, echo: Callable[[str], None]) -> tuple[str, str]:
         f"{m.get('best_epoch')}, MLflow run {outcome.mlflow_run_id}"
     )
     client = MlflowClient()
-    client.set_tag(outcome.mlflow_run_id, DEMO_TAG, demo_key(cfg))
-    client.set_tag(outcome.mlflow_run_id, CONFIG_HASH_TAG, h)  # last: marks the run reusable
+    client.set_tag(outcome.mlflow_run_id, tracking.DEMO, demo_key(cfg))
+    client.set_tag(outcome.mlflow_run_id, tracking.DEMO_CONFIG_HASH, h)  # last: marks the run reusable
     return outcome.mlflow_run_id, "done"
 
 
@@ -291,7 +273,7 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
 
     from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
     from ctplatform.eval.job import run_evaluation
-    from ctplatform.eval.truth import cohort_confounder
+    from ctplatform.phantom.cohort import cohort_confounder
 
     ehash = eval_hash(cfg)
     found = find_evaluation(cfg, run_id, split, ehash)
@@ -304,8 +286,8 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
         for note in out.notes:
             echo(f"note: {note}")
         eval_id, outcome = out.eval_run_id, "done"
-        client.set_tag(eval_id, DEMO_TAG, demo_key(cfg))
-        client.set_tag(eval_id, EVAL_HASH_TAG, ehash)
+        client.set_tag(eval_id, tracking.DEMO, demo_key(cfg))
+        client.set_tag(eval_id, tracking.DEMO_EVAL_HASH, ehash)
     metric = f"{split}_{RELIANCE_METRIC}"
     spec = cohort_confounder(cohort)
     if spec is not None and metric not in client.get_run(eval_id).data.metrics:
@@ -329,7 +311,7 @@ def stage_compare(cfg: Config, run_a: str, run_b: str, eval_a: str, eval_b: str,
         echo(f"reusing comparison run {found}: {out_dir / 'compare.md'}")
         return out_dir, "reused"
     result, out_dir, compare_run = run_comparison(cfg, run_a, run_b, split)
-    MlflowClient().set_tag(compare_run, DEMO_TAG, demo_key(cfg))
+    MlflowClient().set_tag(compare_run, tracking.DEMO, demo_key(cfg))
     echo(f"{result.n_scans} paired scans; per-label DeLong tests in {out_dir / 'compare.md'}")
     return out_dir, "done"
 

@@ -12,7 +12,7 @@ class ScoreCache:
     """Task results kept on the driver's disk so a killed evaluation resumes where it stopped.
 
     A file's name hashes everything its scores depend on: the run, the weights, the split, the scans
-    and their labels, the sanity flags, the truth folders and the scoring options that change numbers.
+    and their labels, the sanity flags, the fingerprints of the stored truth and the scoring options that change numbers.
     Files are written atomically (temporary name, then rename) and hold volume ids: they stay local
     (never logged to MLflow; the folder starts with a dot).
     """

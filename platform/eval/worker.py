@@ -77,6 +77,8 @@ def score_volumes(
 ) -> dict[str, Any]:
     """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
 
+    truth: volume_id -> fingerprint of its grid truth in the store (eval.truth.survey), None without.
+
     Pure with respect to Ray (called inside a task, or directly in tests); opts: worker_options().
     """
     import torch
@@ -93,7 +95,7 @@ def score_volumes(
     if truth and any(truth.values()):
         from ctplatform.eval.truth import TruthReader
 
-        reader = TruthReader(truth, store_root, geometry, opts.get("truth_method", "area"))
+        reader = TruthReader(store_root, geometry, opts.get("truth_method", "area"))
     random_model = None
     if np.any(sanity):
         # Every task draws the same randomised model, and never the training run's own initialisation
@@ -119,7 +121,8 @@ def score_volumes(
             rand = explain(random_model, x, chunk)["hirescam"]
         lesions = confounders = None
         if reader is not None:
-            found = [_grid_truth(reader, ids[it["index"]], errors) for it in items]
+            found = [_grid_truth(reader, ids[it["index"]], errors) if truth.get(ids[it["index"]]) else None
+                     for it in items]
             lesions = [f.lesions if f else None for f in found]
             confounders = [f.confounder if f else None for f in found]
         scans.extend(
@@ -150,7 +153,7 @@ def score_volumes(
 
 
 def _grid_truth(reader: Any, volume_id: str, errors: list[tuple[str, str]]) -> Any:
-    """The scan's grid truth, or None (the scan is still scored) when its truth files are unusable."""
+    """The scan's grid truth, or None (the scan is still scored) when its stored truth is unusable."""
     try:
         return reader.grid_truth(volume_id)
     except Exception as e:

@@ -2,14 +2,16 @@
 
 An input is either a folder, searched recursively for NIfTI files (.nii, .nii.gz), RAD-ChestCT
 .npz files and DICOM series folders (a folder directly holding DICOM files is one series), or a
-listing (.csv or .parquet) with columns `volume_id, path[, format, split, metadata]` whose relative
-paths are relative to the listing's folder.
+listing (.csv or .parquet) with columns `volume_id, path[, format, split, metadata, truth, truth_codes]`
+whose relative paths are relative to the listing's folder. `truth` names a lesion mask that came with
+the scan and `truth_codes` what its values mean (ingest/truth.py); only a listing can bring truth.
 
 Volume ids are deterministic: from the listing, else the file name without its suffix, else (DICOM)
 the series folder's path relative to the input joined with '_'; each is sanitised to the store's
 id rule. Two sources with the same id are both refused with one failed row (which source was
 meant cannot be guessed); unreadable folders become failed rows too. Each row:
-`{volume_id, path, format, split, metadata, error}` with `error` empty when the row is workable.
+`{volume_id, path, format, split, metadata, truth, truth_codes, error}` with `error` empty when the
+row is workable.
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ def id_from_file(path: Path) -> str:
     return sanitize_id(name)
 
 
-def _row(volume_id: str, path: Path | str, fmt: str, split: str = "", metadata: str = "", error: str = "") -> dict:
+def _row(volume_id: str, path: Path | str, fmt: str, split: str = "", metadata: str = "", error: str = "",
+         truth: str = "", truth_codes: str = "") -> dict:
     return {
         "volume_id": volume_id,
         "path": str(path),
         "format": fmt,
         "split": split,
         "metadata": metadata,
+        "truth": truth,
+        "truth_codes": truth_codes,
         "error": error,
     }
 
@@ -87,7 +92,7 @@ def discover_folder(root: Path) -> list[dict]:
 
 
 def read_listing(path: Path) -> list[dict]:
-    """Rows of a CSV/Parquet listing (`volume_id, path[, format, split, metadata]`)."""
+    """Rows of a CSV/Parquet listing (`volume_id, path[, format, split, metadata, truth, truth_codes]`)."""
     import pandas as pd
 
     df = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -108,10 +113,17 @@ def read_listing(path: Path) -> list[dict]:
         p = Path(src) if Path(src).is_absolute() else path.parent / src
         if metadata and not Path(metadata).is_absolute():
             metadata = str(path.parent / metadata)
+        truth, truth_codes = (_beside(path, rec.get(c, "").strip()) for c in ("truth", "truth_codes"))
         if not raw_id:
             error = error or "listing row has no volume_id"
-        rows.append(_row(sanitize_id(raw_id or p.name), p, fmt, rec.get("split", "").strip(), metadata, error))
+        rows.append(_row(sanitize_id(raw_id or p.name), p, fmt, rec.get("split", "").strip(), metadata, error,
+                         truth, truth_codes))
     return rows
+
+
+def _beside(listing: Path, value: str) -> str:
+    """A listing's relative path, resolved against the listing's folder ("" stays "")."""
+    return str(listing.parent / value) if value and not Path(value).is_absolute() else value
 
 
 def mark_duplicates(rows: list[dict]) -> list[dict]:

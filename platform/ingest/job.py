@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +130,7 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
     """
     from ctplatform.ingest.preprocess import to_store
     from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
+    from ctplatform.ingest.truth import prepare_truth, store_truth, truth_source
     from ctplatform.store import IncompleteItemError, Store
 
     start = time.perf_counter()
@@ -147,11 +147,17 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         if fmt == "ctrate":
             metadata = ctrate_metadata_row(path, row.get("metadata") or cfg.ctrate_metadata)
         sha = source_sha256(path, fmt, metadata)
+        truth = truth_source(row)
         store = Store(store_root)
         if not overwrite:
             try:
                 arr = store.volume(row["volume_id"])
                 if arr.attrs.get("source_sha256") == sha and _settings_match(arr.attrs, cfg):
+                    # The volume is current; its truth may be new (a store from before truth was stored).
+                    if truth is not None:
+                        store_truth(store, row["volume_id"], truth, arr.shape, dict(arr.attrs), cfg.chunk_slices)
+                    else:
+                        store.remove_truth(row["volume_id"])
                     return _status(
                         row,
                         format=fmt,
@@ -167,7 +173,13 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         hu16, attrs = to_store(scan, cfg)
         del scan
         attrs["source_sha256"] = sha
+        # Truth is carried (and checked) before anything is written: a mask that does not fit fails the row.
+        truth_item = prepare_truth(truth, hu16.shape, attrs) if truth is not None else None
         store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices)
+        if truth_item is not None:
+            store.write_truth(row["volume_id"], *truth_item, chunk_slices=cfg.chunk_slices)
+        else:
+            store.remove_truth(row["volume_id"])
         return _status(
             row,
             format=fmt,
@@ -224,10 +236,8 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
 
     manifest.parquet receives every row (upsert by volume_id).
     """
-    import ray
-
     from ctplatform.ingest.discover import discover
-    from ctplatform.runtime import init_ray
+    from ctplatform.runtime import TaskResources, init_ray, map_volumes
     from ctplatform.store import Store
 
     rows = discover(input_path)
@@ -244,41 +254,24 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
         init_ray(cfg)
         request = cfg.ingest.memory_per_task_gb * 1e9
         _check_memory_request(request)
-        ctx = ray.data.DataContext.get_current()
-        previous = ctx.max_errored_blocks
-        # One row per block: a worker killed (e.g. by the OOM killer) loses only its own scan.
-        ctx.max_errored_blocks = len(todo)
-        try:
-            with warnings.catch_warnings():
-                # Ray 2.60 has no named parameter for max_retries yet (ray_remote_args is deprecated
-                # for removal in 2.64); without it a scan that kills its worker is retried forever.
-                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-                ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
-                    ingest_one,
-                    fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
-                    compute=ray.data.TaskPoolStrategy(size=cfg.ingest.max_tasks_in_flight),
-                    num_cpus=cfg.ingest.cpus_per_task,
-                    memory=request,
-                    max_retries=TASK_RETRIES,
-                )
-            pending: list[dict] = []
-            last = time.monotonic()
-            for out in ds.iter_rows():
-                out = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
-                results.append(out)
-                pending.append(out)
-                if len(pending) >= MANIFEST_EVERY or time.monotonic() - last > MANIFEST_SECONDS:
-                    store.upsert_table("manifest", _frame(pending))
-                    pending, last = [], time.monotonic()
-        finally:
-            ctx.max_errored_blocks = previous
-        done = {r["volume_id"] for r in results}
-        for r in todo:
-            if r["volume_id"] not in done:  # its task died after Ray's retries
-                results.append(
-                    _status(r, error="the ingest task died (out of memory, or a crash in a decoder); see the Ray "
-                            "logs, raise ingest.memory_per_task_gb if needed, and re-run")
-                )
+        results += map_volumes(
+            todo,
+            ingest_one,
+            fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
+            resources=TaskResources(
+                num_cpus=cfg.ingest.cpus_per_task,
+                memory_bytes=request,
+                max_in_flight=cfg.ingest.max_tasks_in_flight,
+                max_retries=TASK_RETRIES,
+            ),
+            on_rows=lambda rows: store.upsert_table("manifest", _frame(rows)),
+            every=MANIFEST_EVERY,
+            seconds=MANIFEST_SECONDS,
+            failed_row=lambda r: _status(
+                r, error="the ingest task died (out of memory, or a crash in a decoder); see the Ray "
+                "logs, raise ingest.memory_per_task_gb if needed, and re-run"
+            ),
+        )
     df = _frame(results)
     store.upsert_table("manifest", df)
     return df.sort_values("volume_id", kind="stable").reset_index(drop=True)

@@ -2,9 +2,11 @@
 
     OUT/scans/<id>.nii.gz            int16 HU, varied orientation/spacing/slice count, true affine
     OUT/truth/<id>.nii.gz            uint8 organ codes (anatomy.ORGAN_CODES) in the scan's own grid
-    OUT/truth/<id>_lesions.nii.gz    uint16 lesion bits in the scan's grid (truth/lesion_codes.csv)
+    OUT/truth/<id>_lesions.nii.gz    uint16 lesion bits in the scan's grid (truth/lesion_codes.csv), and
+                                     the confounder region's bit in a confounded cohort
     OUT/truth/<id>.json              per-scan record (written last: a scan with it is finished)
-    OUT/scans.csv                    volume_id, path, format, split, confounder, ... (ingest listing)
+    OUT/scans.csv                    volume_id, path, format, split, truth, truth_codes, confounder, ...
+                                     (ingest listing: ingest carries each scan's truth into the store)
     OUT/labels.csv                   volume_id, abnormality, location, value, split, confounder_value
     OUT/reports.csv                  volume_id, report
     OUT/cohort.json                  the generation parameters
@@ -40,6 +42,10 @@ from ctplatform.phantom.findings import IMPLIES, SUPPORTED, check_labels, sample
 log = logging.getLogger("ctplatform.phantom")
 
 FAT_LOW_MM, FAT_HIGH_MM = (4.0, 12.0), (24.0, 34.0)
+#: Phantom organ (anatomy.ORGAN_CODES) that is the region of each confounder kind.
+CONFOUNDER_ORGAN: dict[str, str] = {"fat": "subcutaneous_fat", "marker": "marker", "zmarker": "marker"}
+#: Version of a scan's truth files; a record of another version is regenerated (v2: confounder bit).
+TRUTH_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,7 @@ def volume_id(seed: int, index: int) -> str:
 
 def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, preview: bool) -> dict[str, Any]:
     """Generate and write one scan; returns its record (also saved as truth/<id>.json)."""
+    from ctplatform.phantom.anatomy import ORGAN_CODES
     from ctplatform.phantom.generate import Confounder, make_phantom
     from ctplatform.phantom.nifti import ORIENTATIONS, lesion_bitmap, reorient, store_affine, write_nifti
 
@@ -166,8 +173,10 @@ def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, pre
     orientation = str(rng.choice(ORIENTATIONS))
     offset = (float(rng.uniform(-20, 20)), float(rng.uniform(-200, -120)), float(rng.uniform(-1400, -900)))
     aff = store_affine(ph.origin_mm, ph.spacing_mm, offset)
+    kind = row["confounder_kind"]
+    region = ph.organs == ORGAN_CODES[CONFOUNDER_ORGAN[kind]] if kind else None
     for name, array in ((f"scans/{vid}.nii.gz", ph.hu), (f"truth/{vid}.nii.gz", ph.organs),
-                        (f"truth/{vid}_lesions.nii.gz", lesion_bitmap(ph.lesions, ph.hu.shape))):
+                        (f"truth/{vid}_lesions.nii.gz", lesion_bitmap(ph.lesions, ph.hu.shape, region))):
         data, a = reorient(array, aff, orientation)
         write_nifti(out / name, data, a)
     if preview:
@@ -180,7 +189,7 @@ def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, pre
         "shape": list(ph.hu.shape), "spacing_mm": [round(s, 4) for s in ph.spacing_mm],
         "confounder_kind": row["confounder_kind"], "confounder_value": row["confounder_value"],
         "confounders": confs, "fat_mm": round(ph.fat_mm, 2), "marker": ph.marker, "positive_labels": ph.positive_labels,
-        "label_rows": [list(r) for r in ph.label_rows], "report": ph.report,
+        "label_rows": [list(r) for r in ph.label_rows], "report": ph.report, "truth_format": TRUTH_FORMAT,
     }
     tmp = out / "truth" / f".{vid}.json.tmp"
     tmp.write_text(json.dumps(record))
@@ -266,7 +275,9 @@ def generate_cohort(
                 bar.update(1)
     bar.close()
     _write_csv(pd.DataFrame(failed, columns=["volume_id", "seed", "error"]), out / "failed.csv")
-    listing = write_tables(out, [records[i] for i in range(n) if i in records])
+    first = confounder[0] if isinstance(confounder, list) else confounder  # the truth's confounder bit: the first
+    spec = (first.kind, first.label) if first else None
+    listing = write_tables(out, [records[i] for i in range(n) if i in records], spec)
     listing.attrs["failed"] = len(failed)
     return listing
 
@@ -275,7 +286,9 @@ def _finished(out: Path, vid: str) -> dict[str, Any] | None:
     path = out / "truth" / f"{vid}.json"
     files = [out / "scans" / f"{vid}.nii.gz", out / "truth" / f"{vid}.nii.gz", out / "truth" / f"{vid}_lesions.nii.gz"]
     if path.is_file() and all(f.is_file() for f in files):
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        # a scan written by an older version lacks truth the store contract needs: make it again
+        return record if record.get("truth_format") == TRUTH_FORMAT else None
     return None
 
 
@@ -289,12 +302,14 @@ def _check_same_cohort(out: Path, params: dict[str, Any]) -> None:
             )
 
 
-def write_tables(out: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
+def write_tables(out: Path, records: list[dict[str, Any]], confounder: tuple[str, str] | None = None) -> pd.DataFrame:
+    """scans.csv (the ingest listing, truth columns included), labels.csv, reports.csv, lesion_codes.csv."""
     from ctplatform.phantom.nifti import lesion_codes_table
 
     listing = pd.DataFrame([
-        {k: r[k] for k in ("volume_id", "path", "format", "split", "confounder_kind", "confounder_value", "fat_mm",
-                           "marker", "orientation", "seed")}
+        {k: r[k] for k in ("volume_id", "path", "format", "split")}
+        | {"truth": f"truth/{r['volume_id']}_lesions.nii.gz", "truth_codes": "truth/lesion_codes.csv"}
+        | {k: r[k] for k in ("confounder_kind", "confounder_value", "fat_mm", "marker", "orientation", "seed")}
         | {"shape": "x".join(map(str, r["shape"])), "spacing_mm": "x".join(f"{s:g}" for s in r["spacing_mm"]),
            "positive_labels": "|".join(r["positive_labels"])}
         | {f"confounder_{k}": v for k, v in (r.get("confounders") or {}).items()}  # each confounder's value
@@ -309,8 +324,19 @@ def write_tables(out: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
     _write_csv(listing, out / "scans.csv")
     _write_csv(labels, out / "labels.csv")
     _write_csv(reports, out / "reports.csv")
-    _write_csv(pd.DataFrame(lesion_codes_table()), out / "truth" / "lesion_codes.csv")
+    _write_csv(pd.DataFrame(lesion_codes_table(confounder)), out / "truth" / "lesion_codes.csv")
     return listing
+
+
+def cohort_confounder(out_dir: str | Path) -> tuple[str, str] | None:
+    """(kind, target label) of the cohort's confounder from its cohort.json, or None."""
+    path = Path(out_dir) / "cohort.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text()).get("confounder")
+    if isinstance(spec, list):  # several confounders: the first is the one the truth's confounder bit marks
+        spec = spec[0] if spec else None
+    return (spec["kind"], spec["label"]) if spec else None
 
 
 def labels_table(out_dir: str | Path, split: str | None = None) -> pd.DataFrame:

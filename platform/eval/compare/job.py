@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.eval.compare.comparison import Comparison, compare_runs
 from ctplatform.eval.report import html_table, markdown_table
@@ -80,8 +81,8 @@ def run_comparison(cfg: Config, run_a: str, run_b: str, split: str) -> tuple[Com
     run = client.create_run(
         exp,
         run_name=f"compare-{split}",
-        tags={"ctplatform.stage": "compare", "ctplatform.run_a": run_a, "ctplatform.run_b": run_b,
-              "ctplatform.split": split, "ctplatform.eval_a": ea, "ctplatform.eval_b": eb},
+        tags={tracking.STAGE: "compare", tracking.RUN_A: run_a, tracking.RUN_B: run_b,
+              tracking.SPLIT: split, tracking.EVAL_A: ea, tracking.EVAL_B: eb},
     )
     for p in paths:
         client.log_artifact(run.info.run_id, str(p))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.train import rundir
 from ctplatform.train.tune.space import trial_config, trial_label
@@ -160,7 +161,7 @@ def child_run(
     # train.storage_path set to the sweep's train_runs folder continues a trial's run by hand.
     run_id, _ = start_mlflow_run(
         cfg, name, storage, parent_run_id=ctx.parent_run_id, n_train=n_train, n_valid=n_valid,
-        tags={"ctplatform.sweep": ctx.name, "ctplatform.trial_id": trial_id},
+        tags={tracking.SWEEP: ctx.name, tracking.TRIAL_ID: trial_id},
     )  # fmt: skip
     return run_id
 
