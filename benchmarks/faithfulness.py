@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     p.add_argument("--table-from", type=Path, default=None, help="only print the table of an earlier JSON")
+    p.add_argument("--only-train", choices=["class-only", "mask-loss"], default=None,
+                   help="prepare the cohort and train this one model, then stop (run the two in parallel processes; "
+                        "a later run without it reuses both and analyses)")
     args = p.parse_args(argv)
     if args.table_from is not None:
         import json
@@ -86,14 +89,21 @@ def main(argv: list[str] | None = None) -> int:
             stages.run("label-reports", "label the reports", lambda: stage_labels(cfg, cohort, print))
             runs = {}
             for title, lam in ((fx.CLASS_ONLY, 0.0), (fx.MASK_LOSS, cfg.train.lambda_mask)):
+                if args.only_train not in (None, title):
+                    continue
                 c = with_lambda(cfg, lam)
                 runs[title] = stages.run(f"train {title}", f"train {title} (lambda {lam:.3g}, {c.train.epochs} epochs)",
                                          lambda c=c: stage_train(c, print))
         finally:
             ray.shutdown()
+        if args.only_train is not None:
+            continue
         analyses[seed] = stages.run("analyse", "faithfulness figures of both models",
                                     lambda: (fx.analyse_models(cfg, runs, cohort), "done"))
         timings[seed] = stages.timings
+    if args.only_train is not None:
+        print(f"trained {args.only_train} for seeds {seeds}")
+        return 0
     meta = {
         "settings": FAITHFULNESS_SETTINGS + args.set, "config": str(args.config), "epochs": base.train.epochs,
         "reduced": base.train.epochs < full_epochs, "n": base.demo.n, "lambda_mask": base.train.lambda_mask,

@@ -144,8 +144,11 @@ def lesion_contrast(store_root: str, ids: list[str], shell_voxels: int = 2) -> d
 
 
 # ------------------------------------------------------------------------------ one seed
-def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Both trained models over valid, test and shifted: per-pair figures, per-scan scores, diagnostics."""
+def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str, labels: list[int],
+                  conf: dict[str, str]) -> dict[str, Any]:
+    """One trained model over valid, test and shifted (a top-level function: runs in its own process)."""
+    import torch
+
     from ctplatform.demo.table import confounder_present
     from ctplatform.eval.baselines import image_blind_prior
     from ctplatform.eval.deletion import DELETION_KS
@@ -153,53 +156,74 @@ def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callab
     from ctplatform.labels import label_by_name
     from ctplatform.model.allowed_regions import allowed_regions
     from ctplatform.model.checkpoint import load_from_run
-    from ctplatform.model.dataset import StoreDataset, load_split, scored_labels
+    from ctplatform.model.dataset import StoreDataset, load_split
     from ctplatform.model.receptive_field import own_block_gradient_mass
+    from ctplatform.runtime import setup_mlflow
     from ctplatform.store import Store
 
-    import torch
+    torch.set_num_threads(1)  # one process per model: the two share the machine's cores
+    cfg = Config.model_validate(cfg_json)
+    setup_mlflow(cfg)
+    cohort_path = Path(cohort)
+    store = Store(cfg.store_path)
+    targets = {k: label_by_name(v).index for k, v in conf.items()}
+    train_index = load_split(store, cfg.train.splits["train"])
+    model, run_cfg = load_from_run(run_id)
+    truth = phantom_truth(cohort_path, cfg.store_path, run_cfg.model.geometry, list(conf))
+    # image-blind prior: mean allowed region of each label's positive training scans (grid masks only)
+    train_set = StoreDataset.from_config(run_cfg, train_index, augment=False)
+    allowed = np.stack([
+        allowed_regions(torch.from_numpy(train_index.region_bits[i][None]),
+                        torch.from_numpy(train_set.read_grid(vid)[None]))[0].numpy()
+        for i, vid in enumerate(train_index.ids)
+    ])
+    prior = image_blind_prior(allowed, train_index.y > 0.5)
+    res: dict[str, Any] = {"run_id": run_id}
+    maps = {}
+    for split in ("valid", "test", "shifted"):
+        t0 = time.monotonic()
+        index = load_split(store, split)
+        ks = () if split == "valid" else DELETION_KS  # validation only chooses thresholds
+        maps[split] = collect_split(model, StoreDataset.from_config(run_cfg, index, augment=False), labels, truth, ks)
+        print(f"  {title}: {split} ({len(index)} scans) analysed in {time.monotonic() - t0:.0f} s", flush=True)
+    thr = choose_validation_thresholds(maps["valid"], prior, labels)
+    res["figures"] = {s: pair_figures(maps[s], prior, thr, labels, targets) for s in ("test", "shifted")}
+    res["scores"] = {s: (maps[s].y, maps[s].logits, maps[s].ids) for s in ("test", "shifted")}
+    res["lesion_thresholds"] = thr.lesion
+    first = StoreDataset.from_config(run_cfg, load_split(store, "test"), augment=False)[0]["x"][None].float()
+    rf = own_block_gradient_mass(model, first)
+    res["receptive_field"] = {"own_block_mass_mean": rf.mean, "uniform": rf.uniform}
+    res["present"] = {
+        k: confounder_present("marker" if k == "zmarker" else k,
+                              np.array([confounder_values(cohort_path, k)[v] for v in maps["shifted"].ids]))
+        for k in conf
+    }
+    return res
+
+
+def analyse_models(cfg: Config, runs: dict[str, str], cohort: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Both trained models (one process each) over valid, test and shifted: per-pair figures, scores, diagnostics."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from ctplatform.model.dataset import load_split, scored_labels
+    from ctplatform.store import Store
 
     store = Store(cfg.store_path)
     conf = cohort_confounders(cohort)
-    targets = {k: label_by_name(v).index for k, v in conf.items()}
     train_index = load_split(store, cfg.train.splits["train"])
     labels = scored_labels(train_index, "present")  # both models are scored on the same labels
     out: dict[str, Any] = {"labels": labels, "targets": conf, "models": {}}
     test_ids = load_split(store, "test").ids
     out["lesion_contrast"] = lesion_contrast(cfg.store_path, test_ids)
-    truth = None
-    for title, run_id in runs.items():
-        model, run_cfg = load_from_run(run_id)
-        truth = truth or phantom_truth(cohort, cfg.store_path, run_cfg.model.geometry, list(conf))
-        # image-blind prior: mean allowed region of each label's positive training scans (grid masks only)
-        train_set = StoreDataset.from_config(run_cfg, train_index, augment=False)
-        allowed = np.stack([
-            allowed_regions(torch.from_numpy(train_index.region_bits[i][None]),
-                            torch.from_numpy(train_set.read_grid(vid)[None]))[0].numpy()
-            for i, vid in enumerate(train_index.ids)
-        ])
-        prior = image_blind_prior(allowed, train_index.y > 0.5)
-        res: dict[str, Any] = {"run_id": run_id}
-        maps = {}
-        for split in ("valid", "test", "shifted"):
-            t0 = time.monotonic()
-            index = load_split(store, split)
-            ks = () if split == "valid" else DELETION_KS  # validation only chooses thresholds
-            maps[split] = collect_split(model, StoreDataset.from_config(run_cfg, index, augment=False), labels, truth, ks)
-            echo(f"  {title}: {split} ({len(index)} scans) analysed in {time.monotonic() - t0:.0f} s")
-        thr = choose_validation_thresholds(maps["valid"], prior, labels)
-        res["figures"] = {s: pair_figures(maps[s], prior, thr, labels, targets) for s in ("test", "shifted")}
-        res["scores"] = {s: (maps[s].y, maps[s].logits, maps[s].ids) for s in ("test", "shifted")}
-        res["lesion_thresholds"] = thr.lesion
-        first = StoreDataset.from_config(run_cfg, load_split(store, "test"), augment=False)[0]["x"][None].float()
-        rf = own_block_gradient_mass(model, first)
-        res["receptive_field"] = {"own_block_mass_mean": rf.mean, "uniform": rf.uniform}
-        res["present"] = {
-            k: confounder_present("marker" if k == "zmarker" else k,
-                                  np.array([confounder_values(cohort, k)[v] for v in maps["shifted"].ids]))
-            for k in conf
-        }
-        out["models"][title] = res
+    cfg_json = cfg.model_dump(mode="json")
+    # no fork: the caller may hold threads (Ray, MLflow); each model's analysis is independent
+    with ProcessPoolExecutor(max_workers=len(runs), mp_context=get_context("forkserver")) as pool:
+        futures = {t: pool.submit(analyse_model, cfg_json, t, r, str(cohort), [int(i) for i in labels], conf)
+                   for t, r in runs.items()}
+        for title, fut in futures.items():
+            out["models"][title] = fut.result()
+            echo(f"  {title}: analysed")
     return out
 
 
