@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override")
     p.add_argument("--table-from", type=Path, default=None, help="only print the table of an earlier JSON")
+    p.add_argument("--runs", default=None, metavar="CLASS_ONLY_RUN,MASK_LOSS_RUN",
+                   help="one seed: analyse these two finished MLflow training runs (skips the stages)")
     p.add_argument("--only-train", choices=["class-only", "mask-loss"], default=None,
                    help="prepare the cohort and train this one model, then stop (run the two in parallel processes; "
                         "a later run without it reuses both and analyses)")
@@ -80,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = demo_config(cfg0)
         cohort = Path(cfg.store_path).parent / "cohort"
         stages = Stages(7, print)
+        if args.runs:  # the stages ran before (e.g. --only-train in two processes): analyse only
+            from ctplatform.runtime import setup_mlflow
+
+            setup_mlflow(cfg)
+            runs = dict(zip((fx.CLASS_ONLY, fx.MASK_LOSS), args.runs.split(",")))
+            analyses[seed] = stages.run("analyse", "faithfulness figures of both models",
+                                        lambda: (fx.analyse_models(cfg, runs, cohort), "done"))
+            timings[seed] = stages.timings
+            continue
         stages.run("phantom", f"seed {seed}: phantom cohort ({cfg.demo.n} scans, {cfg.demo.confounder})",
                    lambda: stage_phantom(cfg0, cohort, print))
         init_ray(cfg)
