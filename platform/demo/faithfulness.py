@@ -144,6 +144,25 @@ def lesion_contrast(store_root: str, ids: list[str], shell_voxels: int = 2) -> d
 
 
 # ------------------------------------------------------------------------------ one seed
+def load_model(run_id: str, cfg: Config) -> tuple[Any, Config, dict[str, Any]]:
+    """(model, its config, where it came from): an MLflow run id, or `ckpt:<Ray Train checkpoint folder>`
+    for a run stopped early (its best epoch so far by the selection criterion; said so in the report)."""
+    if not run_id.startswith("ckpt:"):
+        from ctplatform.model.checkpoint import load_from_run
+
+        model, run_cfg = load_from_run(run_id)
+        return model, run_cfg, {"mlflow_run": run_id}
+    from ctplatform.model.axialnet import AxialNet
+    from ctplatform.train.state import load_checkpoint
+
+    folder = Path(run_id[len("ckpt:"):])
+    model_state, _, best, state = load_checkpoint(folder)
+    model = AxialNet(cfg.model.geometry)
+    model.load_state_dict(best if best is not None else model_state)
+    model.eval()
+    return model, cfg, {"checkpoint": folder.name, "epochs_done": state.next_epoch, "best_epoch": state.best_epoch}
+
+
 def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str, labels: list[int],
                   conf: dict[str, str]) -> dict[str, Any]:
     """One trained model over valid, test and shifted (a top-level function: runs in its own process)."""
@@ -155,7 +174,6 @@ def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str
     from ctplatform.eval.faithfulness import choose_validation_thresholds, collect_split, pair_figures
     from ctplatform.labels import label_by_name
     from ctplatform.model.allowed_regions import allowed_regions
-    from ctplatform.model.checkpoint import load_from_run
     from ctplatform.model.dataset import StoreDataset, load_split
     from ctplatform.model.receptive_field import own_block_gradient_mass
     from ctplatform.runtime import setup_mlflow
@@ -168,7 +186,7 @@ def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str
     store = Store(cfg.store_path)
     targets = {k: label_by_name(v).index for k, v in conf.items()}
     train_index = load_split(store, cfg.train.splits["train"])
-    model, run_cfg = load_from_run(run_id)
+    model, run_cfg, source = load_model(run_id, cfg)
     truth = phantom_truth(cohort_path, cfg.store_path, run_cfg.model.geometry, list(conf))
     # image-blind prior: mean allowed region of each label's positive training scans (grid masks only)
     train_set = StoreDataset.from_config(run_cfg, train_index, augment=False)
@@ -178,7 +196,7 @@ def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str
         for i, vid in enumerate(train_index.ids)
     ])
     prior = image_blind_prior(allowed, train_index.y > 0.5)
-    res: dict[str, Any] = {"run_id": run_id}
+    res: dict[str, Any] = {"run_id": run_id, "source": source}
     maps = {}
     for split in ("valid", "test", "shifted"):
         t0 = time.monotonic()
@@ -300,6 +318,7 @@ def report(analyses: dict[int, dict[str, Any]], n_boot: int = 1000, meta: dict[s
         "mask_minus_class_only": {k: mean[MASK_LOSS][k] - mean[CLASS_ONLY][k] for k in keys},
         "mask_minus_class_only_ci95": {k: list(ci.get(k, (math.nan, math.nan))) for k in keys},
         "receptive_field": {str(s): {m: a["models"][m]["receptive_field"] for m in a["models"]} for s, a in analyses.items()},
+        "model_sources": {str(s): {m: a["models"][m].get("source", {}) for m in a["models"]} for s, a in analyses.items()},
         "lesion_contrast_after_ingest": {str(s): a.get("lesion_contrast", {}) for s, a in analyses.items()},
         "scored_label_names": {str(s): [label_name(int(i)) for i in a["labels"]] for s, a in analyses.items()},
         "deletion_ks": list(_ks(first)),
@@ -390,6 +409,11 @@ def format_table(rep: dict[str, Any]) -> str:
 def diagnostics(rep: dict[str, Any]) -> str:
     """Receptive field per model and lesion contrast after ingest, as short lines."""
     lines = []
+    for seed, models in rep.get("model_sources", {}).items():
+        for m, src in models.items():
+            if "checkpoint" in src:
+                lines.append(f"seed {seed} {m}: STOPPED EARLY after {src['epochs_done']} epochs; the model is its best "
+                             f"epoch so far by the selection criterion (epoch index {src['best_epoch']})")
     for seed, models in rep.get("receptive_field", {}).items():
         for m, rf in models.items():
             lines.append(f"seed {seed} {m}: own-block input-gradient mass {_fmt(rf.get('own_block_mass_mean'))} "
