@@ -42,3 +42,21 @@ def test_table_names_models_rows_baselines_and_a_conclusion(tmp_path) -> None:
     to_json(rep, tmp_path / "r.json")
     back = json.loads((tmp_path / "r.json").read_text())
     assert back["mean_over_seeds"][CLASS_ONLY]["test:auroc_median"] is None  # NaN -> null
+
+
+def test_a_run_stopped_early_is_analysed_from_its_best_checkpoint(tmp_path) -> None:
+    import torch
+
+    from ctplatform.config import load_config
+    from ctplatform.demo.faithfulness import load_model
+    from ctplatform.model.axialnet import build_model
+    from ctplatform.train.state import TrainState, save_checkpoint
+
+    cfg = load_config(overrides=["model.input_shape=[6,64,64]", "model.custom_conv_padding=1", "model.backbone_layers=3"])
+    model, best = build_model(cfg), build_model(cfg)
+    state = TrainState()
+    state.next_epoch, state.best_epoch = 3, 1
+    save_checkpoint(tmp_path, model, torch.optim.Adam(model.parameters()), best.state_dict(), state)
+    loaded, _, source = load_model(f"ckpt:{tmp_path}", cfg)
+    assert source == {"checkpoint": tmp_path.name, "epochs_done": 3, "best_epoch": 1}
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), best.state_dict().values()))
