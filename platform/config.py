@@ -67,6 +67,15 @@ class IngestConfig(Section):
     max_tasks_in_flight: int | None = Field(
         None, description="Ray tasks at once (None: as many as CPUs and memory_per_task_gb allow)"
     )
+    max_compression_ratio: float = Field(
+        64.0, description="A compressed input claiming to inflate more than this (x its file size) is refused as a bomb"
+    )
+    pseudonymise_key: str | None = Field(
+        None,
+        description="Key file (kept outside the store) for pseudonymising ids derived from folder/file names: "
+        "ids become keyed hashes, and folder names never reach ids, Zarr paths or the manifest "
+        "(env CTPLATFORM_PSEUDONYM_KEY_FILE also sets it)",
+    )
 
     @field_validator("chunk_slices")
     @classmethod
@@ -195,6 +204,11 @@ class TrainConfig(Section):
     )
     organ_iou_threshold: float = Field(
         0.5, gt=0, lt=1, description="fixed threshold of the validation OrganIoU (normalised attention > t)"
+    )
+    qc_exclude_flags: tuple[str, ...] = Field(
+        ("no_lungs",),
+        description="partition QC flags that exclude a volume from training and validation (counts logged "
+        "to MLflow); other fallback volumes train on the heuristic masks and are counted",
     )
 
     @field_validator("mask_loss")

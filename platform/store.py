@@ -1,7 +1,7 @@
 """The store contract: one Zarr v3 group of arrays plus Parquet tables (see DESIGN.md, "The store").
 
     STORE/data.zarr/volumes/<id>                      int16 HU [z, y, x], stored orientation (geometry.py)
-    STORE/data.zarr/organs/<id>                       uint8 [z, y, x]: 0 other, 1 right lung, 2 left lung, 3 mediastinum
+    STORE/data.zarr/organs/<id>                       uint8 [z, y, x]: labels.ORGAN_CODES, 0 other
     STORE/data.zarr/grid/<geometry>/<variant>/<id>    bool [3, H, D1, D2]
     STORE/data.zarr/truth/<id>                        uint8..64 [z, y, x]: lesion truth bitfield on the volume's voxels
     STORE/data.zarr/truth_grid/<geometry>/<method>/<id>  the same bits on the feature grid [H, D1, D2]
@@ -71,13 +71,26 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
 
 
+#: Names Zarr itself uses inside a group: an item so named would overwrite the group's metadata.
+RESERVED_IDS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
 def validate_volume_id(volume_id: str) -> str:
-    """Volume ids name arrays and files: letters, digits, '.', '_' and '-' only, not starting with '.'."""
+    """Volume ids name arrays and files: letters, digits, '.', '_' and '-' only, not starting with '.'.
+
+    The message never quotes a rejected id (it could hold a name or an MRN): it says why.
+    """
     if not isinstance(volume_id, str) or not _ID_PATTERN.match(volume_id):
+        why = "it is empty" if not volume_id else (
+            f"it is {len(volume_id)} characters" if isinstance(volume_id, str) and len(volume_id) > 200
+            else "it holds other characters or starts with one of '._-'"
+        )
         raise ValueError(
-            f"invalid volume id {volume_id!r}: use letters, digits, '.', '_' or '-' (max 200), "
+            f"invalid volume id ({why}): use letters, digits, '.', '_' or '-' (max 200), "
             "starting with a letter or digit"
         )
+    if volume_id.lower() in RESERVED_IDS:
+        raise ValueError(f"invalid volume id: {volume_id!r} is a name Zarr reserves for its own metadata; choose another")
     return volume_id
 
 
@@ -355,3 +368,35 @@ def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
         return v
 
     return {k: conv(v) for k, v in attrs.items()}
+
+
+# --- manifest.parquet's columns (the store owns its tables' columns) ------------------------------
+
+#: Each column of manifest.parquet, in order (the store contract's first), with the value of a row
+#: that has learnt nothing yet: a scan is `failed` until its ingest says otherwise.
+MANIFEST_COLUMNS: dict[str, Any] = {
+    "volume_id": "",
+    "source": "",
+    "format": "",
+    "status": "failed",
+    "error": "",
+    "shape": [],
+    "spacing": [],
+    "sha256": "",
+    "split": "",
+    "original_shape": [],
+    "original_spacing": [],
+    "original_orientation": "",
+    "skipped": False,
+    "seconds": 0.0,
+}
+
+
+def manifest_row(**fields: Any) -> dict[str, Any]:
+    """One manifest row: `fields` over the defaults of MANIFEST_COLUMNS (unknown names refused)."""
+    unknown = set(fields) - set(MANIFEST_COLUMNS)
+    if unknown:
+        raise KeyError(f"not manifest columns: {sorted(unknown)}")
+    row = {k: (list(v) if isinstance(v, list) else v) for k, v in MANIFEST_COLUMNS.items()}
+    row.update(fields)
+    return row

@@ -20,6 +20,7 @@ RAY_RUN_NAME = "ctplatform.ray_run_name"  # the Ray Train run a training run bel
 
 # evaluation and comparison runs
 EVALUATED_RUN = "ctplatform.evaluated_run"
+EVALUATION_PREFIX = "ctplatform.evaluation."  # + split, on a training run: its latest evaluation run
 SPLIT = "ctplatform.split"
 RUN_A, RUN_B = "ctplatform.run_a", "ctplatform.run_b"
 EVAL_A, EVAL_B = "ctplatform.eval_a", "ctplatform.eval_b"

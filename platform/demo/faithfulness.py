@@ -61,7 +61,9 @@ def organ_map_in_store(cohort: Path, volume_id: str, volume_attrs: Any, shape: t
     from ctplatform.ingest.resample import resample
     from ctplatform.ingest.truth import read_mask
 
-    data, affine = read_mask(cohort / "truth" / f"{volume_id}.nii.gz")
+    from ctplatform.phantom.layout import CohortLayout
+
+    data, affine = read_mask(CohortLayout(cohort).organs(volume_id))
     oriented, aff = to_store_orientation(data, affine)
     out = resample(oriented, voxel_spacing(aff), tuple(float(x) for x in volume_attrs["spacing_mm"]), order=0)
     if out.shape != tuple(shape):
@@ -98,7 +100,9 @@ def phantom_truth(cohort: Path, store_root: str, geometry: Any, kinds: list[str]
 
 def cohort_confounders(cohort: Path) -> dict[str, str]:
     """kind -> target label of the cohort's confounders (cohort.json holds one spec or a list)."""
-    spec = json.loads((cohort / "cohort.json").read_text()).get("confounder")
+    from ctplatform.phantom.layout import CohortLayout
+
+    spec = json.loads(CohortLayout(cohort).params.read_text()).get("confounder")
     specs = spec if isinstance(spec, list) else ([spec] if spec else [])
     return {s["kind"]: s["label"] for s in specs}
 
@@ -106,7 +110,9 @@ def cohort_confounders(cohort: Path) -> dict[str, str]:
 def confounder_values(cohort: Path, kind: str) -> dict[str, float]:
     import pandas as pd
 
-    listing = pd.read_csv(cohort / "scans.csv", keep_default_na=False)
+    from ctplatform.phantom.layout import CohortLayout
+
+    listing = pd.read_csv(CohortLayout(cohort).listing, keep_default_na=False)
     col = f"confounder_{kind}" if f"confounder_{kind}" in listing.columns else "confounder_value"
     return dict(zip(listing["volume_id"].astype(str), listing[col].astype(float)))
 

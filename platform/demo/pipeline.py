@@ -27,9 +27,23 @@ from typing import Any
 
 from ctplatform import tracking
 from ctplatform.config import Config
+from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
+from ctplatform.eval.compare.job import comparison_dir, run_comparison
+from ctplatform.eval.job import run_evaluation
+from ctplatform.eval.report import scan_key_salt
+from ctplatform.phantom.cohort import cohort_confounder
+from ctplatform.ingest.command import summary as ingest_summary
+from ctplatform.ingest.job import exit_status, run_ingest
+from ctplatform.partition.command import summary as partition_summary
+from ctplatform.partition.job import run_partition
+from ctplatform.partition.sarle.job import run_labelling
+from ctplatform.phantom.cohort import generate_cohort
+from ctplatform.phantom.layout import CohortLayout
+from ctplatform.runtime import init_ray, setup_mlflow
+from ctplatform.store import Store
+from ctplatform.train.trainer import TrainingDivergedError, read_run_record, run_training, storage_root
 
 log = logging.getLogger("ctplatform.demo.command")
-
 
 
 class DemoStageError(RuntimeError):
@@ -114,8 +128,6 @@ def model_title(lam: float) -> str:
 # ------------------------------------------------------------------------------ MLflow look-ups
 def _find(cfg: Config, tags: dict[str, str]) -> str | None:
     """Id of the newest finished run of the experiment carrying `tags`, or None."""
-    from ctplatform.runtime import setup_mlflow
-
     return tracking.find_run(setup_mlflow(cfg), tags)
 
 
@@ -142,8 +154,6 @@ def evaluation_metrics(run_id: str, split: str) -> dict[str, float]:
 def forget_demo_runs(cfg: Config, key: str) -> int:
     """Soft-delete every MLflow run the demo `key` created (for --fresh); returns how many."""
     from mlflow import MlflowClient
-
-    from ctplatform.runtime import setup_mlflow
 
     exp = setup_mlflow(cfg)
     client = MlflowClient()
@@ -181,9 +191,8 @@ class Stages:
 
 
 def stage_phantom(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.phantom.cohort import generate_cohort
-
-    before = len(list((cohort / "truth").glob("*.json"))) if (cohort / "truth").is_dir() else 0
+    truth = CohortLayout(cohort).truth_dir
+    before = len(list(truth.glob("*.json"))) if truth.is_dir() else 0
     d = cfg.demo
     listing = generate_cohort(
         cohort, d.n, seed=d.seed, size=d.size, confounder=d.confounder, prevalence=dict(d.prevalence) or None
@@ -197,11 +206,8 @@ def stage_phantom(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tup
 
 
 def stage_ingest(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.ingest.command import summary
-    from ctplatform.ingest.job import exit_status, run_ingest
-
-    df = run_ingest(cohort / "scans.csv", cfg)
-    echo(summary(df, cfg.store_path))
+    df = run_ingest(CohortLayout(cohort).listing, cfg)
+    echo(ingest_summary(df, cfg.store_path))
     if df.empty or exit_status(df, cfg.ingest.fail_fraction):
         raise DemoStageError("ingest", f"{int((df['status'] != 'ok').sum())} of {len(df)} scans failed (reasons above)")
     reused = bool(df["skipped"].astype(bool).all())
@@ -209,15 +215,11 @@ def stage_ingest(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tupl
 
 
 def stage_partition(cfg: Config, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.partition.command import summary
-    from ctplatform.partition.job import run_partition
-    from ctplatform.store import Store
-
     df = run_partition(cfg)
     if df.empty:
         echo("partition: every volume was already partitioned")
     else:
-        echo(summary(df, cfg.store_path))
+        echo(partition_summary(df, cfg.store_path))
     table = Store(cfg.store_path).read_table("partition")
     if table is None or not (table["status"] == "ok").any():
         raise DemoStageError("partition", "no volume could be partitioned (errors above)")
@@ -225,10 +227,7 @@ def stage_partition(cfg: Config, echo: Callable[[str], None]) -> tuple[Any, str]
 
 
 def stage_labels(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.partition.sarle.job import run_labelling
-    from ctplatform.store import Store
-
-    summary = run_labelling(cfg, str(cohort / "reports.csv"), Store(cfg.store_path), skip_existing=True)
+    summary = run_labelling(cfg, str(CohortLayout(cohort).reports), Store(cfg.store_path), skip_existing=True)
     echo(summary.table())
     if summary.failed:
         raise DemoStageError("label-reports", f"{summary.failed} report(s) could not be labelled: {summary.errors[:3]}")
@@ -238,8 +237,6 @@ def stage_labels(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tupl
 def stage_train(cfg: Config, echo: Callable[[str], None]) -> tuple[str, str]:
     """Train one model, or reuse the finished run with the same configuration hash."""
     from mlflow import MlflowClient
-
-    from ctplatform.train.trainer import TrainingDivergedError, read_run_record, run_training, storage_root
 
     h = training_hash(cfg)
     found = find_training_run(cfg, h)
@@ -271,10 +268,6 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
     import pandas as pd
     from mlflow import MlflowClient
 
-    from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
-    from ctplatform.eval.job import run_evaluation
-    from ctplatform.phantom.cohort import cohort_confounder
-
     ehash = eval_hash(cfg)
     found = find_evaluation(cfg, run_id, split, ehash)
     client = MlflowClient()
@@ -293,7 +286,8 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
     if spec is not None and metric not in client.get_run(eval_id).data.metrics:
         path = mlflow.artifacts.download_artifacts(run_id=eval_id, artifact_path="predictions.parquet")
         value = reliance_from_predictions(
-            pd.read_parquet(path), pd.read_csv(cohort / "scans.csv", keep_default_na=False), spec[1], split
+            pd.read_parquet(path), pd.read_csv(CohortLayout(cohort).listing, keep_default_na=False), spec[1], split,
+            scan_key_salt(cfg.workdir),
         )
         if value == value:  # not NaN
             client.log_metric(eval_id, metric, value)
@@ -302,8 +296,6 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
 
 def stage_compare(cfg: Config, run_a: str, run_b: str, eval_a: str, eval_b: str, split: str, echo: Callable[[str], None]) -> tuple[Path, str]:
     from mlflow import MlflowClient
-
-    from ctplatform.eval.compare.job import comparison_dir, run_comparison
 
     out_dir = comparison_dir(cfg, run_a, run_b, split)
     found = find_comparison(cfg, eval_a, eval_b)
@@ -320,8 +312,6 @@ def stage_compare(cfg: Config, run_a: str, run_b: str, eval_a: str, eval_b: str,
 def run_demo(cfg: Config, *, fresh: bool = False, echo: Callable[[str], None] = print) -> DemoResult:
     """Run (or reuse) every stage for cfg (the demo config); raises DemoStageError naming a failed stage."""
     import ray
-
-    from ctplatform.runtime import init_ray
 
     key = demo_key(cfg)
     cfg = demo_config(cfg)

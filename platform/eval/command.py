@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Evaluate a trained run: AUROC, OrganIoU, localization against truth, explanation pictures.
 
 Scores the MLflow run's model on --split (default eval.split) as a Ray job (one task per

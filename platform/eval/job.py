@@ -32,7 +32,7 @@ from ctplatform.config import Config, EvalConfig
 from ctplatform.eval.cache import ScoreCache
 from ctplatform.eval.figures import choose_figure_scans, curves_from_sums
 from ctplatform.eval.plots import choose_curve_labels, plot_slice_scores
-from ctplatform.eval.report import predictions_frame, scan_key, write_summary
+from ctplatform.eval.report import predictions_frame, scan_key, scan_key_salt, write_summary
 from ctplatform.eval.scoring import ScanScores, SliceSums
 from ctplatform.eval.summary import Evaluation, evaluate_scores
 from ctplatform.eval.tracking import log_evaluation
@@ -100,14 +100,15 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     ev.notes += truth.notes
     if collected.failed:
         ev.notes.append(f"{len(collected.failed)} scan(s) failed and were left out (see the job log)")
+    salt = scan_key_salt(cfg.workdir)  # local disk only: keys in artifacts cannot be recomputed from ids
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     files = _draw_slice_curves(collected.sums, inputs.split, fig_dir, e.curve_labels)
     picks = choose_figure_scans(collected.test_scans, e.figure_scans, e.figure_labels_per_scan)
-    files += _render_figures(inputs, shared, collected.test_scans, picks, fig_dir, out_dir, e.nifti)
+    files += _render_figures(inputs, shared, collected.test_scans, picks, fig_dir, out_dir, e.nifti, salt)
     if e.nifti and picks and not (out_dir / "heatmaps").exists():
         ev.notes.append("no NIfTI heatmaps: the stored volumes carry no `affine` attribute (re-ingest to add it)")
-    _write_outputs(inputs, run_id, ev, collected, out_dir, e.organ_iou_convention)
+    _write_outputs(inputs, run_id, ev, collected, out_dir, e.organ_iou_convention, salt)
     eval_run_id = log_evaluation(cfg, run_id, inputs.split, ev, out_dir, exclude=["scan_keys.local.csv"])
     return EvalOutcome(
         run_id, eval_run_id, inputs.split, out_dir, ev.metrics, collected.failed, ev.notes, reused, len(results)
@@ -259,6 +260,7 @@ def _render_figures(
     fig_dir: Path,
     out_dir: Path,
     nifti: bool,
+    salt: bytes,
 ) -> list[Path]:
     """Figure 4 panels (and NIfTI heatmaps) of the picked scans: one task per scan, each writes its own files."""
     if not picks:
@@ -270,7 +272,7 @@ def _render_figures(
     for n, (i, labs) in enumerate(picks):
         vid = test_scans[i].volume_id
         j = pos_of[vid]
-        key = scan_key(vid)
+        key = scan_key(vid, salt)
         refs.append(
             render.remote(
                 shared.state_ref, shared.cfg_json, inputs.store.root, vid, index.y[j], index.region_bits[j], labs,
@@ -282,7 +284,7 @@ def _render_figures(
 
 
 def _write_outputs(
-    inputs: _Inputs, run_id: str, ev: Evaluation, collected: _Collected, out_dir: Path, convention: str
+    inputs: _Inputs, run_id: str, ev: Evaluation, collected: _Collected, out_dir: Path, convention: str, salt: bytes
 ) -> None:
     """Summary tables, predictions keyed by hash, and the scan key map (local disk only)."""
     geometry = inputs.geometry
@@ -295,8 +297,8 @@ def _write_outputs(
         "OrganIoU convention": convention,
     }
     write_summary(ev, out_dir, f"Evaluation on {inputs.split}", context)
-    predictions_frame(test_scans + valid_scans).to_parquet(out_dir / "predictions.parquet", index=False)
+    predictions_frame(test_scans + valid_scans, salt).to_parquet(out_dir / "predictions.parquet", index=False)
     # volume id -> key map stays on local disk only (never logged): lets a person find the scan.
     pd.DataFrame(
-        {"scan_key": [scan_key(s.volume_id) for s in test_scans], "volume_id": [s.volume_id for s in test_scans]}
+        {"scan_key": [scan_key(s.volume_id, salt) for s in test_scans], "volume_id": [s.volume_id for s in test_scans]}
     ).to_csv(out_dir / "scan_keys.local.csv", index=False)

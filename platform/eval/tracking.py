@@ -16,6 +16,7 @@ from pathlib import Path
 from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.eval.summary import Evaluation
+from ctplatform.runtime import setup_mlflow
 
 log = logging.getLogger("ctplatform.eval")
 
@@ -56,8 +57,6 @@ def log_evaluation(
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
-
-    from ctplatform.runtime import setup_mlflow
 
     setup_mlflow(cfg)
     client = MlflowClient()
@@ -100,7 +99,7 @@ def log_evaluation(
     head = {f"{split}_{k}": metrics[f"{split}_{k}"] for k in HEADLINE if f"{split}_{k}" in metrics}
     try:
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in head.items()])
-        client.set_tag(run_id, f"ctplatform.evaluation.{split}", eval_id)
+        client.set_tag(run_id, f"{tracking.EVALUATION_PREFIX}{split}", eval_id)
     except Exception as e:  # the evaluation run holds everything; this is a convenience
         log.warning("could not copy headline metrics onto training run %s: %s", run_id, type(e).__name__)
     log.info("logged evaluation run %s (nested under %s) at %s", eval_id, run_id, mlflow.get_tracking_uri())
@@ -110,8 +109,6 @@ def log_evaluation(
 def find_evaluation_run(cfg: Config, run_id: str, split: str) -> str:
     """The latest finished evaluation run of `run_id` on `split` (or run_id itself if it is one)."""
     from mlflow import MlflowClient
-
-    from ctplatform.runtime import setup_mlflow
 
     setup_mlflow(cfg)
     client = MlflowClient()

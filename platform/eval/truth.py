@@ -78,11 +78,11 @@ def survey(store: Store, ids: list[str], geometry: ModelGeometry, method: str) -
             f"{len(stale)} scan(s) have lesion truth but none current on the {geometry.name} grid ({method}): "
             "re-run `ctplatform partition` to put it there; they are scored without localization"
         )
-    specs = Counter(
-        (str(c.get("kind", "")), str(c.get("label", "")))
-        for v, fp in prints.items() if fp is not None
-        for c in [store.grid_truth(geometry.name, method, v).attrs.get("confounder")] if c
-    )
+    specs: Counter[tuple[str, str]] = Counter()
+    for v, fp in prints.items():
+        spec = store.grid_truth(geometry.name, method, v).attrs.get("confounder") if fp else None
+        if spec:
+            specs[(str(spec.get("kind", "")), str(spec.get("label", "")))] += 1
     if specs:
         out.confounder = specs.most_common(1)[0][0]
         if len(specs) > 1:

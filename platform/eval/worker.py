@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 
 from ctplatform.config import Config
-from ctplatform.eval.scoring import ScanScores, SliceSums
+from ctplatform.eval.figures import render_scan
+from ctplatform.eval.scoring import ScanScores, SliceSums, explain, score_outputs
+from ctplatform.model.allowed_regions import allowed_regions
+from ctplatform.model.axialnet import AxialNet
+from ctplatform.model.dataset import SplitIndex, StoreDataset, read_crop
+from ctplatform.store import Store
 
 #: Offset of the randomised model's seed from eval.seed (a constant far from usual training seeds).
 SANITY_SEED = 982_451_653
@@ -28,8 +33,6 @@ def _device():
 def _build(state: dict, cfg_json: dict, threads: int):
     """The trained model on this worker's device (a GPU when the task was given one)."""
     import torch
-
-    from ctplatform.model.axialnet import AxialNet
 
     torch.set_num_threads(max(1, threads))
     run_cfg = Config.model_validate(cfg_json)
@@ -50,8 +53,6 @@ def worker_options(e: Any) -> dict[str, Any]:
 
 
 def _dataset(run_cfg: Config, store_root: str, ids: list[str], y: np.ndarray, bits: np.ndarray):
-    from ctplatform.model.dataset import SplitIndex, StoreDataset
-
     return StoreDataset(
         store_root,
         SplitIndex(list(ids), y, bits),
@@ -82,10 +83,6 @@ def score_volumes(
     Pure with respect to Ray (called inside a task, or directly in tests); opts: worker_options().
     """
     import torch
-
-    from ctplatform.eval.scoring import explain, score_outputs
-    from ctplatform.model.allowed_regions import allowed_regions
-    from ctplatform.model.axialnet import AxialNet
 
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
@@ -175,12 +172,6 @@ def render_volume(
     opts: dict[str, Any],
 ) -> list[str]:
     """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
-    from ctplatform.eval.figures import render_scan
-    from ctplatform.eval.scoring import explain
-    from ctplatform.model.allowed_regions import allowed_regions
-    from ctplatform.store import Store
-    from ctplatform.model.dataset import read_crop
-
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
     item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]

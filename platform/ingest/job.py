@@ -31,7 +31,16 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config, IngestConfig
+from ctplatform.ingest.dicom import series_files
+from ctplatform.ingest.discover import discover
+from ctplatform.ingest.preprocess import to_store
+from ctplatform.ingest.pseudonym import PSEUDONYMISED_SOURCE, load_key, scrub
+from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
 from ctplatform.ingest.scan import ScanError
+from ctplatform.ingest.sizing import ReadLimits
+from ctplatform.ingest.truth import prepare_truth, store_truth, truth_source
+from ctplatform.runtime import TaskResources, init_ray, map_volumes
+from ctplatform.store import MANIFEST_COLUMNS, IncompleteItemError, Store, manifest_row
 
 log = logging.getLogger("ctplatform.ingest")
 
@@ -39,23 +48,6 @@ MANIFEST_EVERY = 200
 #: Retries of a task whose worker died (ingest_one itself never raises for bad input).
 TASK_RETRIES = 2
 MANIFEST_SECONDS = 60.0
-#: Manifest columns, in order (the store contract's columns first).
-MANIFEST_COLUMNS = [
-    "volume_id",
-    "source",
-    "format",
-    "status",
-    "error",
-    "shape",
-    "spacing",
-    "sha256",
-    "split",
-    "original_shape",
-    "original_spacing",
-    "original_orientation",
-    "skipped",
-    "seconds",
-]
 _BUF = 1 << 20
 
 
@@ -68,8 +60,6 @@ def _hash_file(h: "hashlib._Hash", path: Path) -> None:
 def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = None) -> str:
     """sha256 of what the volume is made from: the file, every file of a DICOM series (with its
     name), and for CT-RATE the metadata values used."""
-    from ctplatform.ingest.dicom import series_files
-
     path = Path(path)
     h = hashlib.sha256()
     if fmt == "dicom":
@@ -84,24 +74,18 @@ def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = Non
 
 
 def _status(row: dict, **fields: Any) -> dict:
-    out = {
-        "volume_id": row["volume_id"],
-        "source": row["path"],
-        "format": row.get("format") or "",
-        "status": "failed",
-        "error": "",
-        "shape": [],
-        "spacing": [],
-        "sha256": "",
-        "split": row.get("split") or "",
-        "original_shape": [],
-        "original_spacing": [],
-        "original_orientation": "",
-        "skipped": False,
-        "seconds": 0.0,
-    }
-    out.update(fields)
-    return out
+    """The manifest row of a discovered scan: failed unless `fields` say otherwise.
+
+    A pseudonymised row (`private` set) never shows its path: its source is `(pseudonymised)` and
+    the names below the input root are scrubbed from its error."""
+    private = row.get("private") or ""
+    if private and fields.get("error"):
+        fields["error"] = scrub(fields["error"], row["path"], private)
+    # A pseudonymised row's path holds the names the pseudonym hides.
+    source = PSEUDONYMISED_SOURCE if private else row["path"]
+    base = {"volume_id": row["volume_id"], "source": source, "format": row.get("format") or "",
+            "split": row.get("split") or ""}
+    return manifest_row(**{**base, **fields})
 
 
 def _settings_match(attrs: Any, cfg: IngestConfig) -> bool:
@@ -128,11 +112,6 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
     Skips (status ok, skipped True) when a finished volume made from the same source sha256 with the
     same spacing/HU range/interpolation exists, unless `overwrite`.
     """
-    from ctplatform.ingest.preprocess import to_store
-    from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
-    from ctplatform.ingest.truth import prepare_truth, store_truth, truth_source
-    from ctplatform.store import IncompleteItemError, Store
-
     start = time.perf_counter()
     fmt = row.get("format") or ""
     try:
@@ -169,7 +148,7 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
                     )
             except IncompleteItemError:
                 pass  # absent or half-written by a killed run: (re)do it
-        scan = read_scan(path, fmt, metadata)
+        scan = read_scan(path, fmt, metadata, ReadLimits.from_config(cfg))
         hu16, attrs = to_store(scan, cfg)
         del scan
         attrs["source_sha256"] = sha
@@ -194,6 +173,8 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         error = "out of memory while ingesting; raise ingest.memory_per_task_gb or use a coarser spacing"
     except PermissionError as e:
         error = f"permission denied: {e.filename or row['path']}; fix its permissions and re-run"
+    except OSError as e:  # the store or the source is not where or what it should be
+        error = f"cannot read or write {e.filename or 'a file'}: {e.strerror or type(e).__name__}"
     except Exception as e:  # a bug or an unforeseen file problem: the job must go on
         # DICOM library messages may quote header values: only the exception type leaves the task.
         detail = type(e).__name__ if fmt == "dicom" else f"{type(e).__name__}: {str(e)[:300]}"
@@ -216,7 +197,7 @@ def exit_status(results: pd.DataFrame, fail_fraction: float) -> int:
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
 def _check_memory_request(request: float) -> None:
@@ -236,11 +217,7 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
 
     manifest.parquet receives every row (upsert by volume_id).
     """
-    from ctplatform.ingest.discover import discover
-    from ctplatform.runtime import TaskResources, init_ray, map_volumes
-    from ctplatform.store import Store
-
-    rows = discover(input_path)
+    rows = discover(input_path, load_key(cfg.ingest.pseudonymise_key, cfg.store_path))
     store = Store(cfg.store_path)
     store.group  # create the store once here, not concurrently in the tasks
     if not rows:

@@ -130,8 +130,17 @@ def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI label mask as non-negative integers, and its affine."""
     import nibabel as nib
 
+    from ctplatform.ingest.readers import size_nifti
+    from ctplatform.ingest.sizing import MASK_MAX_COMPRESSION_RATIO, ReadLimits
+
     try:
         img = nib.load(str(path))
+    except Exception as e:  # unreadable: the message names the file, never its header values
+        raise ScanError(f"truth mask {path.name} could not be read ({type(e).__name__})") from None
+    # Sized from its header before a voxel is read (sizing.py); masks are mostly zeros, so they
+    # may compress far more than CT before they count as a bomb.
+    size_nifti(img, Path(path), ReadLimits(max_compression_ratio=MASK_MAX_COMPRESSION_RATIO))
+    try:
         data = np.asanyarray(img.dataobj)
     except Exception as e:  # unreadable: the message names the file, never its header values
         raise ScanError(f"truth mask {path.name} could not be read ({type(e).__name__})") from None

@@ -36,10 +36,11 @@ from scipy import ndimage
 
 from ctplatform.config import GRID_METHODS, GRID_VARIANTS
 from ctplatform.geometry import ModelGeometry, center_crop_or_pad
+from ctplatform.labels import CODE_BITS, ORGAN_BITS, ORGANS
 
-N_ORGANS = 3
-#: organ code -> bit: right lung 1, left lung 2, mediastinum 4 (code 0 -> no bit).
-_BITS = np.array([0, 1, 2, 4], dtype=np.uint8)
+N_ORGANS = len(ORGANS)
+#: organ code -> organ bit (labels.CODE_BITS).
+_BITS = np.array(CODE_BITS, dtype=np.uint8)
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
@@ -100,7 +101,7 @@ def downsample_bits(bits: np.ndarray, grid: tuple[int, int, int], method: str) -
 
 def unpack(bits: np.ndarray) -> np.ndarray:
     """uint8 organ bits [H, D1, D2] -> bool [3, H, D1, D2] (right lung, left lung, mediastinum)."""
-    return np.stack([(bits & (1 << k)) != 0 for k in range(N_ORGANS)])
+    return np.stack([(bits & ORGAN_BITS[name]) != 0 for name in ORGANS])
 
 
 def dilate(mask: np.ndarray) -> np.ndarray:

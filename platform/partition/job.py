@@ -20,6 +20,7 @@ import pandas as pd
 
 from ctplatform.config import Config
 from ctplatform.partition.volume import empty_row, grid_truth_current, is_complete, partition_volume
+from ctplatform.runtime import TaskResources, init_ray, map_volumes
 from ctplatform.store import Store
 
 log = logging.getLogger("ctplatform.partition")
@@ -70,8 +71,6 @@ def volumes_to_do(store: Store, cfg: Config, overwrite: bool = False) -> tuple[l
 
 def run_partition(cfg: Config, overwrite: bool = False) -> pd.DataFrame:
     """Partition every finished volume of `cfg.store_path`; returns this run's rows (skipped ones excluded)."""
-    from ctplatform.runtime import TaskResources, init_ray, map_volumes
-
     store = Store(cfg.store_path)
     if not store.exists():
         raise FileNotFoundError(f"no store at {store.root}: run `ctplatform ingest` first")

@@ -19,8 +19,9 @@ import numpy as np
 
 from ctplatform.config import GRID_METHODS, Config, PartitionConfig
 from ctplatform.geometry import STORE_ORIENTATION, ModelGeometry
+from ctplatform.labels import ORGAN_CODES
 from ctplatform.partition.grid import grid_masks, truth_on_grid
-from ctplatform.partition.organs import ORGAN_CODES, segment_organs
+from ctplatform.partition.organs import segment_organs
 from ctplatform.partition.qc import QCResult, quality_control
 from ctplatform.store import IncompleteItemError, Store
 

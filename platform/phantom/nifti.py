@@ -22,6 +22,7 @@ from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, i
 from ctplatform.geometry import STORE_AXCODES
 from ctplatform.labels import label_by_name
 from ctplatform.phantom.findings import SUPPORTED
+from ctplatform.phantom.layout import CohortLayout
 
 #: bit index of each lesion label in `truth/<id>_lesions.nii.gz`.
 LESION_BITS: dict[str, int] = {name: k for k, name in enumerate(SUPPORTED)}
@@ -104,9 +105,9 @@ def load_ipl(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_truth(out_dir: str | Path, volume_id: str) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[float, float, float]]:
     """Organ codes, lesion masks (label -> bool) and spacing (z, y, x) of one cohort scan, in I-P-L order."""
-    out_dir = Path(out_dir)
-    organs, aff = load_ipl(out_dir / "truth" / f"{volume_id}.nii.gz")
-    bits, _ = load_ipl(out_dir / "truth" / f"{volume_id}_lesions.nii.gz")
+    layout = CohortLayout(out_dir)
+    organs, aff = load_ipl(layout.organs(volume_id))
+    bits, _ = load_ipl(layout.lesions(volume_id))
     bits = bits.astype(np.uint16)
     lesions = {name: (bits & np.uint16(1 << k)) > 0 for name, k in LESION_BITS.items()}
     spacing = tuple(float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))

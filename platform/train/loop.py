@@ -349,8 +349,9 @@ class _Data:
     def open(cls, cfg: Config, worker: _Worker) -> "_Data":
         t = cfg.train
         store = Store(cfg.store_path)
-        train_set = StoreDataset.from_config(cfg, load_split(store, t.splits["train"]), augment=True)
-        val_set = StoreDataset.from_config(cfg, load_split(store, t.splits["valid"]), augment=False)
+        # Partition QC: volumes flagged t.qc_exclude_flags (e.g. no lungs) are left out (counts logged by the driver).
+        train_set = StoreDataset.from_config(cfg, load_split(store, t.splits["train"], t.qc_exclude_flags), augment=True)
+        val_set = StoreDataset.from_config(cfg, load_split(store, t.splits["valid"], t.qc_exclude_flags), augment=False)
         sampler = EpochSampler(len(train_set), worker.rank, worker.world, seed=t.seed)
         return cls(
             sampler,

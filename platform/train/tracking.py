@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctplatform import tracking
+from ctplatform.runtime import setup_mlflow
+from ctplatform.train import rundir
 
 if TYPE_CHECKING:
     import torch
@@ -70,9 +72,6 @@ def start_mlflow_run(
     """
     import mlflow
     from mlflow import MlflowClient
-
-    from ctplatform.runtime import setup_mlflow
-    from ctplatform.train import rundir
 
     experiment_id = setup_mlflow(cfg)
     client = MlflowClient()

@@ -11,6 +11,8 @@ from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.eval.compare.comparison import Comparison, compare_runs
 from ctplatform.eval.report import html_table, markdown_table
+from ctplatform.eval.tracking import find_evaluation_run
+from ctplatform.runtime import setup_mlflow
 
 
 def _fetch(run_id: str, path: str, dst: str) -> Path:
@@ -24,8 +26,6 @@ def _fetch(run_id: str, path: str, dst: str) -> Path:
 
 def _evaluation(cfg: Config, run_id: str, split: str, tmp: str) -> tuple[str, pd.DataFrame, pd.DataFrame, dict]:
     from mlflow import MlflowClient
-
-    from ctplatform.eval.tracking import find_evaluation_run
 
     eval_id = find_evaluation_run(cfg, run_id, split)
     d = Path(tmp) / eval_id
@@ -66,8 +66,6 @@ def comparison_dir(cfg: Config, run_a: str, run_b: str, split: str) -> Path:
 def run_comparison(cfg: Config, run_a: str, run_b: str, split: str) -> tuple[Comparison, Path, str]:
     """Compare the evaluations of run A and run B on `split`; returns (result, folder, MLflow run id)."""
     from mlflow import MlflowClient
-
-    from ctplatform.runtime import setup_mlflow
 
     setup_mlflow(cfg)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,9 @@ from ray.tune import Callback
 
 from ctplatform import tracking
 from ctplatform.config import Config
+from ctplatform.runtime import setup_mlflow
 from ctplatform.train import rundir
+from ctplatform.train.tracking import run_params
 from ctplatform.train.tune.table import TrialRow, best_trial, sweep_markdown, table5, trials_frame
 from ctplatform.train.tune.trial import EPOCHS_DONE, TRIAL_RECORD, SweepContext, trial_run_name
 
@@ -42,8 +44,6 @@ class TrialView:
 
 # ------------------------------------------------------------------------------ the parent run
 def sweep_params(cfg: Config, n_trials: int, concurrency: int) -> dict[str, Any]:
-    from ctplatform.train.tracking import run_params
-
     t = cfg.tune
     params = {
         k: v for k, v in run_params(cfg).items() if k not in ("lambda_mask", "grid_variant", "lr", "seed", "mask_loss")
@@ -78,8 +78,6 @@ def start_parent_run(cfg: Config, name: str, params: dict[str, Any]) -> tuple[st
     """Create the sweep's parent run (RUNNING until the sweep ends); returns (run id, experiment id)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from ctplatform.runtime import setup_mlflow
 
     experiment_id = setup_mlflow(cfg)
     client = MlflowClient()
