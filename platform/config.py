@@ -140,6 +140,9 @@ class ModelConfig(Section):
     pretrained_weights: Path | None = Field(
         None, description="Local ResNet-18 ImageNet state_dict; None: random initialisation"
     )
+    backbone_layers: Literal[2, 3, 4] = Field(
+        4, description="ResNet-18 cut after layer2 / layer3 (stride 8 / 16: a finer grid on small inputs) or whole (4, the paper)"
+    )
 
     @property
     def geometry(self) -> ModelGeometry:
@@ -147,6 +150,7 @@ class ModelConfig(Section):
             input_shape=tuple(self.input_shape),
             slices_per_group=self.slices_per_group,
             custom_conv_padding=self.custom_conv_padding,
+            backbone_layers=self.backbone_layers,
         )
 
     @model_validator(mode="after")
@@ -157,8 +161,20 @@ class ModelConfig(Section):
 
 class TrainConfig(Section):
     lambda_mask: float = Field(1 / 3, description="Mask-loss weight; 0 is the class-only baseline")
-    mask_loss: Literal["mean_softplus", "sum_neglog"] = Field(
-        "mean_softplus", description="published code's mean softplus(a) or the paper's sum -log(1-a)"
+    mask_loss: Literal["published", "paper_eq11", "positive_pairs", "mean_softplus", "sum_neglog"] = Field(
+        "published",
+        description="published: the published code (mean softplus of sum_f w Z over all forbidden cells); "
+        "paper_eq11: the paper's per-scan sum of -log(1-a); positive_pairs: mean over positive (scan, label) "
+        "pairs of the sum of ReLU(HiResCAM) over their forbidden cells (model/losses.py; "
+        "mean_softplus and sum_neglog are the old names of the first two)",
+    )
+    labels: Literal["all", "present"] = Field(
+        "all", description="labels trained and scored: all 80, or those with positives in the training split"
+    )
+    selection_metric: Literal["val_class_loss", "val_loss"] = Field(
+        "val_class_loss",
+        description="validation loss that picks the best epoch: val_class_loss is the same criterion for every "
+        "lambda; val_loss adds lambda * L_mask (the old choice: not comparable between a class-only and a mask-loss model)",
     )
     grid_variant: str = "nearest"
     hu_clip: tuple[float, float] = (-1000.0, 800.0)
@@ -208,6 +224,12 @@ class TrainConfig(Section):
         description="partition QC flags that exclude a volume from training and validation (counts logged "
         "to MLflow); other fallback volumes train on the heuristic masks and are counted",
     )
+
+    @field_validator("mask_loss")
+    @classmethod
+    def _mask_loss_name(cls, v: str) -> str:
+        # old names read as the forms they always computed (model/losses.py FORM_ALIASES)
+        return {"mean_softplus": "published", "sum_neglog": "paper_eq11"}.get(v, v)
 
     @field_validator("grid_variant")
     @classmethod

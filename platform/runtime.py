@@ -115,13 +115,23 @@ def setup_mlflow(cfg: Config) -> str:
     exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is not None:
         mlflow.set_experiment(cfg.mlflow.experiment)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow.set_experiment_tag(EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:///"):
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-    exp_id = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location)
+    exp_id = mlflow.create_experiment(
+        cfg.mlflow.experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+#: MLflow 3's UI opens an experiment on its GenAI "Traces" view unless the experiment says it holds
+#: model-training runs (the UI reads this tag; values as in its bundle: custom_model_development).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 # --- the shared per-volume Ray Data job ------------------------------------------------------------

@@ -9,7 +9,7 @@ def test_defaults_are_the_paper() -> None:
     cfg = load_config()
     assert cfg.model.geometry.name == "135x6x6"
     assert cfg.train.lambda_mask == pytest.approx(1 / 3)
-    assert cfg.train.mask_loss == "mean_softplus" and cfg.train.grid_variant == "nearest"
+    assert cfg.train.mask_loss == "published" and cfg.train.grid_variant == "nearest"
     assert cfg.ingest.spacing_mm == (0.8, 0.8, 0.8)
     assert len(GRID_VARIANTS) == 6
 

@@ -65,3 +65,18 @@ def test_a_callable_class_is_built_once_per_actor(ray_local):
 
 def test_no_rows_start_no_job():
     assert map_volumes([], _square, resources=TaskResources(), failed_row=dict) == []
+
+
+def test_mlflow_experiment_opens_on_training_runs(tmp_path) -> None:
+    """MLflow 3's UI shows the GenAI Traces view unless the experiment is tagged as model development."""
+    import mlflow
+
+    from ctplatform.config import load_config
+    from ctplatform.runtime import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, setup_mlflow
+
+    cfg = load_config(overrides=[f"workdir={tmp_path}", "mlflow.experiment=kind-test"])
+    exp_id = setup_mlflow(cfg)
+    assert mlflow.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, "genai_development")
+    assert setup_mlflow(cfg) == exp_id  # an existing experiment is put right too
+    assert mlflow.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ctplatform.config import Config
+    from ctplatform.demo.pipeline import DemoResult
 
 # Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
 # build `ctplatform --help`, which must stay fast.
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace, cfg: "Config") -> int:
 
     try:
         cfg = apply_flags(args, cfg)
-        target = ConfounderSpec.parse(cfg.demo.confounder).label
+        target = ConfounderSpec.parse_many(cfg.demo.confounder)[0].label
     except (ValueError, KeyError) as e:
         print(f"ctplatform demo: configuration error: {e}", file=sys.stderr)
         return 2
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace, cfg: "Config") -> int:
         "Confounder reliance is the AUROC with which the atherosclerosis score separates thick from thin fat "
         "within each class (0.5 = ignores fat). See docs/demo.md."
     )
+    if len(result.runs) == 2:
+        print_faithfulness(cfg, result)
     for title, run_id in result.runs.items():
         print(f"  {title}: MLflow run {run_id}")
     for split, folder in result.comparisons.items():
@@ -98,3 +101,17 @@ def run(args: argparse.Namespace, cfg: "Config") -> int:
     print(f"  files: {result.root}")
     print(f"\nOpen the results in MLflow (experiment {cfg.mlflow.experiment!r}):\n  {ui_command(cfg.tracking_uri)}")
     return 0
+
+
+def print_faithfulness(cfg: "Config", result: "DemoResult") -> None:
+    """The benchmark's faithfulness table for this seed (benchmarks/faithfulness.py prints the same rows)."""
+    from ctplatform.demo import faithfulness as fx
+    from ctplatform.demo.pipeline import demo_config
+
+    print("\n=== faithfulness: every figure beside its chance / image-blind prior level (one seed) ===")
+    analysis = fx.analyse_models(demo_config(cfg), result.runs, result.root / "cohort")
+    rep = fx.report({cfg.demo.seed: analysis}, n_boot=500, meta={"demo": True})
+    fx.to_json(rep, result.root / "faithfulness.json")
+    print(fx.format_table(rep))
+    print("\n" + fx.diagnostics(rep))
+    print("\n" + fx.conclusion(rep) + f" (one seed; intervals resample the test scans; JSON: {result.root / 'faithfulness.json'})")

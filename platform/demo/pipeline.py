@@ -121,7 +121,8 @@ def with_lambda(cfg: Config, lam: float) -> Config:
 
 
 def model_title(lam: float) -> str:
-    return "class only (lambda 0)" if lam == 0 else f"mask loss (lambda {lam:.3g})"
+    """The model's name in runs and tables: what it is (lambda is in the run's parameters)."""
+    return "class-only" if lam == 0 else "mask-loss"
 
 
 # ------------------------------------------------------------------------------ MLflow look-ups
@@ -242,8 +243,7 @@ def stage_train(cfg: Config, echo: Callable[[str], None]) -> tuple[str, str]:
     if found:
         echo(f"reusing finished MLflow run {found} (configuration hash {h[:12]})")
         return found, "reused"
-    lam = f"{cfg.train.lambda_mask:.3g}".replace(".", "p")
-    name = f"demo-lambda{lam}-{h[:12]}"
+    name = f"{model_title(cfg.train.lambda_mask)}-{h[:12]}"  # e.g. mask-loss-0a1b2c3d4e5f
     resume = read_run_record(storage_root(cfg), name) is not None
     if resume:
         echo(f"resuming the interrupted run {name} from its last checkpoint")

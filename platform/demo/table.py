@@ -34,11 +34,15 @@ TABLE_ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("AUROC {target}", "shifted", "auroc/{target}", "higher"),
     ("OrganIoU HiResCAM, overall", "headline", "organ_iou_hirescam_overall", "higher"),
     ("OrganIoU Grad-CAM, overall", "headline", "organ_iou_gradcam_overall", "higher"),
+    ("threshold-free OrganIoU HiResCAM (attention in allowed cells)", "headline", "attention_in_allowed_hirescam", "higher"),
+    ("  chance: allowed-cell fraction (a uniform map)", "headline", "allowed_cell_fraction", "baseline"),
     ("true lesion Dice, HiResCAM", "headline", "lesion_dice_hirescam", "higher"),
     ("pointing game hit rate, HiResCAM", "headline", "pointing_hit_rate_hirescam", "higher"),
+    ("  chance: lesion-cell fraction (a random cell)", "headline", "pointing_chance", "baseline"),
     ("Localization Utility (AUPRC), HiResCAM", "headline", "loc_utility_hirescam", "higher"),
     ("attention share on confounder, {target}", "headline", "confounder_share_hirescam_target", "lower"),
     ("attention share on confounder, all positives", "headline", "confounder_share_hirescam", "lower"),
+    ("  chance: confounder-cell fraction (a uniform map)", "headline", "confounder_cell_fraction", "baseline"),
     ("confounder reliance of the {target} score", "shifted", "confounder_reliance_auroc", "0.5"),
 )
 
@@ -69,7 +73,7 @@ def confounder_present(kind: str, values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype=np.float64)
     if kind == "fat":
         return values >= (FAT_LOW_MM[1] + FAT_HIGH_MM[0]) / 2  # between the thin and thick ranges
-    if kind == "marker":
+    if kind in ("marker", "zmarker"):
         return values >= 0.5
     raise ValueError(f"unknown confounder kind {kind!r}")
 

@@ -90,7 +90,7 @@ class ScoreCache:
     (never logged to MLflow; the folder starts with a dot).
     """
 
-    VERSION = 2  # bump when scoring changes what a cached result means
+    VERSION = 3  # bump when scoring changes what a cached result means (3: baselines per scan)
 
     def __init__(self, root: Path, run_id: str, state: dict, opts: dict[str, Any]) -> None:
         import hashlib

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ctplatform.eval.baselines import attention_in_region, cell_fraction, signed_forbidden_evidence
 from ctplatform.eval.localization import (
     attention_share,
     lesion_overlap,
@@ -59,6 +60,8 @@ class ScanScores:
     sanity_rho: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [P] or empty
     lesion: LesionScores | None = None
     confounder_share: dict[str, np.ndarray] | None = None  # method -> float32 [P]
+    # chance levels and threshold-free figures (eval/baselines.py): name -> float32 [P] (lesion ones [Q])
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,18 +159,32 @@ def score_outputs(
             organ=organ,
             top_group=(np.argmax(c, axis=1) if pos.size else np.zeros(0)).astype(np.int16),
         )
+        if pos.size:
+            scan.baselines = _baseline_figures(outputs, b, pos, g_true[b, pos])
         if random_hirescam is not None and pos.size:
             scan.sanity_rho = map_rank_correlation(outputs["hirescam"][b, pos], random_hirescam[b, pos]).astype(
                 np.float32
             )
         if lesions is not None and lesions[b] is not None and pos.size:
             scan.lesion = _lesion_scores(outputs, b, pos, lesions[b], thresholds)
+            if scan.lesion is not None:  # a uniformly random cell's pointing-game hit rate
+                les = np.asarray(lesions[b], dtype=bool)[scan.lesion.labels.astype(np.int64)]
+                scan.baselines["lesion_cell_fraction"] = cell_fraction(les).astype(np.float32)
         if confounders is not None and confounders[b] is not None and pos.size:
             region = np.broadcast_to(confounders[b], outputs["hirescam"][b, pos].shape)
             scan.confounder_share = {
                 m: attention_share(outputs[m][b, pos], region).astype(np.float32) for m in METHODS
             }
+            scan.baselines["confounder_cell_fraction"] = cell_fraction(region).astype(np.float32)
         out.append(scan)
+    return out
+
+
+def _baseline_figures(outputs: dict[str, np.ndarray], b: int, pos: np.ndarray, allowed: np.ndarray) -> dict[str, np.ndarray]:
+    """Per positive label: the threshold-free OrganIoU of each map, and what a uniform map scores."""
+    out = {f"attention_in_allowed_{m}": attention_in_region(outputs[m][b, pos], allowed).astype(np.float32) for m in METHODS}
+    out["allowed_cell_fraction"] = cell_fraction(allowed).astype(np.float32)
+    out["forbidden_evidence_signed_hirescam"] = signed_forbidden_evidence(outputs["hirescam"][b, pos], ~allowed).astype(np.float32)
     return out
 
 

@@ -167,8 +167,10 @@ def evaluate_scores(
         per_label, _ = mean_by_label(pairs.label, iou)
         table[f"organ_iou_{m}"] = per_label
         table[f"threshold_{m}"] = thresholds[m]
-        _lesion_metrics(test, m, chosen, metrics, table)
+        # lesion thresholds are chosen on validation separately from OrganIoU's (one per map)
+        _lesion_metrics(test, m, lesion_threshold_index(valid if valid else test, m), metrics, table)
         _confounder_metrics(test, m, metrics, table, confounder_label)
+    _baseline_metrics(test, metrics)
     rho = np.concatenate([s.sanity_rho for s in test]) if test else np.zeros(0)
     rho = rho[np.isfinite(rho)]
     if rho.size:
@@ -208,6 +210,28 @@ def _lesion_metrics(
         metrics[f"{name}_{method}"] = float(values[ok].mean()) if ok.any() else float("nan")
         table[f"{name}_{method}"] = mean_by_label(lab, values)[0]
     metrics[f"lesion_pairs_{method}"] = int(lab.size)
+
+
+def lesion_threshold_index(scans: list[ScanScores], method: str) -> np.ndarray:
+    """One threshold index for every label: the best mean lesion Dice over the scans' lesion pairs."""
+    rows = [s.lesion.dice[method] for s in scans if s.lesion is not None]
+    if not rows:
+        return np.full(N_LABELS, -1, dtype=np.int64)
+    with quiet_nan_warnings():
+        mean = np.nanmean(np.concatenate(rows).astype(np.float64), axis=0)
+    best = int(np.nanargmax(np.where(np.isfinite(mean), mean, -np.inf))) if np.isfinite(mean).any() else -1
+    return np.full(N_LABELS, best, dtype=np.int64)
+
+
+def _baseline_metrics(scans: list[ScanScores], metrics: dict[str, float]) -> None:
+    """Pair means of the threshold-free figures and their chance levels (eval/baselines.py)."""
+    names = sorted({k for s in scans for k in s.baselines})
+    for name in names:
+        v = np.concatenate([s.baselines[name] for s in scans if name in s.baselines]).astype(np.float64)
+        ok = np.isfinite(v)
+        metrics[name] = float(v[ok].mean()) if ok.any() else float("nan")
+    if "lesion_cell_fraction" in metrics:
+        metrics["pointing_chance"] = metrics.pop("lesion_cell_fraction")  # a random cell's hit rate
 
 
 def _confounder_metrics(

@@ -67,7 +67,8 @@ def log_evaluation(
         tracking.SPLIT: split,
         tracking.PARENT_RUN: run_id,
     }
-    run = client.create_run(parent.info.experiment_id, run_name=f"evaluate-{split}", tags=tags)
+    # the name says which model on which split (e.g. evaluate-mask-loss-0a1b2c3d4e5f-on-test)
+    run = client.create_run(parent.info.experiment_id, run_name=f"evaluate-{parent.info.run_name}-on-{split}", tags=tags)
     eval_id = run.info.run_id
     now = int(1000 * time.time())
     metrics = _finite(ev.metrics, f"{split}_")

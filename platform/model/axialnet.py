@@ -38,8 +38,8 @@ class AxialNetOutput(NamedTuple):
     hirescam: torch.Tensor | None  # [B, 80, H, D1, D2] raw HiResCAM maps (None when not asked for)
 
 
-def resnet18_body(pretrained_weights: Path | str | None = None) -> nn.Sequential:
-    """torchvision ResNet-18 without its last two children (avgpool, fc).
+def resnet18_body(pretrained_weights: Path | str | None = None, layers: int = 4) -> nn.Sequential:
+    """torchvision ResNet-18 without its last two children (avgpool, fc), cut after layer `layers`.
 
     `pretrained_weights` is a local torchvision resnet18 state_dict (e.g. ImageNet weights saved with
     torch.save); nothing is downloaded. None gives random initialisation.
@@ -61,13 +61,18 @@ def resnet18_body(pretrained_weights: Path | str | None = None) -> nn.Sequential
             raise ValueError(
                 f"{path} is not a torchvision resnet18 state_dict ({str(e).splitlines()[0]})"
             ) from None
-    return nn.Sequential(*list(net.children())[:-2])
+    # children: conv1, bn1, relu, maxpool, layer1..layer4, avgpool, fc
+    return nn.Sequential(*list(net.children())[: 4 + layers])
 
 
-def custom_convs(padding: int) -> nn.Sequential:
-    """The paper's 3x3 convolutions 512->64->32->16->16 with ReLU after each (padding 0 = paper)."""
+def custom_convs(padding: int, in_channels: int = CUSTOM_CONV_CHANNELS[0]) -> nn.Sequential:
+    """The paper's 3x3 convolutions 512->64->32->16->16 with ReLU after each (padding 0 = paper).
+
+    A backbone cut after layer2 or layer3 hands over 128 or 256 channels; the first conv takes those.
+    """
+    channels = (in_channels, *CUSTOM_CONV_CHANNELS[1:])
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(CUSTOM_CONV_CHANNELS[:-1], CUSTOM_CONV_CHANNELS[1:]):
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
         layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=padding), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
@@ -87,8 +92,8 @@ class AxialNet(nn.Module):
         self.geometry = geometry
         self.n_labels = n_labels
         self.pretrained = pretrained_weights is not None
-        self.backbone = resnet18_body(pretrained_weights)
-        self.custom_convs = custom_convs(geometry.custom_conv_padding)
+        self.backbone = resnet18_body(pretrained_weights, geometry.backbone_layers)
+        self.custom_convs = custom_convs(geometry.custom_conv_padding, geometry.backbone_channels)
         h, d1, d2 = geometry.grid
         self.n_features = CUSTOM_CONV_CHANNELS[-1]
         # One linear map of a slice group's flattened [F, D1, D2] representation to the 80 scores,

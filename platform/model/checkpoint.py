@@ -13,6 +13,25 @@ from ctplatform.config import Config
 from ctplatform.model.axialnet import AxialNet
 
 
+class RunNotFoundError(FileNotFoundError):
+    """No MLflow run with this id at the tracking URI."""
+
+
+def check_run_exists(run_id: str) -> None:
+    """Raise RunNotFoundError naming the id and the tracking URI when the run does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except MlflowException as e:
+        if getattr(e, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RunNotFoundError(
+                f"there is no MLflow run {run_id!r} at {mlflow.get_tracking_uri()}: check the id "
+                "(`mlflow ui` lists the runs) and the tracking URI (--workdir / MLFLOW_TRACKING_URI)"
+            ) from None
+        raise
+
+
 def load_from_run(run_id: str, tracking_uri: str | None = None) -> tuple[AxialNet, Config]:
     """Rebuild a trained AxialNet from an MLflow run: its logged `config.yaml` and best weights.
 
@@ -21,6 +40,7 @@ def load_from_run(run_id: str, tracking_uri: str | None = None) -> tuple[AxialNe
     """
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    check_run_exists(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             cfg_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=tmp)

@@ -110,7 +110,7 @@ def load_split(store: Store, split: str, exclude_qc_flags: tuple[str, ...] | lis
     labels = store.read_table("labels")
     if labels is None:
         raise FileNotFoundError(
-            f"{store.root} has no labels.parquet: label the reports first (`ctplatform partition`)"
+            f"{store.root} has no labels.parquet: label the reports first (`ctplatform label-reports`)"
         )
     for col in ("volume_id", "status", "split"):
         if col not in manifest.columns:
@@ -152,6 +152,19 @@ def load_split(store: Store, split: str, exclude_qc_flags: tuple[str, ...] | lis
         excluded,
         fallback,
     )
+
+
+def scored_labels(train: SplitIndex, mode: str = "all") -> np.ndarray:
+    """Indices of the labels a run trains and scores: all 80, or (`present`) those with a positive in
+    the training split, so labels that never occur weigh in neither loss nor in the summaries."""
+    if mode == "all":
+        return np.arange(N_LABELS)
+    if mode == "present":
+        present = np.nonzero((train.y > 0.5).any(axis=0))[0]
+        if present.size == 0:
+            raise ValueError("train.labels=present: the training split has no positive label at all")
+        return present
+    raise ValueError(f"unknown train.labels {mode!r}: use 'all' or 'present'")
 
 
 def check_grid_masks(store: Store, geometry: ModelGeometry, variant: str, ids: list[str]) -> None:

@@ -114,6 +114,7 @@ class Patient:
     nodes: list[tuple[Point, Point]]  # normal lymph nodes: centre, radii
     lung_tree: list[tuple[Point, Point, float, int]] = field(default_factory=list)  # p0, p1, radius, kind
     marker: tuple[Point, Point] | None = None
+    zmarker: tuple[Point, Point] | None = None  # marker above the lung apices (no organ's slice groups)
     cardiomegaly: bool = False
     carina: Point = (0.0, 0.0, 0.0)
     hila: dict[str, Point] = field(default_factory=dict)
@@ -178,6 +179,7 @@ def sample_patient(
     heart_scale: float | None = None,
     pericardial_effusion_mm: float = 0.0,
     marker: bool = False,
+    zmarker: bool = False,
 ) -> Patient:
     """Draw one patient's anatomy (everything but the pulmonary trees; see `grow_lung_trees`)."""
     s = scale * float(rng.normal(1.0, 0.04))
@@ -246,7 +248,25 @@ def sample_patient(
         z = 0.35 * L
         x = -0.3 * A
         p.marker = ((z, p.skin_anterior_y(z, x) - 6.0, x), (6.0, 3.0, 6.0))
+    if zmarker:
+        p.zmarker = zmarker_placement(p)
     return p
+
+
+#: Centre of the z-marker above the lung apex, as a fraction of L (the apices reach z = 0; the scan
+#: starts 20-45 mm above it), and its radii (z, y, x) in mm: chosen before any run, never tuned.
+ZMARKER_Z_FRACTION = -0.07
+ZMARKER_RADII_MM: Point = (8.0, 4.0, 8.0)
+
+
+def zmarker_placement(p: Patient) -> tuple[Point, Point]:
+    """An external marker on the anterior skin of the lower neck, above every lung voxel.
+
+    The fat confounder lies in every slice beside the organs (a 3x3 or 6x6 grid cannot separate it);
+    this one lies in slices no lung or mediastinum reaches, so a label's allowed region excludes it.
+    """
+    z = ZMARKER_Z_FRACTION * p.L
+    return ((z, p.skin_anterior_y(z, 0.0) - ZMARKER_RADII_MM[1] - 2.0, 0.0), ZMARKER_RADII_MM)
 
 
 def _smooth_tube(points: list[Point], radii: list[float], code: int, hu: float, margin: float) -> Tube:

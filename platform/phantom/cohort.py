@@ -36,7 +36,7 @@ log = logging.getLogger("ctplatform.phantom")
 
 FAT_LOW_MM, FAT_HIGH_MM = (4.0, 12.0), (24.0, 34.0)
 #: Phantom organ (anatomy.ORGAN_CODES) that is the region of each confounder kind.
-CONFOUNDER_ORGAN: dict[str, str] = {"fat": "subcutaneous_fat", "marker": "marker"}
+CONFOUNDER_ORGAN: dict[str, str] = {"fat": "subcutaneous_fat", "marker": "marker", "zmarker": "marker"}
 #: Version of a scan's truth files; a record of another version is regenerated (v2: confounder bit).
 TRUTH_FORMAT = 2
 
@@ -51,8 +51,8 @@ class ConfounderSpec:
     target_prevalence: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fat", "marker"):
-            raise ValueError(f"confounder kind must be fat or marker, got {self.kind!r}")
+        if self.kind not in ("fat", "marker", "zmarker"):
+            raise ValueError(f"confounder kind must be fat, marker or zmarker, got {self.kind!r}")
         check_labels([self.label])
         if not 0.0 <= self.strength <= 1.0:
             raise ValueError(f"confounder strength must lie in [0, 1], got {self.strength}")
@@ -72,6 +72,15 @@ class ConfounderSpec:
             kw["strength"] = float(parts[2])
         return cls(**kw)
 
+    @classmethod
+    def parse_many(cls, text: str) -> list["ConfounderSpec"]:
+        """Several confounders joined by '+', e.g. 'fat:great_vessel_atherosclerosis:0.9+zmarker:lung_mass:0.9'."""
+        specs = [cls.parse(part) for part in text.split("+")]
+        kinds, labels = [s.kind for s in specs], [s.label for s in specs]
+        if len(set(kinds)) < len(kinds) or len(set(labels)) < len(labels):
+            raise ValueError(f"confounders {text!r}: each kind and each label at most once")
+        return specs
+
 
 def split_counts(n: int, confounded: bool) -> dict[str, int]:
     fr = {"train": 0.5, "valid": 0.15, "test": 0.15, "shifted": 0.2} if confounded else {"train": 0.6, "valid": 0.2, "test": 0.2}
@@ -81,20 +90,27 @@ def split_counts(n: int, confounded: bool) -> dict[str, int]:
     return counts
 
 
-def assign(n: int, seed: int, confounder: ConfounderSpec | None, prevalence: Mapping[str, float] | None,
+def assign(n: int, seed: int, confounder: ConfounderSpec | list[ConfounderSpec] | None, prevalence: Mapping[str, float] | None,
            cooccurrence: Mapping[tuple[str, str], float] | None) -> list[dict[str, Any]]:
-    """Per scan: index, seed, split, findings, confounder value. Pure function of the arguments."""
+    """Per scan: index, seed, split, findings, confounder value(s). Pure function of the arguments.
+
+    Several confounders are assigned one after another, each to its own label (`confounders` holds
+    kind -> value per scan; `confounder_kind`/`confounder_value` are the first one's)."""
+    specs = confounder if isinstance(confounder, list) else ([confounder] if confounder is not None else [])
     rng = np.random.default_rng([seed, 424242])
-    splits = [s for s, k in split_counts(n, confounder is not None).items() for _ in range(k)]
+    splits = [s for s, k in split_counts(n, bool(specs)).items() for _ in range(k)]
     splits = list(rng.permutation(splits))
     out = []
     for i in range(n):
         vol_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0] & 0x7FFFFFFF)
         findings = sample_findings(np.random.default_rng([vol_seed, 0]), prevalence, cooccurrence)
         out.append({"index": i, "seed": vol_seed, "split": str(splits[i]), "findings": findings,
-                    "confounder_kind": "", "confounder_value": float("nan")})
-    if confounder is not None:
-        _confound(out, confounder, rng)
+                    "confounder_kind": "", "confounder_value": float("nan"), "confounders": {}})
+    for spec in specs:
+        _confound(out, spec, rng)
+    if specs:
+        for r in out:  # the first confounder in the single-confounder columns
+            r["confounder_kind"], r["confounder_value"] = specs[0].kind, r["confounders"][specs[0].kind]
     return out
 
 
@@ -129,8 +145,7 @@ def _confound(rows: list[dict[str, Any]], spec: ConfounderSpec, rng: np.random.G
                 value = float(vr.uniform(*(FAT_HIGH_MM if i in high else FAT_LOW_MM)))
             else:
                 value = 1.0 if i in high else 0.0
-            rows[i]["confounder_kind"] = spec.kind
-            rows[i]["confounder_value"] = round(value, 2)
+            rows[i]["confounders"][spec.kind] = round(value, 2)
 
 
 def volume_id(seed: int, index: int) -> str:
@@ -141,8 +156,8 @@ def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, pre
     """Generate and write one scan; returns its record (also saved as truth/<id>.json)."""
     out = CohortLayout(out_dir)
     vid = volume_id(cohort_seed, row["index"])
-    conf = Confounder(row["confounder_kind"], row["confounder_value"]) if row["confounder_kind"] else None
-    ph = make_phantom(row["seed"], size, row["findings"], conf)
+    confs = row.get("confounders") or ({row["confounder_kind"]: row["confounder_value"]} if row["confounder_kind"] else {})
+    ph = make_phantom(row["seed"], size, row["findings"], [Confounder(k, v) for k, v in confs.items()] or None)
     rng = np.random.default_rng([row["seed"], 2])
     orientation = str(rng.choice(ORIENTATIONS))
     offset = (float(rng.uniform(-20, 20)), float(rng.uniform(-200, -120)), float(rng.uniform(-1400, -900)))
@@ -162,7 +177,7 @@ def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, pre
         "path": out.scan_relpath(vid), "format": "nifti", "orientation": orientation,
         "shape": list(ph.hu.shape), "spacing_mm": [round(s, 4) for s in ph.spacing_mm],
         "confounder_kind": row["confounder_kind"], "confounder_value": row["confounder_value"],
-        "fat_mm": round(ph.fat_mm, 2), "marker": ph.marker, "positive_labels": ph.positive_labels,
+        "confounders": confs, "fat_mm": round(ph.fat_mm, 2), "marker": ph.marker, "positive_labels": ph.positive_labels,
         "label_rows": [list(r) for r in ph.label_rows], "report": ph.report, "truth_format": TRUTH_FORMAT,
     }
     final = out.record(vid)
@@ -177,7 +192,7 @@ def generate_cohort(
     n: int,
     seed: int = 0,
     size: str = "demo",
-    confounder: ConfounderSpec | str | None = None,
+    confounder: ConfounderSpec | list[ConfounderSpec] | str | None = None,
     prevalence: Mapping[str, float] | None = None,
     cooccurrence: Mapping[tuple[str, str], float] | None = None,
     workers: int | None = None,
@@ -193,9 +208,12 @@ def generate_cohort(
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {list(SIZES)}")
     if isinstance(confounder, str):
-        confounder = ConfounderSpec.parse(confounder)
+        confounder = ConfounderSpec.parse_many(confounder)
+    if isinstance(confounder, list) and len(confounder) == 1:
+        confounder = confounder[0]  # one confounder: the cohort.json of earlier cohorts
     out = Path(out_dir)
-    params = {"n": n, "seed": seed, "size": size, "confounder": asdict(confounder) if confounder else None,
+    conf_param = [asdict(c) for c in confounder] if isinstance(confounder, list) else (asdict(confounder) if confounder else None)
+    params = {"n": n, "seed": seed, "size": size, "confounder": conf_param,
               "prevalence": dict(prevalence or {}),
               "cooccurrence": {f"{a}->{b}": v for (a, b), v in (cooccurrence or {}).items()} if cooccurrence is not None else None}
     _check_same_cohort(out, params)
@@ -246,7 +264,8 @@ def generate_cohort(
                 bar.update(1)
     bar.close()
     _write_csv(pd.DataFrame(failed, columns=["volume_id", "seed", "error"]), layout.failed)
-    spec = (confounder.kind, confounder.label) if confounder else None
+    first = confounder[0] if isinstance(confounder, list) else confounder  # the truth's confounder bit: the first
+    spec = (first.kind, first.label) if first else None
     listing = write_tables(out, [records[i] for i in range(n) if i in records], spec)
     listing.attrs["failed"] = len(failed)
     return listing
@@ -281,6 +300,7 @@ def write_tables(out: Path, records: list[dict[str, Any]], confounder: tuple[str
         | {k: r[k] for k in ("confounder_kind", "confounder_value", "fat_mm", "marker", "orientation", "seed")}
         | {"shape": "x".join(map(str, r["shape"])), "spacing_mm": "x".join(f"{s:g}" for s in r["spacing_mm"]),
            "positive_labels": "|".join(r["positive_labels"])}
+        | {f"confounder_{k}": v for k, v in (r.get("confounders") or {}).items()}  # each confounder's value
         for r in records
     ])
     labels = pd.DataFrame([
@@ -303,6 +323,8 @@ def cohort_confounder(out_dir: str | Path) -> tuple[str, str] | None:
     if not path.is_file():
         return None
     spec = json.loads(path.read_text()).get("confounder")
+    if isinstance(spec, list):  # several confounders: the first is the one the truth's confounder bit marks
+        spec = spec[0] if spec else None
     return (spec["kind"], spec["label"]) if spec else None
 
 

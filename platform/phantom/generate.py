@@ -15,7 +15,7 @@ volumes need memory for a few slabs plus the outputs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,7 +45,7 @@ from ctplatform.phantom.planning import Plan, grow_lung_trees, make_plan
 from ctplatform.phantom.report import write_report
 from ctplatform.phantom.scanner import ScannerModel, apply_scanner, halo_slices, sample_scanner, to_int16
 
-ConfounderKind = Literal["fat", "marker"]
+ConfounderKind = Literal["fat", "marker", "zmarker"]
 PLACEMENT_ATTEMPTS = 4
 #: One random stream per purpose, so e.g. adding a finding never changes the patient's anatomy.
 STREAMS: dict[str, int] = {"findings": 0, "anatomy": 1, "lesions": 2, "scan": 3, "report": 4, "heart": 6}
@@ -73,14 +73,15 @@ SIZES: dict[str, SizePreset] = {
 
 @dataclass(frozen=True)
 class Confounder:
-    """A non-causal feature: subcutaneous fat thickness (mm) or an external marker (1 present, 0 absent)."""
+    """A non-causal feature: subcutaneous fat thickness (mm), an external marker on the chest (1 present,
+    0 absent) or a `zmarker` above the lung apices (1 / 0), in slices no organ's allowed region reaches."""
 
     kind: ConfounderKind
     value: float
 
     def __post_init__(self) -> None:
-        if self.kind not in ("fat", "marker"):
-            raise ValueError(f"confounder kind must be 'fat' or 'marker', got {self.kind!r}")
+        if self.kind not in ("fat", "marker", "zmarker"):
+            raise ValueError(f"confounder kind must be 'fat', 'marker' or 'zmarker', got {self.kind!r}")
 
 
 @dataclass
@@ -122,7 +123,7 @@ def make_phantom(
     seed: int,
     size: str = "demo",
     abnormalities: Mapping[str, Any] | None = None,
-    confounder: Confounder | tuple[str, float] | None = None,
+    confounder: Confounder | tuple[str, float] | Sequence[Confounder] | None = None,
     prevalence: Mapping[str, float] | None = None,
     cooccurrence: Mapping[tuple[str, str], float] | None = None,
 ) -> Phantom:
@@ -132,13 +133,19 @@ def make_phantom(
         `lobe` RUL/RML/RLL/LUL/LLL, `side` right/left, `size_mm`, ...); `{}` gives a normal scan;
         None samples findings from `prevalence` and `cooccurrence`.
     confounder: Confounder("fat", mm) sets the subcutaneous fat thickness; Confounder("marker", 1)
-        places an external marker on the skin. None: natural fat thickness, no marker.
+        places an external marker on the skin, Confounder("zmarker", 1) one above the lung apices; a
+        list applies several (e.g. fat and zmarker). None: natural fat thickness, no marker.
     """
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose from {list(SIZES)}")
     preset = SIZES[size]
-    if confounder is not None and not isinstance(confounder, Confounder):
-        confounder = Confounder(*confounder)  # type: ignore[misc]
+    if isinstance(confounder, list):
+        confounders = [c if isinstance(c, Confounder) else Confounder(*c) for c in confounder]
+        confounder = confounders[0] if confounders else None
+    else:
+        if confounder is not None and not isinstance(confounder, Confounder):
+            confounder = Confounder(*confounder)  # type: ignore[misc]
+        confounders = [confounder] if confounder is not None else []
     if abnormalities is None:
         abnormalities = sample_findings(_stream(seed, "findings"), prevalence, cooccurrence)
     request = normalise_request(abnormalities)
@@ -148,9 +155,12 @@ def make_phantom(
     r_heart = _stream(seed, "heart")
     heart_scale = float(request["heart_cardiomegaly"][0].get("scale", r_heart.uniform(1.25, 1.38))) if cardio else None
     peri = float(request["heart_pericardial_effusion"][0].get("thickness_mm", r_heart.uniform(7.0, 15.0))) if "heart_pericardial_effusion" in request else 0.0
-    fat = confounder.value if confounder is not None and confounder.kind == "fat" else None
-    marker = bool(confounder is not None and confounder.kind == "marker" and confounder.value >= 0.5)
-    patient = sample_patient(r_an, preset.scale, fat_mm=fat, heart_scale=heart_scale, pericardial_effusion_mm=peri, marker=marker)
+    by_kind = {c.kind: c.value for c in confounders}
+    fat = by_kind.get("fat")
+    marker = by_kind.get("marker", 0.0) >= 0.5
+    zmarker = by_kind.get("zmarker", 0.0) >= 0.5
+    patient = sample_patient(r_an, preset.scale, fat_mm=fat, heart_scale=heart_scale, pericardial_effusion_mm=peri,
+                             marker=marker, zmarker=zmarker)
     patient.cardiomegaly = cardio
     plan = make_plan(patient)
     grow_lung_trees(patient, plan, r_an)
@@ -180,7 +190,7 @@ def make_phantom(
     return Phantom(
         seed=int(seed), size=size, hu=hu, spacing_mm=grid.spacing, organs=organs, lesions=masks,
         label_rows=label_rows(lesions, cardio, peri > 0), report=report, confounder=confounder,
-        fat_mm=patient.fat_mm, marker=marker, findings=lesions, origin_mm=grid.origin,
+        fat_mm=patient.fat_mm, marker=marker or zmarker, findings=lesions, origin_mm=grid.origin,
     )
 
 

@@ -103,6 +103,8 @@ def render_anatomy(p: Patient, grid: Grid, trees: bool = True) -> tuple[np.ndarr
         _paint_lung_tree(p, grid, hu, org)
     if p.marker is not None:
         _paint_ellipsoid(grid, hu, org, p.marker[0], p.marker[1], HU["marker"], C["marker"])
+    if p.zmarker is not None:
+        _paint_ellipsoid(grid, hu, org, p.zmarker[0], p.zmarker[1], HU["marker"], C["marker"])
     return hu, org
 
 

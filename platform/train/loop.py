@@ -36,6 +36,7 @@ from ctplatform.model.dataset import (
     StoreDataset,
     load_split,
     make_loader,
+    scored_labels,
 )
 from ctplatform.train.distributed import all_gather_objects, all_reduce_sum, weights_rank_spread
 from ctplatform.model.device_input import DeviceBatches
@@ -83,6 +84,7 @@ def train_one_epoch(
     t = cfg.train
     sums = torch.zeros(4, dtype=torch.float64)
     steps = 0
+    label_index = _label_index(loader.dataset.index, t.labels, device)  # train.labels: the labels trained on
     acc = Accumulator(t.accumulate_steps)
     micro_total = len(loader) if hasattr(loader, "__len__") else None
     if micro_total is not None and t.steps_per_epoch is not None:
@@ -96,7 +98,8 @@ def train_one_epoch(
             with autocast(device, t):
                 out = model(b["x"], cam=t.lambda_mask > 0)
             terms = total_loss(
-                out.logits, out.hirescam, b["y"], b["region_bits"], b["grid"], t.lambda_mask, t.mask_loss
+                out.logits, out.hirescam, b["y"], b["region_bits"], b["grid"], t.lambda_mask, t.mask_loss,
+                label_index=label_index,
             )
             # Every rank sees the same (summed) figures, so all decide alike on a bad step.
             step_stats = all_reduce_sum(
@@ -150,6 +153,13 @@ class StepProgress:
         )
 
 
+def _label_index(train_index: Any, mode: str, device: torch.device) -> torch.Tensor | None:
+    """The scored labels (model.dataset.scored_labels) as a device index; None for all 80."""
+    if mode == "all":
+        return None
+    return torch.as_tensor(scored_labels(train_index, mode), device=device)
+
+
 def _means(sums: torch.Tensor) -> tuple[float, float, float]:
     n = float(sums[3])
     if n == 0:
@@ -162,6 +172,7 @@ def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) ->
     """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards."""
     t = cfg.train
     model.eval()
+    labels = None if t.labels == "all" else scored_labels(load_split(Store(cfg.store_path), t.splits["train"]), t.labels)
     cls_sum = mask_sum = 0.0
     n = 0
     ys, scores, ious = [], [], []
@@ -170,6 +181,8 @@ def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) ->
             out = model(b["x"], cam=True)
         logits, cam = out.logits.float(), out.hirescam.float()
         g_true = allowed_regions(b["region_bits"], b["grid"])
+        if labels is not None:  # train.labels: score only the labels trained on
+            logits, cam, g_true, b["y"] = logits[:, labels], cam[:, labels], g_true[:, labels], b["y"][:, labels]
         for k in range(logits.shape[0]):  # per scan, so the mean does not depend on batch layout
             cls_sum += float(class_loss(logits[k : k + 1], b["y"][k : k + 1]))
             mask_sum += float(mask_loss(cam[k : k + 1], ~g_true[k : k + 1], t.mask_loss))
@@ -367,8 +380,9 @@ def _advance(
     best_state: dict[str, Any] | None, t: Any,
 ) -> dict[str, Any] | None:
     """Record an epoch's validation in `state` (best epoch, patience, status); returns the best weights."""
-    if val["val_loss"] < state.best_val_loss:
-        state.best_val_loss, state.best_epoch, state.bad_epochs = val["val_loss"], epoch, 0
+    # the same criterion for every lambda (val_loss holds lambda * L_mask: not comparable across models)
+    if val[t.selection_metric] < state.best_val_loss:
+        state.best_val_loss, state.best_epoch, state.bad_epochs = val[t.selection_metric], epoch, 0
         best_state = cpu_state(model)
     else:
         state.bad_epochs += 1

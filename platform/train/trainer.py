@@ -315,5 +315,31 @@ def run_training(
             f"training stopped: {reason}. The last good checkpoint is kept at {checkpoint_path or '(none yet)'}; "
             "lower train.lr, check the inputs, or resume from that checkpoint with --resume"
         )
+    log_receptive_field(cfg, mlflow_run_id)
     finish_mlflow_run(mlflow_run_id, "FINISHED", status)
     return outcome
+
+
+def log_receptive_field(cfg: Config, mlflow_run_id: str) -> None:
+    """Log the trained model's receptive-field diagnostic (model/receptive_field.py) on one validation
+    scan: rf_own_block_mass_{mean,min,max} beside rf_own_block_mass_uniform. Never fails the run."""
+    import mlflow
+
+    from ctplatform.model.checkpoint import load_from_run
+    from ctplatform.model.dataset import StoreDataset, load_split
+    from ctplatform.model.receptive_field import own_block_gradient_mass
+    from ctplatform.store import Store
+
+    try:
+        model, run_cfg = load_from_run(mlflow_run_id, cfg.tracking_uri)
+        index = load_split(Store(cfg.store_path), cfg.train.splits["valid"])
+        if not len(index):
+            return
+        x = StoreDataset.from_config(run_cfg, index, augment=False)[0]["x"][None].float()
+        report = own_block_gradient_mass(model, x)
+        client = mlflow.MlflowClient(cfg.tracking_uri)
+        for k, v in report.as_metrics().items():
+            if v == v:  # not NaN
+                client.log_metric(mlflow_run_id, k, v)
+    except Exception as e:  # a diagnostic: the trained model stays usable without it
+        log.warning("receptive-field diagnostic not logged: %s: %s", type(e).__name__, e)

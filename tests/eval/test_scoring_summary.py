@@ -100,6 +100,12 @@ def test_localization_and_confounder_and_sanity_fields():
     assert ev.metrics["confounder_share_hirescam"] == 0.0
     assert ev.metrics["organ_iou_hirescam_overall"] == 1.0  # wholly inside the allowed region: ours = 1
     assert ev.metrics["sanity_rank_corr_mean"] == pytest.approx(1.0)
+    # every localization figure beside its chance level (eval/baselines.py)
+    assert ev.metrics["attention_in_allowed_hirescam"] == 1.0  # threshold-free OrganIoU
+    assert ev.metrics["allowed_cell_fraction"] == pytest.approx(9 / 36)  # what a uniform map scores
+    assert ev.metrics["pointing_chance"] == pytest.approx(1 / 36)  # one lesion cell of 36
+    assert ev.metrics["confounder_cell_fraction"] == pytest.approx(9 / 36)
+    assert ev.metrics["forbidden_evidence_signed_hirescam"] < 0  # forbidden cells hold -1: evidence against
 
 
 def test_slice_sums_give_means_of_present_and_absent():

@@ -163,3 +163,30 @@ def test_receptive_field_centres_of_the_papers_valid_convs() -> None:
         for j in range(d2):
             assert abs(peak[i, j, 0] - (32 * (i + 4) - 1)) <= 2
             assert abs(peak[i, j, 1] - (32 * (j + 4) - 1)) <= 2
+
+
+def test_backbone_depth_gives_a_finer_grid_and_the_model_agrees() -> None:
+    for layers, want in ((2, (2, 12, 12)), (3, (2, 6, 6)), (4, (2, 3, 3))):
+        g = ModelGeometry((6, 96, 96), custom_conv_padding=1, backbone_layers=layers)
+        assert g.grid == want
+        m = AxialNet(g)  # measures its own grid and refuses a mismatch
+        assert m.measure_grid() == want
+        assert m.custom_convs[0].in_channels == g.backbone_channels
+    with pytest.raises(ValueError, match="backbone_layers"):
+        ModelGeometry((6, 96, 96), backbone_layers=5)
+
+
+def test_own_block_gradient_mass_is_local_for_a_shallow_probe_and_not_for_a_deep_one() -> None:
+    """The receptive-field diagnostic: uniformly averaging convs (a probe of spatial bookkeeping) on a
+    96x96 input. Cut after layer2 (12x12 grid) a cell's gradient mass sits mostly in its own block;
+    the whole ResNet (3x3 grid, padded custom convs) spreads it over the slice, near the uniform level."""
+    from ctplatform.model.receptive_field import own_block_gradient_mass
+
+    x = torch.ones(1, 2, 3, 96, 96)
+    shallow = own_block_gradient_mass(_probe(ModelGeometry((6, 96, 96), custom_conv_padding=1, backbone_layers=2)), x)
+    deep = own_block_gradient_mass(_probe(ModelGeometry((6, 96, 96), custom_conv_padding=1, backbone_layers=4)), x)
+    assert shallow.uniform == pytest.approx(1 / 144) and deep.uniform == pytest.approx(1 / 9)
+    assert shallow.mean > 5 * shallow.uniform
+    assert deep.mean < 3 * deep.uniform
+    assert set(shallow.as_metrics()) == {
+        "rf_own_block_mass_mean", "rf_own_block_mass_min", "rf_own_block_mass_max", "rf_own_block_mass_uniform"}

@@ -212,6 +212,19 @@ def test_a_failing_scan_does_not_stop_the_cohort(tmp_path, monkeypatch):
     assert len(listing) == 3 and pd.read_csv(tmp_path / "failed.csv").empty
 
 
+def test_two_confounders_each_track_their_own_label():
+    specs = ConfounderSpec.parse_many("fat:great_vessel_atherosclerosis:1.0+zmarker:lung_mass:1.0")
+    rows = assign(80, 3, specs, None, None)
+    for r in rows:
+        assert set(r["confounders"]) == {"fat", "zmarker"}
+        assert r["confounder_kind"] == "fat" and r["confounder_value"] == r["confounders"]["fat"]
+        if r["split"] != "shifted":  # strength 1: the marker is present exactly with the label
+            assert r["confounders"]["zmarker"] == float("lung_mass" in r["findings"])
+            assert (r["confounders"]["fat"] > 18) == ("great_vessel_atherosclerosis" in r["findings"])
+    with pytest.raises(ValueError, match="at most once"):
+        ConfounderSpec.parse_many("fat+fat:lung_mass")
+
+
 def test_scans_of_an_older_truth_format_are_made_again(tmp_path):
     """A cohort written before the confounder bit existed is brought up to date by a re-run."""
     from ctplatform.phantom.cohort import TRUTH_FORMAT

@@ -255,3 +255,15 @@ def test_platform_sarle_reads_the_reports_exactly():
         ph = make_phantom(3000 + seed, "tiny", None if seed % 4 else ALL_FINDINGS)
         truth = {(a, loc) for a, loc, v in ph.label_rows if v}
         assert labeler.label_report(ph.report) == truth, ph.report
+
+
+def test_zmarker_lies_above_every_lung_slice_beside_the_fat_confounder():
+    """The separable confounder: a dense marker in slices no lung reaches, drawn with the fat one."""
+    both = make_phantom(9, "tiny", {}, [Confounder("fat", 30.0), Confounder("zmarker", 1.0)])
+    plain = make_phantom(9, "tiny", {}, Confounder("fat", 30.0))
+    m = both.organs == ORGAN_CODES["marker"]
+    lung = np.isin(both.organs, (ORGAN_CODES["right_lung"], ORGAN_CODES["left_lung"]))
+    assert m.any() and both.hu[m].max() > 1000
+    assert np.nonzero(m.any(axis=(1, 2)))[0].max() < np.nonzero(lung.any(axis=(1, 2)))[0].min()
+    assert both.report == plain.report and both.marker and not plain.marker
+    assert both.fat_mm == plain.fat_mm == 30.0

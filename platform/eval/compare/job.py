@@ -73,8 +73,9 @@ def run_comparison(cfg: Config, run_a: str, run_b: str, split: str) -> tuple[Com
         eb, pb, lb, mb = _evaluation(cfg, run_b, split, tmp)
     result = compare_runs(pa, pb, la, lb, ma, mb, split)
     out_dir = comparison_dir(cfg, run_a, run_b, split)
-    paths = write_comparison(result, out_dir, f"{run_a} (A) vs {run_b} (B) on {split}")
     client = MlflowClient()
+    name_a, name_b = (client.get_run(r).info.run_name or r for r in (run_a, run_b))  # the models, not only ids
+    paths = write_comparison(result, out_dir, f"{name_a} (A, run {run_a}) vs {name_b} (B, run {run_b}) on {split}")
     exp = client.get_run(ea).info.experiment_id
     run = client.create_run(
         exp,

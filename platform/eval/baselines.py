@@ -1,0 +1,88 @@
+"""Chance and prior levels every localization figure is read against (issue 14).
+
+On a coarse grid a map that ignores the image can score high: a label's allowed region may cover
+most cells, a lesion may cover many, a confounder (body-wall fat) may lie in most. So each figure is
+reported beside what these maps score on the same scans:
+
+- uniform map: every cell alike. Its threshold-free OrganIoU is the allowed-cell fraction, its
+  pointing-game hit rate (a random cell) the lesion-cell fraction, its confounder share the
+  confounder-cell fraction;
+- image-blind prior map: per label, the mean allowed region of the label's positive training scans,
+  the same map for every scan (it knows the anatomy of the cohort, not the scan).
+
+Maps here are float [M, H, D1, D2] (or flattened [M, C]) with a boolean region of the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ctplatform.model.metrics import as_numpy
+
+
+def _flat(x: Any, dtype: Any = None) -> np.ndarray:
+    a = as_numpy(x)
+    if dtype is not None:
+        a = a.astype(dtype)
+    return a.reshape(a.shape[0], -1)
+
+
+def cell_fraction(region: Any) -> np.ndarray:
+    """Fraction of cells in `region`, per map: what a uniform map scores (allowed, lesion, confounder)."""
+    return _flat(region, bool).mean(axis=1)
+
+
+def attention_in_region(attention: Any, region: Any) -> np.ndarray:
+    """Share of positive (ReLU'd) attention mass inside `region`, per map; NaN for a map with none.
+
+    With region = the allowed region this is the threshold-free OrganIoU: allowed / (allowed +
+    forbidden) of the paper's definition over the continuous map, no binarisation threshold.
+    """
+    a = np.maximum(_flat(attention, np.float64), 0.0)
+    g = _flat(region, bool)
+    total = a.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = (a * g).sum(axis=1) / total
+    share[total <= 0] = np.nan
+    return share
+
+
+def signed_forbidden_evidence(attention: Any, forbidden: Any) -> np.ndarray:
+    """Signed evidence from forbidden cells: sum of the raw map there over the sum of |map| everywhere.
+
+    A one-sided mask loss only pushes positive attention down; a model can still use a forbidden
+    cell as evidence *against* a label (negative values). HiResCAM's cells sum to the score minus
+    the bias, so this is the forbidden cells' signed share of the score's evidence, in [-1, 1].
+    """
+    a = _flat(attention, np.float64)
+    g = _flat(forbidden, bool)
+    total = np.abs(a).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (a * g).sum(axis=1) / total
+    out[total <= 0] = np.nan
+    return out
+
+
+def image_blind_prior(allowed: Any, positive: Any) -> np.ndarray:
+    """Per label, the mean allowed region over the label's positive scans: float [L, H, D1, D2].
+
+    allowed bool [N, L, H, D1, D2] and positive bool [N, L] of the TRAINING split. A label without a
+    positive training scan gets a uniform map (the prior knows nothing about it).
+    """
+    g = as_numpy(allowed).astype(np.float64)
+    pos = as_numpy(positive).astype(bool)
+    n = pos.sum(axis=0)  # [L]
+    prior = np.einsum("nl,nl...->l...", pos.astype(np.float64), g)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prior = prior / n.reshape(-1, *([1] * (g.ndim - 2)))
+    prior[n == 0] = 1.0
+    return prior
+
+
+def pointing_chance(lesion: Any) -> np.ndarray:
+    """Pointing-game hit rate of a cell drawn uniformly at random: the lesion-cell fraction (NaN if none)."""
+    f = cell_fraction(lesion)
+    f[f == 0] = np.nan
+    return f
