@@ -84,7 +84,7 @@ def train_one_epoch(
     t = cfg.train
     sums = torch.zeros(4, dtype=torch.float64)
     steps = 0
-    label_index = _label_index(loader.dataset.index, t.labels, device)  # train.labels: the labels trained on
+    label_index = _label_index(loader, t.labels, device)  # train.labels: the labels trained on
     acc = Accumulator(t.accumulate_steps)
     micro_total = len(loader) if hasattr(loader, "__len__") else None
     if micro_total is not None and t.steps_per_epoch is not None:
@@ -153,11 +153,11 @@ class StepProgress:
         )
 
 
-def _label_index(train_index: Any, mode: str, device: torch.device) -> torch.Tensor | None:
-    """The scored labels (model.dataset.scored_labels) as a device index; None for all 80."""
+def _label_index(loader: Any, mode: str, device: torch.device) -> torch.Tensor | None:
+    """The scored labels (model.dataset.scored_labels) of the loader's split as a device index; None for all 80."""
     if mode == "all":
         return None
-    return torch.as_tensor(scored_labels(train_index, mode), device=device)
+    return torch.as_tensor(scored_labels(loader.dataset.index, mode), device=device)
 
 
 def _means(sums: torch.Tensor) -> tuple[float, float, float]:
