@@ -71,8 +71,8 @@ def to_stored_grid(path: Path, stored_shape: tuple[int, ...], stored_attrs: Any)
     """A label map in a scan's own grid -> the stored volume's voxels (ingest's reorientation + nearest)."""
     import nibabel as nib
 
-    from ctplatform.ingest.orient import to_store_orientation, voxel_spacing
-    from ctplatform.ingest.resample import resample, resampled_affine
+    from ctplatform.scans.orient import to_store_orientation, voxel_spacing
+    from ctplatform.scans.resample import resample, resampled_affine
 
     img = nib.load(str(path))
     data = np.asanyarray(img.dataobj)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config, IngestConfig
-from ctplatform.ingest.scan import ScanError
+from ctplatform.scans.scan import ScanError
 
 log = logging.getLogger("ctplatform.ingest")
 
@@ -69,7 +69,7 @@ def _hash_file(h: "hashlib._Hash", path: Path) -> None:
 def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = None) -> str:
     """sha256 of what the volume is made from: the file, every file of a DICOM series (with its
     name), and for CT-RATE the metadata values used."""
-    from ctplatform.ingest.dicom import series_files
+    from ctplatform.scans.dicom import series_files
 
     path = Path(path)
     h = hashlib.sha256()
@@ -129,8 +129,8 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
     Skips (status ok, skipped True) when a finished volume made from the same source sha256 with the
     same spacing/HU range/interpolation exists, unless `overwrite`.
     """
-    from ctplatform.ingest.preprocess import to_store
-    from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
+    from ctplatform.scans.preprocess import to_store
+    from ctplatform.scans.readers import ctrate_metadata_row, detect_format, read_scan
     from ctplatform.store import IncompleteItemError, Store
 
     start = time.perf_counter()
@@ -226,7 +226,7 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
     """
     import ray
 
-    from ctplatform.ingest.discover import discover
+    from ctplatform.scans.discover import discover
     from ctplatform.runtime import init_ray
     from ctplatform.store import Store
 
