@@ -36,6 +36,7 @@ from ctplatform.model.dataset import (
 )
 from ctplatform.train.distributed import all_gather_objects, all_reduce_sum, weights_rank_spread
 from ctplatform.model.losses import class_loss, mask_loss, total_loss
+from ctplatform.model.operating_points import choose_operating_points
 from ctplatform.model.axialnet import AxialNet, build_model, unwrap
 from ctplatform.train.state import (
     STATUS_COMPLETED,
@@ -146,8 +147,12 @@ def _means(sums: torch.Tensor) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards."""
+def validate(
+    model: AxialNet, loader: Any, cfg: Config, device: torch.device, keep: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards.
+
+    `keep` (optional) receives the gathered targets `y` and `logits` (for the operating points)."""
     from ctplatform.model.metrics import auroc_per_label, auroc_summary, organ_iou
     from ctplatform.model.allowed_regions import allowed_regions
 
@@ -182,6 +187,8 @@ def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) ->
     y_all = np.concatenate([p[3] for p in parts])
     s_all = np.concatenate([p[4] for p in parts])
     iou_all = np.concatenate([p[5] for p in parts])
+    if keep is not None:
+        keep.update(y=y_all, logits=s_all)
     auroc = auroc_summary(auroc_per_label(y_all, s_all))
     return {
         "val_loss": val_cls + t.lambda_mask * val_mask,
@@ -263,7 +270,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.status = STATUS_RUNNING  # a resume with more epochs (or patience) extends a finished run
     if state.status != STATUS_RUNNING:  # a resumed run that had already finished: redo the final logging
         if tracker is not None and best_state is not None:
-            tracker.log_best(copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status})
+            tracker.log_best(
+            copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status}, cfg,
+            state.best_thresholds, state.best_threshold_sources,
+        )
         if rank == 0:
             write_outcome(config, state.status, state.last_metrics)
         ray.train.report(state.last_metrics)
@@ -293,11 +303,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # No checkpoint: the last good one stays the latest.
             ray.train.report(metrics)
             return
-        val = validate(unwrap(model), val_loader, cfg, device)
+        val_arrays: dict[str, np.ndarray] = {}
+        val = validate(unwrap(model), val_loader, cfg, device, keep=val_arrays)
         improved = val["val_loss"] < state.best_val_loss
         if improved:
             state.best_val_loss, state.best_epoch, state.bad_epochs = val["val_loss"], epoch, 0
             best_state = cpu_state(model)
+            # The operating points predict uses: chosen on validation with the weights that are kept.
+            th, sources = choose_operating_points(val_arrays["y"], val_arrays["logits"], cfg.predict.default_threshold)
+            state.best_thresholds, state.best_threshold_sources = [float(t) for t in th], sources
         else:
             state.bad_epochs += 1
         state.next_epoch = epoch + 1
@@ -339,6 +353,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
     if tracker is not None and best_state is not None:
-        tracker.log_best(copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status})
+        tracker.log_best(
+            copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status}, cfg,
+            state.best_thresholds, state.best_threshold_sources,
+        )
     if rank == 0:
         write_outcome(config, state.status, state.last_metrics)
