@@ -19,8 +19,10 @@ crop -> normalise -> AxialNet), so both give the same probabilities.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -191,17 +193,24 @@ def log_axialnet_model(
         (d / ARTIFACTS["config"]).write_text(cfg.to_yaml())
         (d / ARTIFACTS["model_card"]).write_text(json.dumps(model_card(cfg, thresholds, sources, run_id), indent=1))
         code = copy_package(d / "code")
-        with mlflow.start_run(run_id=run_id):
-            return mlflow.pyfunc.log_model(
-                name=MODEL_NAME,
-                python_model=str(ENTRY),  # models from code: nothing is pickled
-                artifacts={k: str(d / v) for k, v in ARTIFACTS.items()},
-                code_paths=[str(code)],
-                pip_requirements=pinned_requirements(),
-                signature=signature,
-                input_example=example,
-                registered_model_name=registered_name,
-            )
+        # MLflow validates the input example by loading the model here, which prepends the model's
+        # code folder (a temporary copy of this package) to sys.path for good: restore it after.
+        saved_path = list(sys.path)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                return mlflow.pyfunc.log_model(
+                    name=MODEL_NAME,
+                    python_model=str(ENTRY),  # models from code: nothing is pickled
+                    artifacts={k: str(d / v) for k, v in ARTIFACTS.items()},
+                    code_paths=[str(code)],
+                    pip_requirements=pinned_requirements(),
+                    signature=signature,
+                    input_example=example,
+                    registered_model_name=registered_name,
+                )
+        finally:
+            sys.path[:] = saved_path
+            importlib.invalidate_caches()
 
 
 # ----------------------------------------------------------------------------- loading
