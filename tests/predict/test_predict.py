@@ -1,7 +1,7 @@
 """`ctplatform predict` on real CT (a DICOM series folder and a NIfTI) with a tiny model trained here.
 
-The model: AxialNet at the demo geometry, a few Adam steps of class loss + HiResCAM mask loss with the
-body as the allowed region, logged with model/packaged.py (what training logs), registered and
+The model: AxialNet at the demo geometry, Adam steps on its head (class loss + HiResCAM mask loss with
+the body as the allowed region) over the random backbone's features, logged with model/packaged.py (what training logs), registered and
 given the alias `champion`. Checks: every heatmap has exactly the input's shape and affine (NIfTI:
 the file's own; DICOM: the series' voxel corners as SimpleITK places them) and its maximum lies in
 the body; a bad scan is flagged while the rest go on; a re-run resumes. The slow test loads the
@@ -22,11 +22,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ctplatform.cli import main
 from ctplatform.config import load_config
 from ctplatform.model.axialnet import AxialNet
-from ctplatform.model.losses import class_loss, mask_loss
+from ctplatform.model.cams import hirescam_from_features
+from ctplatform.model.losses import mask_loss
 from ctplatform.model.operating_points import choose_operating_points
 from ctplatform.model.packaged import log_axialnet_model, model_input, preprocess_scan
 from ctplatform.runtime import setup_mlflow
@@ -52,19 +54,19 @@ def _body(hu: np.ndarray) -> np.ndarray:
 
 
 def _body_grid(crop: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
-    """bool [H, D1, D2]: cells at least one third body."""
+    """bool [H, D1, D2]: cells at least half body."""
     body = _body(crop).astype(np.float32)
     h, d1, d2 = grid
     z, y, x = body.shape
     cells = body.reshape(h, z // h, d1, y // d1, d2, x // d2).mean(axis=(1, 3, 5))
-    return cells >= 1 / 3
+    return cells >= 0.5
 
 
 @pytest.fixture(scope="module")
 def trained(ct_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     cfg = load_config(REPO / "configs" / "demo.yaml", [f"workdir={root / 'work'}", "ray.num_cpus=2",
-                                                        "predict.min_maps=2", "predict.max_maps=3"])
+                                                        "predict.min_maps=2", "predict.max_maps=2"])
     g = cfg.model.geometry
     xs, forbidden = [], []
     for name in SCANS.values():
@@ -78,14 +80,28 @@ def trained(ct_dir, tmp_path_factory):
     forb = torch.from_numpy(np.stack(forbidden))[:, None].expand(-1, 80, -1, -1, -1)
     torch.manual_seed(0)
     model = AxialNet(g)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(8):
-        out = model(x)
-        loss = class_loss(out.logits, y) + mask_loss(out.hirescam, forb)
+    model.eval()
+    # A few steps on the head's weights only (the random backbone's features computed once: seconds on
+    # CPU): positives up-weighted in the class loss, a strong mask loss (the paper's sum form), until
+    # each positive label's map peaks inside the body.
+    with torch.no_grad():
+        z = model.forward_features(x)
+    torch.nn.init.zeros_(model.fc.bias)
+    opt = torch.optim.Adam([model.fc.weight], lr=1e-2)
+    pos_weight = torch.full((80,), 40.0)
+    for _ in range(300):
+        logits, _ = model.head(z)
+        cam = hirescam_from_features(z, model.fc.weight)
+        loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=pos_weight) + 10 * mask_loss(cam, forb, "sum_neglog")
         opt.zero_grad()
         loss.backward()
         opt.step()
-    model.eval()
+        with torch.no_grad():
+            cam = hirescam_from_features(z, model.fc.weight)
+            margin = torch.where(forb, -1e9, cam).amax(dim=(2, 3, 4)) - torch.where(forb, cam, -1e9).amax(dim=(2, 3, 4))
+        if bool((margin[y > 0] > 0).all()):
+            break
+    assert bool((margin[y > 0] > 0).all()), "the tiny model did not learn to attend inside the body"
     with torch.no_grad():
         logits = model(x, cam=False).logits.numpy()
     th, sources = choose_operating_points(y.numpy(), logits, cfg.predict.default_threshold)
@@ -108,7 +124,7 @@ def predicted(trained, ct_dir, ray_local):
     out = root / "out"
     args = ["predict", "--model", f"models:/{NAME}@champion", "--input", str(listing), "--out", str(out),
             "--config", str(REPO / "configs" / "demo.yaml"), "--workdir", str(cfg.workdir),
-            "--set", "predict.min_maps=2", "--set", "predict.max_maps=3"]
+            "--set", "predict.min_maps=2", "--set", "predict.max_maps=2"]
     assert main(args) == 0  # one bad scan of three does not fail the run
     return cfg, out, args
 
@@ -148,7 +164,7 @@ def test_heatmaps_have_the_inputs_grid_and_peak_in_the_body(predicted, ct_dir):
     for vid, name in SCANS.items():
         folder = out / "scans" / vid
         rec = json.loads((folder / "probabilities.json").read_text())
-        assert 2 <= len(rec["maps"]) <= 3
+        assert len(rec["maps"]) == 2  # the two top labels: this scan's positives
         row = table[table.volume_id == vid].iloc[0]
         assert np.allclose([rec["probabilities"][k] for k in table.columns[5:]], row.iloc[5:].to_numpy(float))
         scores = pd.read_csv(folder / "slice_scores.csv")
