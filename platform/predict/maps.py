@@ -31,17 +31,19 @@ def original_affine(store_affine: np.ndarray, original_orientation: str, origina
     return np.asarray(store_affine, dtype=np.float64) @ np.linalg.inv(inv_ornt_aff(t, tuple(original_shape)))
 
 
-def _lerp_along(a: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
-    """Linear interpolation of `a` along `axis` at float positions (clamped to the axis)."""
-    n = a.shape[axis]
+def _interp_matrix(coords: np.ndarray, n: int, inside: np.ndarray) -> np.ndarray:
+    """float32 [len(coords), n]: linear interpolation weights at float positions (clamped); rows
+    outside the crop are zero."""
     g = np.clip(coords, 0.0, n - 1)
     i0 = np.floor(g).astype(np.int64)
     i1 = np.minimum(i0 + 1, n - 1)
-    w = (g - i0).astype(np.float32)
-    shape = [1] * a.ndim
-    shape[axis] = -1
-    lo = np.take(a, i0, axis=axis)
-    return lo + (np.take(a, i1, axis=axis) - lo) * w.reshape(shape)
+    w = g - i0
+    rows = np.arange(len(coords))
+    out = np.zeros((len(coords), n), np.float64)
+    np.add.at(out, (rows, i0), 1.0 - w)
+    np.add.at(out, (rows, i1), w)
+    out[~inside] = 0.0
+    return out.astype(np.float32)
 
 
 def grid_to_voxels(
@@ -62,22 +64,18 @@ def grid_to_voxels(
     stored_axis = [int(np.argmax(np.abs(m[:3, k]))) for k in range(3)]
     if sorted(stored_axis) != [0, 1, 2]:
         raise ValueError("the voxel-to-stored transform is not axis-aligned")
-    coords: dict[int, np.ndarray] = {}
-    inside: list[np.ndarray] = []
+    weights: dict[int, np.ndarray] = {}
     for k, j in enumerate(stored_axis):
         u = m[j, k] * np.arange(out_shape[k]) + m[j, 3]  # stored index along axis j
         a, _, c, _ = crop[j]
         in_crop = u - a + c  # crop index
-        coords[j] = (in_crop + 0.5) * grid.shape[j] / input_shape[j] - 0.5
-        inside.append(
-            (u >= -0.5) & (u < stored_shape[j] - 0.5) & (in_crop >= -0.5) & (in_crop < input_shape[j] - 0.5)
-        )
-    out = grid
-    for j in range(3):
-        out = _lerp_along(out, j, coords[j])
-    out = out.transpose(stored_axis)  # grid axis order -> output axis order
-    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
-    return np.where(mask, out, 0.0).astype(np.float32)
+        coords = (in_crop + 0.5) * grid.shape[j] / input_shape[j] - 0.5
+        inside = (u >= -0.5) & (u < stored_shape[j] - 0.5) & (in_crop >= -0.5) & (in_crop < input_shape[j] - 0.5)
+        weights[j] = _interp_matrix(coords, grid.shape[j], inside)
+    # One separable product (a Tucker product of the small grid with three interpolation matrices),
+    # written straight in the output's axis order: the full-size array is made once.
+    out_letters = "".join("abc"[stored_axis[k]] for k in range(3))
+    return np.einsum(f"hij,ah,bi,cj->{out_letters}", grid, weights[0], weights[1], weights[2], optimize=True)
 
 
 def map_on_original(
@@ -103,7 +101,10 @@ def write_map_nifti(path: str | Path, data: np.ndarray, affine: Any) -> Path:
     import nibabel as nib
 
     aff = np.asarray(affine, dtype=np.float64)
-    img = nib.Nifti1Image(np.round(np.clip(data, 0, 1) * 255).astype(np.uint8), aff)
+    q = np.clip(data, 0, 1, dtype=np.float32)
+    q *= 255
+    q += 0.5
+    img = nib.Nifti1Image(q.astype(np.uint8), aff)
     img.header["scl_slope"] = 1.0 / 255
     img.header["scl_inter"] = 0.0
     img.header.set_xyzt_units("mm")
