@@ -1,4 +1,5 @@
-"""Draw docs/architecture.svg (and .png): the data flow through the stages and where each runs.
+"""Draw docs/architecture.svg (and .png): the data flow through the stages and where each runs, and
+below it the house the code lives in (apps, stages, the floor) with the import rules.
 
     python docs/architecture.py
 """
@@ -34,7 +35,14 @@ def arrow(ax, a, b, text="", style="-|>", color="#333333", ls="-", offset=(0, 0.
 
 
 def draw() -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(15, 9.2))
+    fig, (ax, layers) = plt.subplots(2, 1, figsize=(15, 15.0), gridspec_kw={"height_ratios": [9.2, 5.8]})
+    fig.subplots_adjust(hspace=0.02)
+    draw_flow(ax)
+    draw_layers(layers)
+    return fig
+
+
+def draw_flow(ax: plt.Axes) -> None:
     ax.set_xlim(0, 15)
     ax.set_ylim(0, 9.2)
     ax.axis("off")
@@ -111,7 +119,56 @@ def draw() -> plt.Figure:
     ax.text(0.2, 0.12, "Each stage: a pure function over one item (tested without Ray) + a thin Ray job; rows carry ids "
             "and paths, tasks write the store themselves (atomic per item, so a re-run resumes).", fontsize=8,
             color="#444444")
-    return fig
+
+
+APP, STAGE, FLOOR = "#ede7f6", "#dbeafe", "#e8f5e1"
+
+
+def draw_layers(ax: plt.Axes) -> None:
+    """The package platform/ (import name ctplatform): who may import whom (tests/test_architecture.py)."""
+    ax.set_xlim(0, 15)
+    ax.set_ylim(-0.05, 5.8)
+    ax.axis("off")
+    ax.text(0.2, 5.7, "The code: platform/ (import ctplatform) in three layers; imports only run downward",
+            fontsize=14, fontweight="bold", va="top")
+    # apps: know the order of stages
+    box(ax, 0.2, 4.0, 3.0, 1.2, "cli.py", ["`ctplatform <command>`:", "lists each stage's command"], APP)
+    box(ax, 3.5, 4.0, 4.2, 1.2, "demo/", ["command, pipeline, table;", "stages.py: THE order of stages"], APP)
+    box(ax, 8.0, 4.0, 3.4, 1.2, "deploy/ (outside the package)", ["jobs/pipeline.py (that order),", "KubeRay, images"], APP)
+    ax.text(11.7, 4.6, "apps: may import\nany stage", fontsize=9, color="#5b3f8c", va="center")
+    # stages: side by side, never importing each other
+    stages = [
+        ("phantom/", ["cohorts + truth", "layout.py"]),
+        ("ingest/", ["readers, orient,", "resample"]),
+        ("partition/", ["organs, QC, grid,", "sarle/ (reports)"]),
+        ("train/", ["Ray Train loop,", "tune/ (Ray Tune)"]),
+        ("eval/", ["scoring, plots,", "compare/"]),
+        ("predict/", ["batch inference", "(coming)"]),
+    ]
+    for i, (name, lines) in enumerate(stages):
+        box(ax, 0.2 + i * 1.95, 2.15, 1.75, 1.25, name, lines, STAGE, size=9)
+    ax.text(11.95, 2.8, "stages: import the floor only,\nnever another stage\n(eval: not train, phantom,\n"
+            "ingest; train: not eval)", fontsize=9, color="#1d4e89", va="center")
+    # the floor
+    floor = [
+        ("config.py", ["typed settings"]),
+        ("labels.py", ["80 labels, organ", "codes and bits"]),
+        ("geometry.py", ["orientation,", "feature grid"]),
+        ("store.py", ["Zarr + Parquet,", "table columns"]),
+        ("runtime.py", ["Ray, MLflow,", "map_volumes"]),
+        ("tracking.py", ["MLflow tag names,", "find_run"]),
+    ]
+    for i, (name, lines) in enumerate(floor):
+        box(ax, 0.2 + i * 1.6, 0.1, 1.45, 1.45, name, lines, FLOOR, size=8.5)
+    box(ax, 9.85, 0.1, 2.0, 1.45, "model/", ["AxialNet, CAMs, losses,", "allowed regions, metrics,", "dataset, checkpoint"],
+        FLOOR, size=8.5)
+    ax.text(11.95, 0.9, "the floor: imports\nno stage, no app", fontsize=9, color="#2e6b1f", va="center")
+    for x in (1.7, 5.6, 9.7):
+        arrow(ax, (x, 4.0), (x, 3.4))
+    for x in (1.1, 4.0, 6.9, 9.9):
+        arrow(ax, (x, 2.15), (x, 1.55))
+    ax.plot([0.3, 11.6], [3.78, 3.78], color="#bbbbbb", lw=0.8, ls=":")
+    ax.plot([0.3, 11.6], [1.85, 1.85], color="#bbbbbb", lw=0.8, ls=":")
 
 
 if __name__ == "__main__":

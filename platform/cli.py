@@ -14,7 +14,7 @@ from types import ModuleType
 from ctplatform.config import Config, load_config
 from ctplatform.runtime import setup_logging
 
-#: (sub-command, module) in the order a pipeline runs them.
+#: (sub-command, module), as `--help` lists them (the order a pipeline runs them is demo/stages.py's).
 COMMANDS: list[tuple[str, str]] = [
     ("phantom", "ctplatform.phantom.command"),
     ("ingest", "ctplatform.ingest.command"),

@@ -70,6 +70,15 @@ class IngestConfig(Section):
     max_tasks_in_flight: int | None = Field(
         None, description="Ray tasks at once (None: as many as CPUs and memory_per_task_gb allow)"
     )
+    max_compression_ratio: float = Field(
+        64.0, description="A compressed input claiming to inflate more than this (x its file size) is refused as a bomb"
+    )
+    pseudonymise_key: str | None = Field(
+        None,
+        description="Key file (kept outside the store) for pseudonymising ids derived from folder/file names: "
+        "ids become keyed hashes, and folder names never reach ids, Zarr paths or the manifest "
+        "(env CTPLATFORM_PSEUDONYM_KEY_FILE also sets it)",
+    )
 
     @field_validator("chunk_slices")
     @classmethod
@@ -183,6 +192,11 @@ class TrainConfig(Section):
     organ_iou_threshold: float = Field(
         0.5, gt=0, lt=1, description="fixed threshold of the validation OrganIoU (normalised attention > t)"
     )
+    qc_exclude_flags: tuple[str, ...] = Field(
+        ("no_lungs",),
+        description="partition QC flags that exclude a volume from training and validation (counts logged "
+        "to MLflow); other fallback volumes train on the heuristic masks and are counted",
+    )
 
     @field_validator("grid_variant")
     @classmethod
@@ -292,10 +306,10 @@ class EvalConfig(Section):
     memory_per_task_gb: float = 4.0
     output_dir: str | None = Field(None, description="local folder for the files; None: <workdir>/eval")
     truth_dir: str | None = Field(
-        None, description="phantom cohort folder (OUT of ctplatform phantom); None: found from the manifest's source paths"
+        None, description="ignored: lesion truth is read from the store (docs/evaluate.md); kept so older configurations load"
     )
     truth_grid_method: Literal["nearest", "trilinear", "area"] = Field(
-        "area", description="PARTITION downsampling of true lesion masks to the grid (area: any lesion voxel in the cell)"
+        "area", description="which of PARTITION's grid truths (store truth_grid/<geometry>/<method>) to score against (area: any lesion voxel in the cell)"
     )
 
 

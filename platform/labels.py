@@ -19,11 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-#: Organ channels of `organs/<id>` (codes 1..3) and of the grid masks (channels 0..2).
+#: The organs, in the order of the grid masks' channels (0..2). The one definition of their codes
+#: in the store's organ maps `organs/<id>` (0: none of them) and of their bits in a label's region
+#: bitmask (`encode_volume_labels`; decoded by model.allowed_regions.organ_selector).
 ORGANS: tuple[str, ...] = ("right_lung", "left_lung", "mediastinum")
 ORGAN_CODES: dict[str, int] = {name: i + 1 for i, name in enumerate(ORGANS)}
 RIGHT_LUNG, LEFT_LUNG, MEDIASTINUM = (1 << 0), (1 << 1), (1 << 2)
 ORGAN_BITS: dict[str, int] = {"right_lung": RIGHT_LUNG, "left_lung": LEFT_LUNG, "mediastinum": MEDIASTINUM}
+#: Bit of each organ code (index = code; code 0, no organ, has none): an organ map -> organ bits.
+CODE_BITS: tuple[int, ...] = (0, *(ORGAN_BITS[name] for name in ORGANS))
 
 #: Location groups of the paper (Table 4) and the finer locations reports give.
 GROUPS: tuple[str, ...] = ("lung", "heart", "great_vessel", "mediastinum")
@@ -137,7 +141,3 @@ def encode_volume_labels(rows: list[tuple[str, str, int]]) -> tuple[np.ndarray, 
         bits[i] |= LOCATION_BITS[location]
     return y, bits
 
-
-def region_bits_to_organ_matrix(bits: np.ndarray) -> np.ndarray:
-    """uint8 [..., 80] bitmask -> bool [..., 80, 3] (organ channel allowed per label)."""
-    return ((bits[..., None] >> np.arange(len(ORGANS), dtype=np.uint8)) & 1).astype(bool)

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ctplatform.config import Config
 
@@ -65,3 +70,103 @@ def setup_mlflow(cfg: Config) -> str:
     exp_id = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=artifact_location)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+# --- the shared per-volume Ray Data job ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskResources:
+    """What one per-volume task asks Ray for, and how many run at once.
+
+    `max_in_flight`: tasks at once (None: as many as the resources allow); with a callable class as
+    `fn`, the size of its actor pool (each actor builds the class once, e.g. loads a model, then maps
+    many volumes). `max_retries`: retries of a task whose worker died (None keeps Ray Data's default,
+    which retries a task that kills its worker without end).
+    """
+
+    num_cpus: float = 1.0
+    memory_bytes: float | None = None
+    num_gpus: float | None = None
+    max_in_flight: int | None = None
+    max_retries: int | None = None
+
+
+Row = dict[str, Any]
+
+
+def map_volumes(
+    rows: Sequence[Row],
+    fn: Callable[..., Row] | type,
+    *,
+    resources: TaskResources,
+    failed_row: Callable[[Row], Row],
+    fn_kwargs: Mapping[str, Any] | None = None,
+    fn_constructor_kwargs: Mapping[str, Any] | None = None,
+    on_rows: Callable[[list[Row]], None] | None = None,
+    every: int = 100,
+    seconds: float = 60.0,
+    key: str = "volume_id",
+) -> list[Row]:
+    """Map `fn` over `rows` with Ray Data, one volume per task; returns one result row per input row.
+
+    The pattern of every per-volume stage (ingest, partition, predict): a row is a volume's id and
+    paths, never its array; `fn(row, **fn_kwargs)` reads, computes and writes its output to the store
+    itself, and returns a small status row holding `key`. Each row is its own block, so a worker that
+    dies (out of memory, a crash in a decoder) loses only its own volume: its input row comes back
+    as `failed_row(row)`. While the job runs, `on_rows` receives the new rows every `every` rows or
+    `seconds` seconds, so a killed driver keeps the rows it had (the caller writes the whole result
+    at the end; the last partial batch is not passed to `on_rows`).
+
+    `fn` may be a callable class: Ray then builds it once per actor (`fn_constructor_kwargs`) in a
+    pool of `resources.max_in_flight` actors. Result rows come back as plain dicts, in arrival order
+    followed by the failed rows; Arrow's numpy arrays are turned back into lists. Ray must be
+    initialised (`init_ray`). Ray Data may retry a task: `fn`'s writes must be idempotent.
+    """
+    # cli imports this module for `ctplatform --help`: Ray and numpy load only when a job runs
+    import numpy as np
+    import ray
+
+    if not rows:
+        return []
+    is_class = isinstance(fn, type)
+    compute = (
+        ray.data.ActorPoolStrategy(size=resources.max_in_flight or 1)
+        if is_class
+        else ray.data.TaskPoolStrategy(size=resources.max_in_flight)
+    )
+    options: dict[str, Any] = {"num_cpus": resources.num_cpus}
+    if resources.memory_bytes is not None:
+        options["memory"] = resources.memory_bytes
+    if resources.num_gpus is not None:
+        options["num_gpus"] = resources.num_gpus
+    if is_class:
+        options["fn_constructor_kwargs"] = dict(fn_constructor_kwargs or {})
+    if resources.max_retries is not None:
+        options["max_retries"] = resources.max_retries
+    ctx = ray.data.DataContext.get_current()
+    previous = ctx.max_errored_blocks
+    ctx.max_errored_blocks = len(rows)  # a dead task fails its own block, not the job
+    results: list[Row] = []
+    try:
+        with warnings.catch_warnings():
+            # Ray 2.60 has no named parameter for max_retries yet (ray_remote_args is deprecated
+            # for removal in 2.64); without it a volume that kills its worker is retried forever.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+            ds = ray.data.from_items(list(rows), override_num_blocks=len(rows)).map(
+                fn, fn_kwargs=dict(fn_kwargs or {}), compute=compute, **options
+            )
+        pending: list[Row] = []
+        last = time.monotonic()
+        for out in ds.iter_rows():
+            out = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
+            results.append(out)
+            pending.append(out)
+            if on_rows is not None and (len(pending) >= every or time.monotonic() - last > seconds):
+                on_rows(pending)
+                pending, last = [], time.monotonic()
+    finally:
+        ctx.max_errored_blocks = previous
+    returned = {r[key] for r in results}
+    results += [failed_row(r) for r in rows if r[key] not in returned]
+    return results

@@ -1,8 +1,10 @@
 """The store contract: one Zarr v3 group of arrays plus Parquet tables (see DESIGN.md, "The store").
 
     STORE/data.zarr/volumes/<id>                      int16 HU [z, y, x], stored orientation (geometry.py)
-    STORE/data.zarr/organs/<id>                       uint8 [z, y, x]: 0 other, 1 right lung, 2 left lung, 3 mediastinum
+    STORE/data.zarr/organs/<id>                       uint8 [z, y, x]: labels.ORGAN_CODES, 0 other
     STORE/data.zarr/grid/<geometry>/<variant>/<id>    bool [3, H, D1, D2]
+    STORE/data.zarr/truth/<id>                        uint8..64 [z, y, x]: lesion truth bitfield on the volume's voxels
+    STORE/data.zarr/truth_grid/<geometry>/<method>/<id>  the same bits on the feature grid [H, D1, D2]
     STORE/manifest.parquet, labels.parquet, partition.parquet
 
 Writes are atomic per item: an array is created with `complete: false`, filled, then marked
@@ -28,6 +30,9 @@ import zarr
 from zarr.codecs import BloscCodec
 
 VOLUMES, ORGANS, GRID = "volumes", "organs", "grid"
+TRUTH, TRUTH_GRID = "truth", "truth_grid"
+#: Name of the truth bit that marks a confounder region (not a lesion); see `write_truth`.
+CONFOUNDER = "confounder"
 TABLES: dict[str, str] = {
     "manifest": "manifest.parquet",
     "labels": "labels.parquet",
@@ -53,6 +58,8 @@ ALLOWED_ATTRS: frozenset[str] = frozenset(
         "organs",
         "qc_flags",
         "fallback",
+        "truth_labels",  # truth bitfields: bit k marks truth_labels[k] (a label name, or "confounder")
+        "confounder",  # {"kind": ..., "label": ...}: what the confounder region is and which label it tracks
     }
 )
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -64,13 +71,26 @@ def _compressor(dtype: np.dtype) -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
 
 
+#: Names Zarr itself uses inside a group: an item so named would overwrite the group's metadata.
+RESERVED_IDS = frozenset({"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"})
+
+
 def validate_volume_id(volume_id: str) -> str:
-    """Volume ids name arrays and files: letters, digits, '.', '_' and '-' only, not starting with '.'."""
+    """Volume ids name arrays and files: letters, digits, '.', '_' and '-' only, not starting with '.'.
+
+    The message never quotes a rejected id (it could hold a name or an MRN): it says why.
+    """
     if not isinstance(volume_id, str) or not _ID_PATTERN.match(volume_id):
+        why = "it is empty" if not volume_id else (
+            f"it is {len(volume_id)} characters" if isinstance(volume_id, str) and len(volume_id) > 200
+            else "it holds other characters or starts with one of '._-'"
+        )
         raise ValueError(
-            f"invalid volume id {volume_id!r}: use letters, digits, '.', '_' or '-' (max 200), "
+            f"invalid volume id ({why}): use letters, digits, '.', '_' or '-' (max 200), "
             "starting with a letter or digit"
         )
+    if volume_id.lower() in RESERVED_IDS:
+        raise ValueError(f"invalid volume id: {volume_id!r} is a name Zarr reserves for its own metadata; choose another")
     return volume_id
 
 
@@ -214,6 +234,68 @@ class Store:
     def has_grid(self, geometry: str, variant: str, volume_id: str) -> bool:
         return self.has(self.grid_path(geometry, variant, volume_id))
 
+    # ------------------------------------------------------------------ truth
+    # Lesion truth that arrived with a scan (ingest) and its summary on the feature grid (partition).
+    # A truth array is an unsigned-integer bitfield: bit k of a voxel/cell marks attrs["truth_labels"][k],
+    # a label name of labels.py or CONFOUNDER; attrs["confounder"] (optional) says which label the
+    # confounder region tracks. Its `source_sha256` names the mask it was made from, and a grid truth
+    # carries the same value, so a reader can tell a grid truth made from an older mask.
+    @staticmethod
+    def truth_path(volume_id: str) -> str:
+        return f"{TRUTH}/{validate_volume_id(volume_id)}"
+
+    @staticmethod
+    def grid_truth_path(geometry: str, method: str, volume_id: str) -> str:
+        return f"{TRUTH_GRID}/{geometry}/{method}/{validate_volume_id(volume_id)}"
+
+    @staticmethod
+    def _check_truth(bits: np.ndarray, attrs: dict[str, Any], ndim: int) -> None:
+        if not np.issubdtype(bits.dtype, np.unsignedinteger) or bits.ndim != ndim:
+            raise ValueError(f"truth is an unsigned-integer bitfield with {ndim} axes; got {bits.dtype} {bits.shape}")
+        labels = attrs.get("truth_labels")
+        if not labels or len(labels) > 8 * bits.dtype.itemsize:
+            raise ValueError(f"truth needs attrs['truth_labels'] naming each of its bits (at most {8 * bits.dtype.itemsize})")
+
+    def write_truth(self, volume_id: str, bits: np.ndarray, attrs: dict[str, Any], chunk_slices: int = 24) -> None:
+        """Lesion truth on the stored volume's voxels (same shape as the volume)."""
+        self._check_truth(bits, attrs, 3)
+        chunks = (min(chunk_slices, bits.shape[0]), bits.shape[1], bits.shape[2])
+        self.write_array(self.truth_path(volume_id), bits, attrs, chunks=chunks)
+
+    def truth(self, volume_id: str) -> zarr.Array:
+        return self.array(self.truth_path(volume_id))
+
+    def read_truth(self, volume_id: str) -> np.ndarray:
+        return self.truth(volume_id)[...]
+
+    def has_truth(self, volume_id: str) -> bool:
+        return self.has(self.truth_path(volume_id))
+
+    def remove_truth(self, volume_id: str) -> None:
+        """Forget a volume's truth (its grid truths then no longer count: see eval/truth.py)."""
+        if self.truth_path(volume_id) in self.group:
+            del self.group[self.truth_path(volume_id)]
+
+    def truth_ids(self) -> list[str]:
+        return self._finished_members(TRUTH)
+
+    def write_grid_truth(self, geometry: str, method: str, volume_id: str, cells: np.ndarray, attrs: dict[str, Any]) -> None:
+        """Lesion truth on the model's feature grid [H, D1, D2], same bits as `write_truth`."""
+        self._check_truth(cells, attrs, 3)
+        self.write_array(self.grid_truth_path(geometry, method, volume_id), cells, attrs)
+
+    def grid_truth(self, geometry: str, method: str, volume_id: str) -> zarr.Array:
+        return self.array(self.grid_truth_path(geometry, method, volume_id))
+
+    def read_grid_truth(self, geometry: str, method: str, volume_id: str) -> np.ndarray:
+        return self.grid_truth(geometry, method, volume_id)[...]
+
+    def has_grid_truth(self, geometry: str, method: str, volume_id: str) -> bool:
+        return self.has(self.grid_truth_path(geometry, method, volume_id))
+
+    def grid_truth_ids(self, geometry: str, method: str) -> list[str]:
+        return self._finished_members(f"{TRUTH_GRID}/{geometry}/{method}")
+
     def _finished_members(self, group_path: str) -> list[str]:
         try:
             grp = self.group[group_path]
@@ -286,3 +368,35 @@ def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
         return v
 
     return {k: conv(v) for k, v in attrs.items()}
+
+
+# --- manifest.parquet's columns (the store owns its tables' columns) ------------------------------
+
+#: Each column of manifest.parquet, in order (the store contract's first), with the value of a row
+#: that has learnt nothing yet: a scan is `failed` until its ingest says otherwise.
+MANIFEST_COLUMNS: dict[str, Any] = {
+    "volume_id": "",
+    "source": "",
+    "format": "",
+    "status": "failed",
+    "error": "",
+    "shape": [],
+    "spacing": [],
+    "sha256": "",
+    "split": "",
+    "original_shape": [],
+    "original_spacing": [],
+    "original_orientation": "",
+    "skipped": False,
+    "seconds": 0.0,
+}
+
+
+def manifest_row(**fields: Any) -> dict[str, Any]:
+    """One manifest row: `fields` over the defaults of MANIFEST_COLUMNS (unknown names refused)."""
+    unknown = set(fields) - set(MANIFEST_COLUMNS)
+    if unknown:
+        raise KeyError(f"not manifest columns: {sorted(unknown)}")
+    row = {k: (list(v) if isinstance(v, list) else v) for k, v in MANIFEST_COLUMNS.items()}
+    row.update(fields)
+    return row

@@ -18,6 +18,7 @@ SECTIONS = [
     ("train_step", "Training step (issue 6)"),
     ("organ_iou", "OrganIoU (issue 7)"),
     ("tune_sweep", "Sweep: Table 5 on a phantom (issue 8)"),
+    ("faults", "Fault injection (issue 15)"),
 ]
 HEADER = """# Benchmarks
 

@@ -20,8 +20,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-STAGES: tuple[str, ...] = ("ingest", "partition", "label-reports", "train", "evaluate")
-OPTIONAL_STAGES: tuple[str, ...] = ("tune",)
+from ctplatform.demo.stages import DEPLOY_DEFAULT, DEPLOY_OPTIONAL
+
+STAGES: tuple[str, ...] = DEPLOY_DEFAULT
+OPTIONAL_STAGES: tuple[str, ...] = DEPLOY_OPTIONAL
 
 
 @dataclass
@@ -97,6 +99,7 @@ def training_run_id(opts: PipelineOptions) -> str:
     """The MLflow run id of this pipeline's training run (found by its Ray run name tag)."""
     import mlflow
 
+    from ctplatform import tracking
     from ctplatform.cli import config_from_args
 
     cfg = config_from_args(argparse.Namespace(config=opts.config, overrides=opts.overrides, workdir=opts.workdir, store=opts.store))
@@ -104,16 +107,10 @@ def training_run_id(opts: PipelineOptions) -> str:
     exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is None:
         raise LookupError(f"no MLflow experiment {cfg.mlflow.experiment!r} at {cfg.tracking_uri}: run the train stage first")
-    runs = mlflow.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`ctplatform.ray_run_name` = '{opts.run_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-        output_format="list",
-    )
-    if not runs:
-        raise LookupError(f"no MLflow run tagged ctplatform.ray_run_name={opts.run_name!r}: did the train stage finish?")
-    return runs[0].info.run_id
+    run_id = tracking.find_run(exp.experiment_id, {tracking.RAY_RUN_NAME: opts.run_name}, finished=False)
+    if run_id is None:
+        raise LookupError(f"no MLflow run tagged {tracking.RAY_RUN_NAME}={opts.run_name!r}: did the train stage finish?")
+    return run_id
 
 
 def available_commands() -> set[str]:

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Run the platform end to end on a phantom cohort: with and without the mask loss.
 
 Generates a synthetic chest CT cohort whose body-wall fat tracks great-vessel atherosclerosis (a
@@ -29,7 +32,7 @@ A second run reuses every finished stage (training runs are found by a hash of t
 
 #: The demo's configuration when --config is not given (cli.py reads it): configs/demo.yaml beside
 #: the package folder, as in a checkout installed in editable mode (what `make` does).
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+DEFAULT_CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,13 +25,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctplatform import tracking
 from ctplatform.config import Config
+from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
+from ctplatform.eval.compare.job import comparison_dir, run_comparison
+from ctplatform.eval.job import run_evaluation
+from ctplatform.eval.report import scan_key_salt
+from ctplatform.phantom.cohort import cohort_confounder
+from ctplatform.ingest.command import summary as ingest_summary
+from ctplatform.ingest.job import exit_status, run_ingest
+from ctplatform.partition.command import summary as partition_summary
+from ctplatform.partition.job import run_partition
+from ctplatform.partition.sarle.job import run_labelling
+from ctplatform.phantom.cohort import generate_cohort
+from ctplatform.phantom.layout import CohortLayout
+from ctplatform.runtime import init_ray, setup_mlflow
+from ctplatform.store import Store
+from ctplatform.train.trainer import TrainingDivergedError, read_run_record, run_training, storage_root
 
 log = logging.getLogger("ctplatform.demo.command")
-
-DEMO_TAG = "ctplatform.demo.command"  # the demo key, on every MLflow run the demo creates
-CONFIG_HASH_TAG = "ctplatform.demo.command.config_hash"  # on a finished training run
-EVAL_HASH_TAG = "ctplatform.demo.command.eval_hash"  # on an evaluation run
 
 
 class DemoStageError(RuntimeError):
@@ -113,39 +125,21 @@ def model_title(lam: float) -> str:
 
 
 # ------------------------------------------------------------------------------ MLflow look-ups
-def _search(cfg: Config, filter_string: str) -> str | None:
-    """Id of the newest active run of the experiment matching filter_string, or None."""
-    from mlflow import MlflowClient
-
-    from ctplatform.runtime import setup_mlflow
-
-    exp = setup_mlflow(cfg)
-    found = MlflowClient().search_runs(
-        [exp], filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=1
-    )
-    return found[0].info.run_id if found else None
+def _find(cfg: Config, tags: dict[str, str]) -> str | None:
+    """Id of the newest finished run of the experiment carrying `tags`, or None."""
+    return tracking.find_run(setup_mlflow(cfg), tags)
 
 
 def find_training_run(cfg: Config, config_hash: str) -> str | None:
-    return _search(cfg, f"tags.`{CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'")
+    return _find(cfg, {tracking.DEMO_CONFIG_HASH: config_hash})
 
 
 def find_evaluation(cfg: Config, run_id: str, split: str, ehash: str) -> str | None:
-    from ctplatform.eval.tracking import EVALUATED_RUN_TAG, SPLIT_TAG
-
-    return _search(
-        cfg,
-        f"tags.`{EVALUATED_RUN_TAG}` = '{run_id}' and tags.`{SPLIT_TAG}` = '{split}' "
-        f"and tags.`{EVAL_HASH_TAG}` = '{ehash}' and attributes.status = 'FINISHED'",
-    )
+    return _find(cfg, {tracking.EVALUATED_RUN: run_id, tracking.SPLIT: split, tracking.DEMO_EVAL_HASH: ehash})
 
 
 def find_comparison(cfg: Config, eval_a: str, eval_b: str) -> str | None:
-    return _search(
-        cfg,
-        f"tags.`ctplatform.stage` = 'compare' and tags.`ctplatform.eval_a` = '{eval_a}' "
-        f"and tags.`ctplatform.eval_b` = '{eval_b}' and attributes.status = 'FINISHED'",
-    )
+    return _find(cfg, {tracking.STAGE: "compare", tracking.EVAL_A: eval_a, tracking.EVAL_B: eval_b})
 
 
 def evaluation_metrics(run_id: str, split: str) -> dict[str, float]:
@@ -160,11 +154,9 @@ def forget_demo_runs(cfg: Config, key: str) -> int:
     """Soft-delete every MLflow run the demo `key` created (for --fresh); returns how many."""
     from mlflow import MlflowClient
 
-    from ctplatform.runtime import setup_mlflow
-
     exp = setup_mlflow(cfg)
     client = MlflowClient()
-    runs = client.search_runs([exp], filter_string=f"tags.`{DEMO_TAG}` = '{key}'", max_results=10_000)
+    runs = client.search_runs([exp], filter_string=f"tags.`{tracking.DEMO}` = '{key}'", max_results=10_000)
     for r in runs:
         client.delete_run(r.info.run_id)
     return len(runs)
@@ -198,9 +190,8 @@ class Stages:
 
 
 def stage_phantom(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.phantom.cohort import generate_cohort
-
-    before = len(list((cohort / "truth").glob("*.json"))) if (cohort / "truth").is_dir() else 0
+    truth = CohortLayout(cohort).truth_dir
+    before = len(list(truth.glob("*.json"))) if truth.is_dir() else 0
     d = cfg.demo
     listing = generate_cohort(
         cohort, d.n, seed=d.seed, size=d.size, confounder=d.confounder, prevalence=dict(d.prevalence) or None
@@ -214,11 +205,8 @@ def stage_phantom(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tup
 
 
 def stage_ingest(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.ingest.command import summary
-    from ctplatform.ingest.job import exit_status, run_ingest
-
-    df = run_ingest(cohort / "scans.csv", cfg)
-    echo(summary(df, cfg.store_path))
+    df = run_ingest(CohortLayout(cohort).listing, cfg)
+    echo(ingest_summary(df, cfg.store_path))
     if df.empty or exit_status(df, cfg.ingest.fail_fraction):
         raise DemoStageError("ingest", f"{int((df['status'] != 'ok').sum())} of {len(df)} scans failed (reasons above)")
     reused = bool(df["skipped"].astype(bool).all())
@@ -226,15 +214,11 @@ def stage_ingest(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tupl
 
 
 def stage_partition(cfg: Config, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.partition.command import summary
-    from ctplatform.partition.job import run_partition
-    from ctplatform.store import Store
-
     df = run_partition(cfg)
     if df.empty:
         echo("partition: every volume was already partitioned")
     else:
-        echo(summary(df, cfg.store_path))
+        echo(partition_summary(df, cfg.store_path))
     table = Store(cfg.store_path).read_table("partition")
     if table is None or not (table["status"] == "ok").any():
         raise DemoStageError("partition", "no volume could be partitioned (errors above)")
@@ -242,10 +226,7 @@ def stage_partition(cfg: Config, echo: Callable[[str], None]) -> tuple[Any, str]
 
 
 def stage_labels(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tuple[Any, str]:
-    from ctplatform.partition.sarle.job import run_labelling
-    from ctplatform.store import Store
-
-    summary = run_labelling(cfg, str(cohort / "reports.csv"), Store(cfg.store_path), skip_existing=True)
+    summary = run_labelling(cfg, str(CohortLayout(cohort).reports), Store(cfg.store_path), skip_existing=True)
     echo(summary.table())
     if summary.failed:
         raise DemoStageError("label-reports", f"{summary.failed} report(s) could not be labelled: {summary.errors[:3]}")
@@ -255,8 +236,6 @@ def stage_labels(cfg: Config, cohort: Path, echo: Callable[[str], None]) -> tupl
 def stage_train(cfg: Config, echo: Callable[[str], None]) -> tuple[str, str]:
     """Train one model, or reuse the finished run with the same configuration hash."""
     from mlflow import MlflowClient
-
-    from ctplatform.train.trainer import TrainingDivergedError, read_run_record, run_training, storage_root
 
     h = training_hash(cfg)
     found = find_training_run(cfg, h)
@@ -278,8 +257,8 @@ def stage_train(cfg: Config, echo: Callable[[str], None]) -> tuple[str, str]:
         f"{m.get('best_epoch')}, MLflow run {outcome.mlflow_run_id}"
     )
     client = MlflowClient()
-    client.set_tag(outcome.mlflow_run_id, DEMO_TAG, demo_key(cfg))
-    client.set_tag(outcome.mlflow_run_id, CONFIG_HASH_TAG, h)  # last: marks the run reusable
+    client.set_tag(outcome.mlflow_run_id, tracking.DEMO, demo_key(cfg))
+    client.set_tag(outcome.mlflow_run_id, tracking.DEMO_CONFIG_HASH, h)  # last: marks the run reusable
     return outcome.mlflow_run_id, "done"
 
 
@@ -288,10 +267,6 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
-
-    from ctplatform.demo.table import RELIANCE_METRIC, reliance_from_predictions
-    from ctplatform.eval.job import run_evaluation
-    from ctplatform.eval.truth import cohort_confounder
 
     ehash = eval_hash(cfg)
     found = find_evaluation(cfg, run_id, split, ehash)
@@ -304,14 +279,15 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
         for note in out.notes:
             echo(f"note: {note}")
         eval_id, outcome = out.eval_run_id, "done"
-        client.set_tag(eval_id, DEMO_TAG, demo_key(cfg))
-        client.set_tag(eval_id, EVAL_HASH_TAG, ehash)
+        client.set_tag(eval_id, tracking.DEMO, demo_key(cfg))
+        client.set_tag(eval_id, tracking.DEMO_EVAL_HASH, ehash)
     metric = f"{split}_{RELIANCE_METRIC}"
     spec = cohort_confounder(cohort)
     if spec is not None and metric not in client.get_run(eval_id).data.metrics:
         path = mlflow.artifacts.download_artifacts(run_id=eval_id, artifact_path="predictions.parquet")
         value = reliance_from_predictions(
-            pd.read_parquet(path), pd.read_csv(cohort / "scans.csv", keep_default_na=False), spec[1], split
+            pd.read_parquet(path), pd.read_csv(CohortLayout(cohort).listing, keep_default_na=False), spec[1], split,
+            scan_key_salt(cfg.workdir),
         )
         if value == value:  # not NaN
             client.log_metric(eval_id, metric, value)
@@ -321,15 +297,13 @@ def stage_evaluate(cfg: Config, run_id: str, split: str, cohort: Path, echo: Cal
 def stage_compare(cfg: Config, run_a: str, run_b: str, eval_a: str, eval_b: str, split: str, echo: Callable[[str], None]) -> tuple[Path, str]:
     from mlflow import MlflowClient
 
-    from ctplatform.eval.compare.job import comparison_dir, run_comparison
-
     out_dir = comparison_dir(cfg, run_a, run_b, split)
     found = find_comparison(cfg, eval_a, eval_b)
     if found and (out_dir / "compare.md").is_file():
         echo(f"reusing comparison run {found}: {out_dir / 'compare.md'}")
         return out_dir, "reused"
     result, out_dir, compare_run = run_comparison(cfg, run_a, run_b, split)
-    MlflowClient().set_tag(compare_run, DEMO_TAG, demo_key(cfg))
+    MlflowClient().set_tag(compare_run, tracking.DEMO, demo_key(cfg))
     echo(f"{result.n_scans} paired scans; per-label DeLong tests in {out_dir / 'compare.md'}")
     return out_dir, "done"
 
@@ -338,8 +312,6 @@ def stage_compare(cfg: Config, run_a: str, run_b: str, eval_a: str, eval_b: str,
 def run_demo(cfg: Config, *, fresh: bool = False, echo: Callable[[str], None] = print) -> DemoResult:
     """Run (or reuse) every stage for cfg (the demo config); raises DemoStageError naming a failed stage."""
     import ray
-
-    from ctplatform.runtime import init_ray
 
     key = demo_key(cfg)
     cfg = demo_config(cfg)

@@ -19,7 +19,9 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from ctplatform.eval.report import scan_key
 from ctplatform.model.metrics import auroc_per_label
+from ctplatform.phantom.cohort import FAT_HIGH_MM, FAT_LOW_MM
 
 #: (row title, split role, metric key, what is better); role "headline" is the first evaluated
 #: split (test), "shifted" the split where the confounder is independent of its label.
@@ -64,8 +66,6 @@ def confounder_reliance(score: np.ndarray, label: np.ndarray, has_confounder: np
 
 def confounder_present(kind: str, values: np.ndarray) -> np.ndarray:
     """The phantom's confounder value -> present: fat thickness in the thick range, or the marker drawn."""
-    from ctplatform.phantom.cohort import FAT_HIGH_MM, FAT_LOW_MM
-
     values = np.asarray(values, dtype=np.float64)
     if kind == "fat":
         return values >= (FAT_LOW_MM[1] + FAT_HIGH_MM[0]) / 2  # between the thin and thick ranges
@@ -74,19 +74,19 @@ def confounder_present(kind: str, values: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown confounder kind {kind!r}")
 
 
-def reliance_from_predictions(predictions: pd.DataFrame, cohort_listing: pd.DataFrame, target: str, split: str) -> float:
+def reliance_from_predictions(
+    predictions: pd.DataFrame, cohort_listing: pd.DataFrame, target: str, split: str, salt: bytes
+) -> float:
     """confounder_reliance on `split` from an evaluation's predictions.parquet and the cohort's scans.csv.
 
-    Predictions are keyed by scan_key (a hash of the volume id); the listing gives each volume's
-    confounder kind and value.
+    Predictions are keyed by scan_key (a keyed hash of the volume id, `salt` from
+    eval.report.scan_key_salt); the listing gives each volume's confounder kind and value.
     """
-    from ctplatform.eval.report import scan_key
-
     listing = cohort_listing[cohort_listing["split"] == split]
     kinds = set(listing["confounder_kind"].dropna().astype(str)) - {""}
     if not kinds:
         return math.nan
-    value = {scan_key(str(v)): float(c) for v, c in zip(listing["volume_id"], listing["confounder_value"])}
+    value = {scan_key(str(v), salt): float(c) for v, c in zip(listing["volume_id"], listing["confounder_value"])}
     pred = predictions[(predictions["split"] == split) & predictions["scan_key"].isin(value)]
     if pred.empty:
         return math.nan

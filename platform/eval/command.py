@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Evaluate a trained run: AUROC, OrganIoU, localization against truth, explanation pictures.
 
 Scores the MLflow run's model on --split (default eval.split) as a Ray job (one task per
 eval.scans_per_task volumes): AUROC per label with bootstrap 95% CIs (median and mean over labels);
 OrganIoU of HiResCAM and Grad-CAM with each label's threshold chosen on the validation split and
 reported overall and by location group; lesion IoU/Dice, pointing game and Localization Utility
-where true masks exist (eval.truth_dir); a randomised-weights sanity check. Writes per-slice score
+where the store holds lesion truth (ingested with the scans); a randomised-weights sanity check. Writes per-slice score
 curves, HiResCAM vs Grad-CAM panels, NIfTI heatmaps aligned with the source scans and summary tables
 to <workdir>/eval/RUN/SPLIT, and logs them to an evaluation run nested under the training run.
 """

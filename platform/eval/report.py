@@ -1,14 +1,18 @@
 """Summary tables of an evaluation (markdown and HTML) and the files behind them.
 
 Nothing here names a scan: tables hold labels and aggregate numbers; per-scan predictions are keyed
-by `scan_key(volume_id)`, a one-way hash, so MLflow artifacts carry no volume ids (which may derive
-from source file names).
+by `scan_key(volume_id, salt)`, a keyed hash (HMAC-SHA256 with a secret salt kept on local disk,
+`scan_key_salt`), so MLflow artifacts carry no volume ids (which may derive from source file names)
+and an MRN-like id cannot be recovered by hashing candidate MRNs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import html
+import os
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +25,34 @@ from ctplatform.labels import GROUPS, label_names
 METHOD_NAMES = {"hirescam": "HiResCAM", "gradcam": "Grad-CAM"}
 
 
-def scan_key(volume_id: str) -> str:
-    """A stable pseudonymous key of a scan (first 16 hex digits of SHA-256 of its volume id)."""
-    return hashlib.sha256(volume_id.encode()).hexdigest()[:16]
+#: Overrides where the scan-key salt is kept (default <workdir>/.scan_key_salt).
+SALT_ENV = "CTPLATFORM_SCAN_KEY_SALT_FILE"
+SALT_FILE = ".scan_key_salt"
+
+
+def scan_key_salt(workdir: str | Path) -> bytes:
+    """The secret salt of scan keys: read from $CTPLATFORM_SCAN_KEY_SALT_FILE or <workdir>/.scan_key_salt,
+    created (32 random bytes, owner-only) on first use. Stable per workdir, so evaluations compare
+    by scan_key; never logged."""
+    path = Path(os.environ.get(SALT_ENV) or Path(workdir) / SALT_FILE)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another evaluation created it first
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    salt = path.read_bytes().strip()
+    if len(salt) < 16:
+        raise ValueError(f"scan-key salt {path} is shorter than 16 bytes; delete it to have a new one made")
+    return salt
+
+
+def scan_key(volume_id: str, salt: bytes) -> str:
+    """A stable pseudonymous key of a scan: 16 hex digits of HMAC-SHA256(salt, volume id)."""
+    return hmac.new(salt, volume_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def fmt(v: object, digits: int = 3) -> str:
@@ -149,12 +178,12 @@ def write_summary(ev: Evaluation, out_dir: Path, title: str, context: dict[str, 
     return paths
 
 
-def predictions_frame(scans: list[ScanScores]) -> pd.DataFrame:
-    """One row per scan: scan_key, split, then y_<label> and p_<label> for the 80 labels."""
+def predictions_frame(scans: list[ScanScores], salt: bytes) -> pd.DataFrame:
+    """One row per scan: scan_key (salted), split, then y_<label> and p_<label> for the 80 labels."""
     names = label_names()
     prob = np.stack([s.prob for s in scans]) if scans else np.zeros((0, len(names)))
     y = np.stack([s.y for s in scans]) if scans else np.zeros((0, len(names)))
-    data = {"scan_key": [scan_key(s.volume_id) for s in scans], "split": [s.split for s in scans]}
+    data = {"scan_key": [scan_key(s.volume_id, salt) for s in scans], "split": [s.split for s in scans]}
     data.update({f"y_{n}": y[:, j].astype(np.uint8) for j, n in enumerate(names)})
     data.update({f"p_{n}": prob[:, j].astype(np.float32) for j, n in enumerate(names)})
     return pd.DataFrame(data)

@@ -27,8 +27,9 @@ from ctplatform.eval.localization import (
     map_rank_correlation,
     pointing_game,
 )
-from ctplatform.model.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
 from ctplatform.labels import N_LABELS
+from ctplatform.model.cams import gradcam_from_features, hirescam_from_features
+from ctplatform.model.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
 
 METHODS: tuple[str, ...] = ("hirescam", "gradcam")
 
@@ -102,8 +103,6 @@ def explain(model: Any, x: Any, slice_chunk: int | None = None) -> dict[str, np.
     (a 135-group paper volume at once needs several GB). x moves to the model's device.
     """
     import torch
-
-    from ctplatform.model.cams import gradcam_from_features, hirescam_from_features
 
     device = next(model.parameters()).device
     x = x.to(device)

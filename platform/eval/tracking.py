@@ -13,14 +13,13 @@ import math
 import time
 from pathlib import Path
 
+from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.eval.summary import Evaluation
+from ctplatform.runtime import setup_mlflow
 
 log = logging.getLogger("ctplatform.eval")
 
-STAGE_TAG = "ctplatform.stage"
-EVALUATED_RUN_TAG = "ctplatform.evaluated_run"
-SPLIT_TAG = "ctplatform.split"
 #: Metrics copied onto the training run (without their `_n` counts).
 HEADLINE = (
     "auroc_median",
@@ -59,16 +58,14 @@ def log_evaluation(
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from ctplatform.runtime import setup_mlflow
-
     setup_mlflow(cfg)
     client = MlflowClient()
     parent = client.get_run(run_id)
     tags = {
-        STAGE_TAG: "evaluate",
-        EVALUATED_RUN_TAG: run_id,
-        SPLIT_TAG: split,
-        "mlflow.parentRunId": run_id,
+        tracking.STAGE: "evaluate",
+        tracking.EVALUATED_RUN: run_id,
+        tracking.SPLIT: split,
+        tracking.PARENT_RUN: run_id,
     }
     run = client.create_run(parent.info.experiment_id, run_name=f"evaluate-{split}", tags=tags)
     eval_id = run.info.run_id
@@ -101,7 +98,7 @@ def log_evaluation(
     head = {f"{split}_{k}": metrics[f"{split}_{k}"] for k in HEADLINE if f"{split}_{k}" in metrics}
     try:
         client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in head.items()])
-        client.set_tag(run_id, f"ctplatform.evaluation.{split}", eval_id)
+        client.set_tag(run_id, f"{tracking.EVALUATION_PREFIX}{split}", eval_id)
     except Exception as e:  # the evaluation run holds everything; this is a convenience
         log.warning("could not copy headline metrics onto training run %s: %s", run_id, type(e).__name__)
     log.info("logged evaluation run %s (nested under %s) at %s", eval_id, run_id, mlflow.get_tracking_uri())
@@ -112,28 +109,18 @@ def find_evaluation_run(cfg: Config, run_id: str, split: str) -> str:
     """The latest finished evaluation run of `run_id` on `split` (or run_id itself if it is one)."""
     from mlflow import MlflowClient
 
-    from ctplatform.runtime import setup_mlflow
-
     setup_mlflow(cfg)
     client = MlflowClient()
     try:
         run = client.get_run(run_id)
     except Exception:
         raise FileNotFoundError(f"MLflow run {run_id} not found at {cfg.tracking_uri}") from None
-    if run.data.tags.get(STAGE_TAG) == "evaluate":
+    if run.data.tags.get(tracking.STAGE) == "evaluate":
         return run_id
-    found = client.search_runs(
-        [run.info.experiment_id],
-        filter_string=(
-            f"tags.`{EVALUATED_RUN_TAG}` = '{run_id}' and tags.`{SPLIT_TAG}` = '{split}' "
-            "and attributes.status = 'FINISHED'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
+    found = tracking.find_run(run.info.experiment_id, {tracking.EVALUATED_RUN: run_id, tracking.SPLIT: split})
     if not found:
         raise FileNotFoundError(
             f"run {run_id} has no evaluation on split {split!r}: run "
             f"`ctplatform evaluate --run-id {run_id} --split {split}` first"
         )
-    return found[0].info.run_id
+    return found

@@ -1,140 +1,124 @@
-"""True lesion masks of phantom cohorts, brought onto the model's feature grid.
+"""True lesion masks on the model's feature grid, read from the store.
 
-A phantom cohort (ctplatform phantom OUT) keeps, per scan, `truth/<id>_lesions.nii.gz` (uint16:
-bit k marks label k of `truth/lesion_codes.csv`) and `truth/<id>.nii.gz` (organ codes, including
-the confounders: subcutaneous fat, an external marker) in the scan's own voxel grid, and
-`cohort.json` naming the confounder. To compare them with attention they follow the scan's path:
-
-1. ingest's path into the store: reorient to I-P-L (`ingest.orient.to_store_orientation`) and
-   resample to the stored spacing with nearest neighbour (`ingest.resample.resample`, order 0); the
-   result must have the stored volume's shape and `affine` attribute, or the truth is refused;
-2. the training crop (`geometry.center_crop_or_pad`, pad 0);
-3. PARTITION's downsampling to the grid (`partition.grid.downsample_bits`), on all label bits at
-   once; `area` by default: a cell is lesion when any lesion voxel falls in it (small lesions
-   survive; `nearest` would keep only those covering a cell's sample voxel).
-
-The scan's cohort folder is `eval.truth_dir` when set, else found from the manifest's source path
-(OUT/scans/<id>.nii.gz -> OUT) when OUT/truth/<id>_lesions.nii.gz exists.
+Truth is part of the store contract (store.py): ingest carries a scan's lesion mask onto the stored
+volume's voxels (`truth/<id>`) and PARTITION puts it on the feature grid with each downsampling method
+(`truth_grid/<geometry>/<method>/<id>`; `area`: a cell is lesion when any lesion voxel falls in it).
+Both are bitfields whose `truth_labels` attribute names each bit: a label name, or `confounder` for
+a confounder region (its `confounder` attribute says which label that confounder tracks). A grid
+truth counts only while the volume's truth is in the store and was made from the same mask (the same
+`source_sha256`); otherwise the scan is scored without localization, and the job log says why.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ctplatform.geometry import ModelGeometry, center_crop_or_pad
+from ctplatform.geometry import ModelGeometry
 from ctplatform.labels import N_LABELS, label_by_name
+from ctplatform.store import CONFOUNDER, IncompleteItemError, Store
 
-#: Phantom organ code of each confounder kind (phantom.anatomy.ORGAN_CODES).
-CONFOUNDER_ORGAN: dict[str, str] = {"fat": "subcutaneous_fat", "marker": "marker"}
-
-
-class TruthMismatchError(ValueError):
-    """The truth masks do not land on the stored volume's voxels."""
+log = logging.getLogger("ctplatform.eval")
 
 
 @dataclass
 class GridTruth:
     lesions: np.ndarray  # bool [80, H, D1, D2]: true lesion cells of each label (empty for most labels)
-    confounder: np.ndarray | None  # bool [H, D1, D2] or None (cohort without a confounder)
+    confounder: np.ndarray | None  # bool [H, D1, D2], or None when the truth marks no confounder region
 
 
-def lesion_files(cohort: Path, volume_id: str) -> tuple[Path, Path]:
-    return cohort / "truth" / f"{volume_id}_lesions.nii.gz", cohort / "truth" / f"{volume_id}.nii.gz"
-
-
-def cohort_for(volume_id: str, source: str | None, configured: str | None) -> str | None:
-    """The cohort folder holding this scan's truth, or None when it has none."""
-    candidates = [Path(configured)] if configured else []
-    if source:
-        candidates.append(Path(source).parent.parent)
-    for c in candidates:
-        if lesion_files(c, volume_id)[0].is_file():
-            return str(c)
-    return None
-
-
-def cohort_confounder(cohort: str | Path) -> tuple[str, str] | None:
-    """(kind, target label) from the cohort's cohort.json, or None."""
-    path = Path(cohort) / "cohort.json"
-    if not path.is_file():
-        return None
-    spec = json.loads(path.read_text()).get("confounder")
-    return (spec["kind"], spec["label"]) if spec else None
-
-
-def to_stored_grid(path: Path, stored_shape: tuple[int, ...], stored_attrs: Any) -> np.ndarray:
-    """A label map in a scan's own grid -> the stored volume's voxels (ingest's reorientation + nearest)."""
-    import nibabel as nib
-
-    from ctplatform.scans.orient import to_store_orientation, voxel_spacing
-    from ctplatform.scans.resample import resample, resampled_affine
-
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    oriented, aff = to_store_orientation(data, img.affine)
-    spacing = voxel_spacing(aff)
-    target = tuple(float(s) for s in stored_attrs.get("spacing_mm", spacing))
-    out = resample(oriented, spacing, target, order=0)
-    aff = resampled_affine(aff, spacing, target)
-    want = stored_attrs.get("affine")
-    if out.shape != tuple(stored_shape) or (want is not None and not np.allclose(aff, np.asarray(want), atol=1e-3)):
-        raise TruthMismatchError(
-            f"{path.name} resampled to {out.shape} does not match the stored volume {tuple(stored_shape)} "
-            "(or its affine): was the store ingested from this cohort's scans?"
-        )
-    return out
-
-
-def truth_on_grid(
-    cohort: str | Path,
-    volume_id: str,
-    stored_shape: tuple[int, ...],
-    stored_attrs: Any,
-    geometry: ModelGeometry,
-    method: str = "area",
-) -> GridTruth:
-    """Lesion cells per label and the confounder region on the feature grid of one scan."""
-    import pandas as pd
-
-    from ctplatform.partition.grid import downsample_bits
-    from ctplatform.phantom.anatomy import ORGAN_CODES
-
-    cohort = Path(cohort)
-    lesion_path, organ_path = lesion_files(cohort, volume_id)
-    codes = pd.read_csv(cohort / "truth" / "lesion_codes.csv")
-    bits = to_stored_grid(lesion_path, stored_shape, stored_attrs).astype(np.uint16)
-    cells = downsample_bits(center_crop_or_pad(bits, geometry.input_shape, fill=0), geometry.grid, method)
-    lesions = np.zeros((N_LABELS, *geometry.grid), dtype=bool)
-    for bit, name in zip(codes["bit"], codes["label"]):
-        lesions[label_by_name(name).index] |= (cells & np.uint16(1 << int(bit))) > 0
+def decode(cells: np.ndarray, labels: list[str]) -> GridTruth:
+    """A grid truth bitfield [H, D1, D2] and its bit names -> lesion cells per label and the confounder."""
+    lesions = np.zeros((N_LABELS, *cells.shape), dtype=bool)
     confounder = None
-    spec = cohort_confounder(cohort)
-    if spec is not None:
-        organs = to_stored_grid(organ_path, stored_shape, stored_attrs)
-        region = (organs == ORGAN_CODES[CONFOUNDER_ORGAN[spec[0]]]).astype(np.uint8)
-        confounder = downsample_bits(center_crop_or_pad(region, geometry.input_shape, fill=0), geometry.grid, method) > 0
+    for bit, name in enumerate(labels):
+        hit = (cells & cells.dtype.type(1 << bit)) != 0
+        if name == CONFOUNDER:
+            confounder = hit if confounder is None else confounder | hit
+        else:
+            lesions[label_by_name(name).index] |= hit
     return GridTruth(lesions, confounder)
 
 
+def grid_truth_fingerprint(store: Store, volume_id: str, geometry: str, method: str) -> str | None:
+    """The source_sha256 of a usable grid truth (see the module docstring), or None."""
+    try:
+        sha = store.truth(volume_id).attrs.get("source_sha256")
+        grid = store.grid_truth(geometry, method, volume_id)
+    except IncompleteItemError:
+        return None
+    return sha if sha and grid.attrs.get("source_sha256") == sha else None
+
+
+@dataclass
+class TruthSurvey:
+    """Which scans have usable grid truth, and the confounder they mark."""
+
+    fingerprints: dict[str, str | None]  # volume_id -> source_sha256 of its truth, or None
+    confounder: tuple[str, str] | None = None  # (kind, target label) of the confounder region
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_with_truth(self) -> int:
+        return sum(v is not None for v in self.fingerprints.values())
+
+
+def survey(store: Store, ids: list[str], geometry: ModelGeometry, method: str) -> TruthSurvey:
+    """Look up the grid truth of `ids` (attributes only, no arrays) and log what was found."""
+    with_truth = set(store.truth_ids())
+    prints = {v: grid_truth_fingerprint(store, v, geometry.name, method) if v in with_truth else None for v in ids}
+    out = TruthSurvey(prints)
+    stale = sorted(v for v in ids if v in with_truth and prints[v] is None)
+    if stale:
+        out.notes.append(
+            f"{len(stale)} scan(s) have lesion truth but none current on the {geometry.name} grid ({method}): "
+            "re-run `ctplatform partition` to put it there; they are scored without localization"
+        )
+    specs: Counter[tuple[str, str]] = Counter()
+    for v, fp in prints.items():
+        spec = store.grid_truth(geometry.name, method, v).attrs.get("confounder") if fp else None
+        if spec:
+            specs[(str(spec.get("kind", "")), str(spec.get("label", "")))] += 1
+    if specs:
+        out.confounder = specs.most_common(1)[0][0]
+        if len(specs) > 1:
+            out.notes.append(f"scans disagree on the confounder ({dict(specs)}); using {out.confounder}")
+    if out.n_with_truth:
+        log.info("true lesion masks in the store for %d of %d scans", out.n_with_truth, len(ids))
+    else:
+        log.info("no lesion truth in the store for these scans: localization metrics are left out "
+                 "(ingest scans with a truth mask to get them; docs/ingest.md)")
+    for note in out.notes:
+        log.warning(note)
+    return out
+
+
+def confounder_label(spec: tuple[str, str] | None) -> int | None:
+    """Index of the label a confounder tracks, or None (no confounder, or none named)."""
+    return label_by_name(spec[1]).index if spec and spec[1] else None
+
+
 class TruthReader:
-    """Grid truth for the scans of one task: {volume_id: cohort folder or None}."""
+    """Grid truth of one scan from the store, with the method evaluation uses."""
 
-    def __init__(self, cohorts: dict[str, str | None], store_root: str, geometry: ModelGeometry, method: str = "area") -> None:
-        from ctplatform.store import Store
-
-        self.cohorts = cohorts
+    def __init__(self, store_root: str, geometry: ModelGeometry, method: str = "area") -> None:
         self.store = Store(store_root)
         self.geometry = geometry
         self.method = method
 
     def grid_truth(self, volume_id: str) -> GridTruth | None:
-        cohort = self.cohorts.get(volume_id)
-        if cohort is None:
+        if grid_truth_fingerprint(self.store, volume_id, self.geometry.name, self.method) is None:
             return None
-        vol = self.store.volume(volume_id)
-        return truth_on_grid(cohort, volume_id, tuple(vol.shape), vol.attrs, self.geometry, self.method)
+        arr = self.store.grid_truth(self.geometry.name, self.method, volume_id)
+        if tuple(arr.shape) != tuple(self.geometry.grid):
+            raise ValueError(f"grid truth has shape {tuple(arr.shape)}, the model's grid is {self.geometry.grid}")
+        return decode(arr[...], list(arr.attrs["truth_labels"]))
+
+
+def read_grid_truth(store_root: str, volume_id: str, geometry: ModelGeometry, method: str = "area") -> Any:
+    """One scan's GridTruth, or None when the store holds none usable."""
+    return TruthReader(store_root, geometry, method).grid_truth(volume_id)

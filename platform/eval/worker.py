@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 
 from ctplatform.config import Config
-from ctplatform.eval.scoring import ScanScores, SliceSums
+from ctplatform.eval.figures import render_scan
+from ctplatform.eval.scoring import ScanScores, SliceSums, explain, score_outputs
+from ctplatform.model.allowed_regions import allowed_regions
+from ctplatform.model.axialnet import AxialNet
+from ctplatform.model.dataset import SplitIndex, StoreDataset, read_crop
+from ctplatform.store import Store
 
 #: Offset of the randomised model's seed from eval.seed (a constant far from usual training seeds).
 SANITY_SEED = 982_451_653
@@ -28,8 +33,6 @@ def _device():
 def _build(state: dict, cfg_json: dict, threads: int):
     """The trained model on this worker's device (a GPU when the task was given one)."""
     import torch
-
-    from ctplatform.model.axialnet import AxialNet
 
     torch.set_num_threads(max(1, threads))
     run_cfg = Config.model_validate(cfg_json)
@@ -50,8 +53,6 @@ def worker_options(e: Any) -> dict[str, Any]:
 
 
 def _dataset(run_cfg: Config, store_root: str, ids: list[str], y: np.ndarray, bits: np.ndarray):
-    from ctplatform.model.dataset import SplitIndex, StoreDataset
-
     return StoreDataset(
         store_root,
         SplitIndex(list(ids), y, bits),
@@ -77,13 +78,11 @@ def score_volumes(
 ) -> dict[str, Any]:
     """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
 
+    truth: volume_id -> fingerprint of its grid truth in the store (eval.truth.survey), None without.
+
     Pure with respect to Ray (called inside a task, or directly in tests); opts: worker_options().
     """
     import torch
-
-    from ctplatform.eval.scoring import explain, score_outputs
-    from ctplatform.model.allowed_regions import allowed_regions
-    from ctplatform.model.axialnet import AxialNet
 
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
@@ -93,7 +92,7 @@ def score_volumes(
     if truth and any(truth.values()):
         from ctplatform.eval.truth import TruthReader
 
-        reader = TruthReader(truth, store_root, geometry, opts.get("truth_method", "area"))
+        reader = TruthReader(store_root, geometry, opts.get("truth_method", "area"))
     random_model = None
     if np.any(sanity):
         # Every task draws the same randomised model, and never the training run's own initialisation
@@ -119,7 +118,8 @@ def score_volumes(
             rand = explain(random_model, x, chunk)["hirescam"]
         lesions = confounders = None
         if reader is not None:
-            found = [_grid_truth(reader, ids[it["index"]], errors) for it in items]
+            found = [_grid_truth(reader, ids[it["index"]], errors) if truth.get(ids[it["index"]]) else None
+                     for it in items]
             lesions = [f.lesions if f else None for f in found]
             confounders = [f.confounder if f else None for f in found]
         scans.extend(
@@ -150,7 +150,7 @@ def score_volumes(
 
 
 def _grid_truth(reader: Any, volume_id: str, errors: list[tuple[str, str]]) -> Any:
-    """The scan's grid truth, or None (the scan is still scored) when its truth files are unusable."""
+    """The scan's grid truth, or None (the scan is still scored) when its stored truth is unusable."""
     try:
         return reader.grid_truth(volume_id)
     except Exception as e:
@@ -172,12 +172,6 @@ def render_volume(
     opts: dict[str, Any],
 ) -> list[str]:
     """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
-    from ctplatform.eval.figures import render_scan
-    from ctplatform.eval.scoring import explain
-    from ctplatform.model.allowed_regions import allowed_regions
-    from ctplatform.store import Store
-    from ctplatform.model.dataset import read_crop
-
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
     item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]

@@ -6,6 +6,9 @@ import argparse
 
 from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Ingest CT scans into the store: canonical orientation, resampling, int16 HU, Zarr.
 
 PATH is a folder searched recursively for NIfTI files (.nii, .nii.gz), RAD-ChestCT .npz files and
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
 
     try:
         df = run_ingest(args.input, cfg, overwrite=args.overwrite)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # a missing input, a bad listing, a store path that is a file
         print(f"ctplatform ingest: {e}", file=sys.stderr)
         return 2
     if df.empty:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,16 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config, IngestConfig
+from ctplatform.scans.dicom import series_files
+from ctplatform.scans.discover import discover
+from ctplatform.scans.preprocess import to_store
+from ctplatform.scans.pseudonym import PSEUDONYMISED_SOURCE, load_key, scrub
+from ctplatform.scans.readers import ctrate_metadata_row, detect_format, read_scan
 from ctplatform.scans.scan import ScanError
+from ctplatform.scans.sizing import ReadLimits
+from ctplatform.ingest.truth import prepare_truth, store_truth, truth_source
+from ctplatform.runtime import TaskResources, init_ray, map_volumes
+from ctplatform.store import MANIFEST_COLUMNS, IncompleteItemError, Store, manifest_row
 
 log = logging.getLogger("ctplatform.ingest")
 
@@ -40,23 +48,6 @@ MANIFEST_EVERY = 200
 #: Retries of a task whose worker died (ingest_one itself never raises for bad input).
 TASK_RETRIES = 2
 MANIFEST_SECONDS = 60.0
-#: Manifest columns, in order (the store contract's columns first).
-MANIFEST_COLUMNS = [
-    "volume_id",
-    "source",
-    "format",
-    "status",
-    "error",
-    "shape",
-    "spacing",
-    "sha256",
-    "split",
-    "original_shape",
-    "original_spacing",
-    "original_orientation",
-    "skipped",
-    "seconds",
-]
 _BUF = 1 << 20
 
 
@@ -69,8 +60,6 @@ def _hash_file(h: "hashlib._Hash", path: Path) -> None:
 def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = None) -> str:
     """sha256 of what the volume is made from: the file, every file of a DICOM series (with its
     name), and for CT-RATE the metadata values used."""
-    from ctplatform.scans.dicom import series_files
-
     path = Path(path)
     h = hashlib.sha256()
     if fmt == "dicom":
@@ -85,24 +74,18 @@ def source_sha256(path: str | Path, fmt: str, extra: dict[str, Any] | None = Non
 
 
 def _status(row: dict, **fields: Any) -> dict:
-    out = {
-        "volume_id": row["volume_id"],
-        "source": row["path"],
-        "format": row.get("format") or "",
-        "status": "failed",
-        "error": "",
-        "shape": [],
-        "spacing": [],
-        "sha256": "",
-        "split": row.get("split") or "",
-        "original_shape": [],
-        "original_spacing": [],
-        "original_orientation": "",
-        "skipped": False,
-        "seconds": 0.0,
-    }
-    out.update(fields)
-    return out
+    """The manifest row of a discovered scan: failed unless `fields` say otherwise.
+
+    A pseudonymised row (`private` set) never shows its path: its source is `(pseudonymised)` and
+    the names below the input root are scrubbed from its error."""
+    private = row.get("private") or ""
+    if private and fields.get("error"):
+        fields["error"] = scrub(fields["error"], row["path"], private)
+    # A pseudonymised row's path holds the names the pseudonym hides.
+    source = PSEUDONYMISED_SOURCE if private else row["path"]
+    base = {"volume_id": row["volume_id"], "source": source, "format": row.get("format") or "",
+            "split": row.get("split") or ""}
+    return manifest_row(**{**base, **fields})
 
 
 def _settings_match(attrs: Any, cfg: IngestConfig) -> bool:
@@ -129,10 +112,6 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
     Skips (status ok, skipped True) when a finished volume made from the same source sha256 with the
     same spacing/HU range/interpolation exists, unless `overwrite`.
     """
-    from ctplatform.scans.preprocess import to_store
-    from ctplatform.scans.readers import ctrate_metadata_row, detect_format, read_scan
-    from ctplatform.store import IncompleteItemError, Store
-
     start = time.perf_counter()
     fmt = row.get("format") or ""
     try:
@@ -147,11 +126,17 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         if fmt == "ctrate":
             metadata = ctrate_metadata_row(path, row.get("metadata") or cfg.ctrate_metadata)
         sha = source_sha256(path, fmt, metadata)
+        truth = truth_source(row)
         store = Store(store_root)
         if not overwrite:
             try:
                 arr = store.volume(row["volume_id"])
                 if arr.attrs.get("source_sha256") == sha and _settings_match(arr.attrs, cfg):
+                    # The volume is current; its truth may be new (a store from before truth was stored).
+                    if truth is not None:
+                        store_truth(store, row["volume_id"], truth, arr.shape, dict(arr.attrs), cfg.chunk_slices)
+                    else:
+                        store.remove_truth(row["volume_id"])
                     return _status(
                         row,
                         format=fmt,
@@ -163,11 +148,17 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
                     )
             except IncompleteItemError:
                 pass  # absent or half-written by a killed run: (re)do it
-        scan = read_scan(path, fmt, metadata)
+        scan = read_scan(path, fmt, metadata, ReadLimits.from_config(cfg))
         hu16, attrs = to_store(scan, cfg)
         del scan
         attrs["source_sha256"] = sha
+        # Truth is carried (and checked) before anything is written: a mask that does not fit fails the row.
+        truth_item = prepare_truth(truth, hu16.shape, attrs) if truth is not None else None
         store.write_volume(row["volume_id"], hu16, attrs, chunk_slices=cfg.chunk_slices)
+        if truth_item is not None:
+            store.write_truth(row["volume_id"], *truth_item, chunk_slices=cfg.chunk_slices)
+        else:
+            store.remove_truth(row["volume_id"])
         return _status(
             row,
             format=fmt,
@@ -182,6 +173,8 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         error = "out of memory while ingesting; raise ingest.memory_per_task_gb or use a coarser spacing"
     except PermissionError as e:
         error = f"permission denied: {e.filename or row['path']}; fix its permissions and re-run"
+    except OSError as e:  # the store or the source is not where or what it should be
+        error = f"cannot read or write {e.filename or 'a file'}: {e.strerror or type(e).__name__}"
     except Exception as e:  # a bug or an unforeseen file problem: the job must go on
         # DICOM library messages may quote header values: only the exception type leaves the task.
         detail = type(e).__name__ if fmt == "dicom" else f"{type(e).__name__}: {str(e)[:300]}"
@@ -204,7 +197,7 @@ def exit_status(results: pd.DataFrame, fail_fraction: float) -> int:
 
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
 
 
 def _check_memory_request(request: float) -> None:
@@ -224,13 +217,7 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
 
     manifest.parquet receives every row (upsert by volume_id).
     """
-    import ray
-
-    from ctplatform.scans.discover import discover
-    from ctplatform.runtime import init_ray
-    from ctplatform.store import Store
-
-    rows = discover(input_path)
+    rows = discover(input_path, load_key(cfg.ingest.pseudonymise_key, cfg.store_path))
     store = Store(cfg.store_path)
     store.group  # create the store once here, not concurrently in the tasks
     if not rows:
@@ -244,41 +231,24 @@ def run_ingest(input_path: str | Path, cfg: Config, overwrite: bool = False) -> 
         init_ray(cfg)
         request = cfg.ingest.memory_per_task_gb * 1e9
         _check_memory_request(request)
-        ctx = ray.data.DataContext.get_current()
-        previous = ctx.max_errored_blocks
-        # One row per block: a worker killed (e.g. by the OOM killer) loses only its own scan.
-        ctx.max_errored_blocks = len(todo)
-        try:
-            with warnings.catch_warnings():
-                # Ray 2.60 has no named parameter for max_retries yet (ray_remote_args is deprecated
-                # for removal in 2.64); without it a scan that kills its worker is retried forever.
-                warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-                ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map(
-                    ingest_one,
-                    fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
-                    compute=ray.data.TaskPoolStrategy(size=cfg.ingest.max_tasks_in_flight),
-                    num_cpus=cfg.ingest.cpus_per_task,
-                    memory=request,
-                    max_retries=TASK_RETRIES,
-                )
-            pending: list[dict] = []
-            last = time.monotonic()
-            for out in ds.iter_rows():
-                out = {k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in out.items()}
-                results.append(out)
-                pending.append(out)
-                if len(pending) >= MANIFEST_EVERY or time.monotonic() - last > MANIFEST_SECONDS:
-                    store.upsert_table("manifest", _frame(pending))
-                    pending, last = [], time.monotonic()
-        finally:
-            ctx.max_errored_blocks = previous
-        done = {r["volume_id"] for r in results}
-        for r in todo:
-            if r["volume_id"] not in done:  # its task died after Ray's retries
-                results.append(
-                    _status(r, error="the ingest task died (out of memory, or a crash in a decoder); see the Ray "
-                            "logs, raise ingest.memory_per_task_gb if needed, and re-run")
-                )
+        results += map_volumes(
+            todo,
+            ingest_one,
+            fn_kwargs={"store_root": store.root, "ingest_cfg_dict": ingest_dict, "overwrite": overwrite},
+            resources=TaskResources(
+                num_cpus=cfg.ingest.cpus_per_task,
+                memory_bytes=request,
+                max_in_flight=cfg.ingest.max_tasks_in_flight,
+                max_retries=TASK_RETRIES,
+            ),
+            on_rows=lambda rows: store.upsert_table("manifest", _frame(rows)),
+            every=MANIFEST_EVERY,
+            seconds=MANIFEST_SECONDS,
+            failed_row=lambda r: _status(
+                r, error="the ingest task died (out of memory, or a crash in a decoder); see the Ray "
+                "logs, raise ingest.memory_per_task_gb if needed, and re-run"
+            ),
+        )
     df = _frame(results)
     store.upsert_table("manifest", df)
     return df.sort_values("volume_id", kind="stable").reset_index(drop=True)

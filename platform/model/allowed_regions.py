@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
-from ctplatform.labels import ORGANS
+from ctplatform.labels import ORGAN_BITS, ORGANS
 
 
 def organ_selector(region_bits: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 80] organ bitmasks (see labels.encode_volume_labels) -> float [B, 80, 3]."""
-    shifts = torch.arange(len(ORGANS), device=region_bits.device, dtype=region_bits.dtype)
-    return ((region_bits.unsqueeze(-1) >> shifts) & 1).float()
+    """uint8 [..., 80] organ bitmasks (labels.encode_volume_labels) -> float [..., 80, 3]: 1 where the
+    label allows the organ channel. The one decoder of region bits."""
+    bits = torch.tensor([ORGAN_BITS[name] for name in ORGANS], device=region_bits.device, dtype=region_bits.dtype)
+    return ((region_bits.unsqueeze(-1) & bits) != 0).float()
 
 
 def allowed_regions(region_bits: torch.Tensor, grid_masks: torch.Tensor) -> torch.Tensor:

@@ -65,13 +65,30 @@ class SplitIndex:
     ids: list[str]
     y: np.ndarray  # float32 [N, 80]
     region_bits: np.ndarray  # uint8 [N, 80]
+    qc_excluded: int = 0  # scans left out for a partition QC flag in `exclude_qc_flags`
+    qc_fallback: int = 0  # kept scans whose grid masks are QC's heuristic fallback
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def load_split(store: Store, split: str) -> SplitIndex:
-    """Scans of `split` (manifest status ok) that have labels; others are skipped with a warning."""
+def qc_flags(store: Store) -> dict[str, tuple[set[str], bool]]:
+    """volume id -> (partition QC flags, fallback) from partition.parquet (empty when absent)."""
+    table = store.read_table("partition")
+    if table is None or "qc_flags" not in table.columns:
+        return {}
+    fallback = table["fallback"] if "fallback" in table.columns else [False] * len(table)
+    return {
+        str(v): ({f for f in str(flags or "").split(";") if f}, bool(fb))
+        for v, flags, fb in zip(table["volume_id"], table["qc_flags"], fallback)
+    }
+
+
+def load_split(store: Store, split: str, exclude_qc_flags: tuple[str, ...] | list[str] = ()) -> SplitIndex:
+    """Scans of `split` (manifest status ok) that have labels; others are skipped with a warning.
+
+    Scans whose partition QC raised one of `exclude_qc_flags` (e.g. `no_lungs`: nothing for the
+    mask loss to hold attention to) are left out and counted (`qc_excluded`, never named)."""
     manifest = store.read_table("manifest")
     if manifest is None:
         raise FileNotFoundError(f"{store.root} has no manifest.parquet: run `ctplatform ingest` first")
@@ -101,10 +118,24 @@ def load_split(store: Store, split: str) -> SplitIndex:
         log.warning(
             "%d of %d %r scans have no rows in labels.parquet and are skipped", len(ids) - len(kept), len(ids), split
         )
+    excluded = fallback = 0
+    if exclude_qc_flags:
+        qc = qc_flags(store)
+        keep = [not (qc.get(v, (set(), False))[0] & set(exclude_qc_flags)) for v in kept]
+        excluded = keep.count(False)
+        kept = [v for v, k in zip(kept, keep) if k]
+        ys = [y for y, k in zip(ys, keep) if k]
+        bits = [b for b, k in zip(bits, keep) if k]
+        fallback = sum(qc.get(v, (set(), False))[1] for v in kept)
+        if excluded:
+            log.warning("%d of %d %r scans are left out: partition QC flagged %s", excluded, len(keep), split,
+                        "/".join(exclude_qc_flags))
     return SplitIndex(
         kept,
         np.stack(ys) if ys else np.zeros((0, N_LABELS), np.float32),
         np.stack(bits) if bits else np.zeros((0, N_LABELS), np.uint8),
+        excluded,
+        fallback,
     )
 
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ctplatform.config import Config
+from ctplatform.labels import ORGAN_CODES
 
-HELP = """Segment the right lung, left lung and mediastinum of every ingested volume (PARTITION).
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
 
-Writes STORE/data.zarr/organs/<id> (uint8: 1 right lung, 2 left lung, 3 mediastinum), the grid
+_CODES = ", ".join(f"{code} {name.replace('_', ' ')}" for name, code in ORGAN_CODES.items())
+HELP = f"""Segment the right lung, left lung and mediastinum of every ingested volume (PARTITION).
+
+Writes STORE/data.zarr/organs/<id> (uint8: {_CODES}), the grid
 masks grid/<geometry>/<variant>/<id> for the model geometry of the configuration (all six
 variants: nearest, trilinear, area, each with and without dilation), and one row per volume in
 STORE/partition.parquet (lung volumes in mL, bounding boxes, QC flags, fallback, seconds).

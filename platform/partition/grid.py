@@ -22,6 +22,11 @@ Fallback (QC failed): the paper's heuristic regions on the grid, the cells that 
 half (right lung), the left half (left lung) and the centre half (mediastinum) of the input's x
 extent, over every slice group and row; for 6 columns this is the published 0:3, 3:6 and 1:5.
 The dilated variants dilate these too, as the published code did.
+
+Lesion truth (store.read_truth, a bitfield on the volume's voxels) takes the organs' path onto the
+grid: `truth_on_grid` crops it like the volume and downsamples every bit at once with
+`downsample_bits`, so `area` marks a cell when any lesion voxel falls in it. There is no fallback
+and no dilation for truth.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from scipy import ndimage
 
 from ctplatform.config import GRID_METHODS, GRID_VARIANTS
 from ctplatform.geometry import ModelGeometry, center_crop_or_pad
+from ctplatform.labels import CODE_BITS, ORGAN_BITS, ORGANS
 
-N_ORGANS = 3
-#: organ code -> bit: right lung 1, left lung 2, mediastinum 4 (code 0 -> no bit).
-_BITS = np.array([0, 1, 2, 4], dtype=np.uint8)
+N_ORGANS = len(ORGANS)
+#: organ code -> organ bit (labels.CODE_BITS).
+_BITS = np.array(CODE_BITS, dtype=np.uint8)
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
@@ -77,7 +83,7 @@ def _or_windows(a: np.ndarray, starts: np.ndarray, stops: np.ndarray, axis: int)
 
 
 def downsample_bits(bits: np.ndarray, grid: tuple[int, int, int], method: str) -> np.ndarray:
-    """Organ bits uint8 [Z, Y, X] -> uint8 [H, D1, D2] with each bit set where that organ is > 0."""
+    """Bits [Z, Y, X] (any unsigned dtype) -> [H, D1, D2] of that dtype with each bit set where it is > 0."""
     out = bits
     for axis, n_out in enumerate(grid):
         n_in = out.shape[axis]
@@ -95,7 +101,7 @@ def downsample_bits(bits: np.ndarray, grid: tuple[int, int, int], method: str) -
 
 def unpack(bits: np.ndarray) -> np.ndarray:
     """uint8 organ bits [H, D1, D2] -> bool [3, H, D1, D2] (right lung, left lung, mediastinum)."""
-    return np.stack([(bits & (1 << k)) != 0 for k in range(N_ORGANS)])
+    return np.stack([(bits & ORGAN_BITS[name]) != 0 for name in ORGANS])
 
 
 def dilate(mask: np.ndarray) -> np.ndarray:
@@ -146,3 +152,11 @@ def grid_masks(
             plain[method] = heuristic_grid(geometry) if bits is None else unpack(downsample_bits(bits, geometry.grid, method))
         out[variant] = dilate(plain[method]) if variant.endswith("-dilated") else plain[method].copy()
     return out
+
+
+def truth_on_grid(bits: np.ndarray, geometry: ModelGeometry, methods: tuple[str, ...] = GRID_METHODS) -> dict[str, np.ndarray]:
+    """A truth bitfield on the volume's voxels -> the same bits on the feature grid, per method."""
+    if not np.issubdtype(bits.dtype, np.unsignedinteger) or bits.ndim != 3:
+        raise ValueError(f"truth is an unsigned-integer bitfield [z, y, x]; got {bits.dtype} {bits.shape}")
+    cropped = center_crop_or_pad(bits, geometry.input_shape, fill=0)
+    return {m: downsample_bits(cropped, geometry.grid, m) for m in methods}

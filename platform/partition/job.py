@@ -14,14 +14,13 @@ slabs: about 1.5 GB for a 350 x 625 x 625 volume at 0.8 mm (`partition.memory_pe
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config
-from ctplatform.partition.volume import empty_row, is_complete, partition_volume
+from ctplatform.partition.volume import empty_row, grid_truth_current, is_complete, partition_volume
+from ctplatform.runtime import TaskResources, init_ray, map_volumes
 from ctplatform.store import Store
 
 log = logging.getLogger("ctplatform.partition")
@@ -36,9 +35,13 @@ def _task(row: dict[str, Any], store_root: str, cfg_dict: dict[str, Any]) -> dic
 
 
 def _frame(rows: list[dict[str, Any]], cfg: Config) -> pd.DataFrame:
-    columns = list(empty_row("x", cfg))
-    clean = [{k: (list(v) if isinstance(v, np.ndarray) else v) for k, v in r.items()} for r in rows]
-    return pd.DataFrame(clean, columns=columns)
+    return pd.DataFrame(rows, columns=list(empty_row("x", cfg)))
+
+
+def _died(volume_id: str, cfg: Config) -> dict[str, Any]:
+    row = empty_row(volume_id, cfg)
+    row["error"] = "the partition task died (out of memory?); raise partition.memory_per_task_gb and re-run"
+    return row
 
 
 def volumes_to_do(store: Store, cfg: Config, overwrite: bool = False) -> tuple[list[str], list[str]]:
@@ -59,6 +62,8 @@ def volumes_to_do(store: Store, cfg: Config, overwrite: bool = False) -> tuple[l
     finished = set(store.organ_ids())
     for variant in cfg.partition.variants:
         finished &= set(store.grid_ids(cfg.model.geometry.name, variant))
+    # Volumes with truth but no current grid truth (e.g. truth added to an older store) are redone.
+    finished -= {i for i in store.truth_ids() if i in finished and not grid_truth_current(store, i, cfg.model.geometry)}
     done = [i for i in ids if i in ok and i in finished]
     done_set = set(done)
     return [i for i in ids if i not in done_set], done
@@ -66,10 +71,6 @@ def volumes_to_do(store: Store, cfg: Config, overwrite: bool = False) -> tuple[l
 
 def run_partition(cfg: Config, overwrite: bool = False) -> pd.DataFrame:
     """Partition every finished volume of `cfg.store_path`; returns this run's rows (skipped ones excluded)."""
-    import ray
-
-    from ctplatform.runtime import init_ray
-
     store = Store(cfg.store_path)
     if not store.exists():
         raise FileNotFoundError(f"no store at {store.root}: run `ctplatform ingest` first")
@@ -81,37 +82,20 @@ def run_partition(cfg: Config, overwrite: bool = False) -> pd.DataFrame:
     if not todo:
         return _frame([], cfg)
     init_ray(cfg)
-    cfg_dict = cfg.model_dump(mode="json")
-    ctx = ray.data.DataContext.get_current()
-    previous = ctx.max_errored_blocks
-    ctx.max_errored_blocks = len(todo)  # one volume per block: a killed worker loses only its own
-    results: list[dict[str, Any]] = []
-    try:
-        ds = ray.data.from_items([{"volume_id": i} for i in todo], override_num_blocks=len(todo)).map(
-            _task,
-            fn_kwargs={"store_root": store.root, "cfg_dict": cfg_dict},
-            compute=ray.data.TaskPoolStrategy(size=cfg.partition.max_concurrent_tasks),
+    results = map_volumes(
+        [{"volume_id": i} for i in todo],
+        _task,
+        fn_kwargs={"store_root": store.root, "cfg_dict": cfg.model_dump(mode="json")},
+        resources=TaskResources(
             num_cpus=cfg.partition.cpus_per_task,
-            memory=cfg.partition.memory_per_task_gb * 1e9,
-        )
-        pending: list[dict[str, Any]] = []
-        last = time.monotonic()
-        for row in ds.iter_rows():
-            results.append(row)
-            pending.append(row)
-            if len(pending) >= TABLE_EVERY or time.monotonic() - last > TABLE_SECONDS:
-                store.upsert_table("partition", _frame(pending, cfg))
-                pending, last = [], time.monotonic()
-    finally:
-        ctx.max_errored_blocks = previous
-    seen = {r["volume_id"] for r in results}
-    for volume_id in todo:
-        if volume_id not in seen:  # its task died after Ray's retries (e.g. out of memory)
-            row = empty_row(volume_id, cfg)
-            row["error"] = (
-                "the partition task died (out of memory?); raise partition.memory_per_task_gb and re-run"
-            )
-            results.append(row)
+            memory_bytes=cfg.partition.memory_per_task_gb * 1e9,
+            max_in_flight=cfg.partition.max_concurrent_tasks,
+        ),
+        on_rows=lambda rows: store.upsert_table("partition", _frame(rows, cfg)),
+        every=TABLE_EVERY,
+        seconds=TABLE_SECONDS,
+        failed_row=lambda r: _died(r["volume_id"], cfg),
+    )
     df = _frame(results, cfg)
     store.upsert_table("partition", df)
     failed = int((df["status"] != "ok").sum())

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ctplatform.labels import ORGAN_CODES
 from ctplatform.partition.airways import find_airways
 from ctplatform.partition.lungs import (
     bounding_box,
@@ -38,11 +39,11 @@ from ctplatform.partition.lungs import (
     segment_lungs_reference,
 )
 
-RIGHT_LUNG, LEFT_LUNG, MEDIASTINUM = 1, 2, 3
+#: Organ codes of the store's organ maps (labels.ORGAN_CODES owns them).
+RIGHT_LUNG, LEFT_LUNG, MEDIASTINUM = (ORGAN_CODES[name] for name in ("right_lung", "left_lung", "mediastinum"))
 #: 4-connectivity within a slice: the background a hole must not reach (8-connected lungs enclose it).
 SLICE_4 = np.zeros((3, 3, 3), dtype=bool)
 SLICE_4[1] = ndimage.generate_binary_structure(2, 1)
-ORGAN_CODES: dict[str, int] = {"right_lung": RIGHT_LUNG, "left_lung": LEFT_LUNG, "mediastinum": MEDIASTINUM}
 
 
 @dataclass

@@ -1,9 +1,10 @@
 """PARTITION for ONE volume: organ map, quality control, grid masks and the partition.parquet row.
 
 `partition_array` is pure (arrays in, arrays and a row out) and is what the tests exercise;
-`partition_volume` adds the store: it reads the volume, writes `organs/<id>` and every grid variant
-(each write is atomic and replaces the item, so a retried task is harmless) and returns a small
-status row. It never raises: a bad volume gives a row with status `failed` and an error that says
+`partition_volume` adds the store: it reads the volume, writes `organs/<id>` and every grid variant,
+and, when the volume came with lesion truth, that truth on the grid for every downsampling method
+(`write_grid_truth`); each write is atomic and replaces the item, so a retried task is harmless; it
+returns a small status row. It never raises: a bad volume gives a row with status `failed` and an error that says
 what was wrong, and the job goes on.
 """
 
@@ -16,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.config import Config, PartitionConfig
+from ctplatform.config import GRID_METHODS, Config, PartitionConfig
 from ctplatform.geometry import STORE_ORIENTATION, ModelGeometry
-from ctplatform.partition.grid import grid_masks
-from ctplatform.partition.organs import ORGAN_CODES, segment_organs
+from ctplatform.labels import ORGAN_CODES
+from ctplatform.partition.grid import grid_masks, truth_on_grid
+from ctplatform.partition.organs import segment_organs
 from ctplatform.partition.qc import QCResult, quality_control
 from ctplatform.store import IncompleteItemError, Store
 
@@ -150,6 +152,7 @@ def partition_volume(store: Store, volume_id: str, cfg: Config) -> dict[str, Any
         out = partition_array(hu, spacing, cfg.partition, cfg.model.geometry)
         del hu
         write_outputs(store, volume_id, out, attrs, cfg)
+        write_grid_truth(store, volume_id, cfg.model.geometry)
         row.update(out.row, status="ok")
     except (IncompleteItemError, ValueError, MemoryError, OSError) as e:
         row["error"] = f"{type(e).__name__}: {e}"
@@ -161,9 +164,36 @@ def partition_volume(store: Store, volume_id: str, cfg: Config) -> dict[str, Any
     return row
 
 
+def write_grid_truth(store: Store, volume_id: str, geometry: ModelGeometry) -> bool:
+    """The volume's lesion truth on the grid, for every method (a volume without truth: nothing)."""
+    if not store.has_truth(volume_id):
+        return False
+    arr = store.truth(volume_id)
+    attrs = {k: arr.attrs[k] for k in ("truth_labels", "confounder", "source_sha256") if k in arr.attrs}
+    for method, cells in truth_on_grid(arr[...], geometry).items():
+        store.write_grid_truth(geometry.name, method, volume_id, cells,
+                               {**attrs, "geometry": geometry.name, "input_shape": list(geometry.input_shape),
+                                "variant": method})
+    return True
+
+
+def grid_truth_current(store: Store, volume_id: str, geometry: ModelGeometry) -> bool:
+    """No truth, or truth on the grid for every method made from the stored truth (same source_sha256)."""
+    if not store.has_truth(volume_id):
+        return True
+    sha = store.truth(volume_id).attrs.get("source_sha256")
+    return all(
+        store.has_grid_truth(geometry.name, m, volume_id)
+        and store.grid_truth(geometry.name, m, volume_id).attrs.get("source_sha256") == sha
+        for m in GRID_METHODS
+    )
+
+
 def is_complete(store: Store, volume_id: str, cfg: Config) -> bool:
-    """Organ map and every configured grid variant are finished for this volume."""
+    """Organ map, every configured grid variant and any truth on the grid are finished for this volume."""
     geometry = cfg.model.geometry.name
-    return store.has_organs(volume_id) and all(
-        store.has_grid(geometry, v, volume_id) for v in cfg.partition.variants
+    return (
+        store.has_organs(volume_id)
+        and all(store.has_grid(geometry, v, volume_id) for v in cfg.partition.variants)
+        and grid_truth_current(store, volume_id, cfg.model.geometry)
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ctplatform.labels import ORGAN_CODES as STORE_ORGAN_CODES
 from ctplatform.phantom.grid import Point, catmull_rom, rotation_from_axis
 
 #: Organ label map codes of the phantom truth (`truth/<id>.nii.gz`, `Phantom.organs`).
@@ -32,8 +33,19 @@ ORGAN_CODES: dict[str, int] = {
     "table": 10,
     "marker": 11,  # external marker (confounder), outside the body
 }
-#: The store's organ codes (1 right lung, 2 left lung, 3 mediastinum) from phantom codes.
-STORE_ORGAN_FROM_PHANTOM: dict[int, int] = {1: 1, 2: 2, 3: 3, 4: 3, 5: 3, 6: 3}
+#: The store's organ codes (labels.ORGAN_CODES) from phantom codes: the heart, great vessels and
+#: airways lie in the mediastinum region.
+STORE_ORGAN_FROM_PHANTOM: dict[int, int] = {
+    ORGAN_CODES[phantom]: STORE_ORGAN_CODES[store]
+    for phantom, store in (
+        ("right_lung", "right_lung"),
+        ("left_lung", "left_lung"),
+        ("heart", "mediastinum"),
+        ("great_vessels", "mediastinum"),
+        ("mediastinum", "mediastinum"),
+        ("airways", "mediastinum"),
+    )
+}
 
 HU = {
     "air": -1000.0,

@@ -1,15 +1,6 @@
 """A cohort of phantoms on disk: scans, truth, reports, labels and a listing that `ctplatform ingest` reads.
 
-    OUT/scans/<id>.nii.gz            int16 HU, varied orientation/spacing/slice count, true affine
-    OUT/truth/<id>.nii.gz            uint8 organ codes (anatomy.ORGAN_CODES) in the scan's own grid
-    OUT/truth/<id>_lesions.nii.gz    uint16 lesion bits in the scan's grid (truth/lesion_codes.csv)
-    OUT/truth/<id>.json              per-scan record (written last: a scan with it is finished)
-    OUT/scans.csv                    volume_id, path, format, split, confounder, ... (ingest listing)
-    OUT/labels.csv                   volume_id, abnormality, location, value, split, confounder_value
-    OUT/reports.csv                  volume_id, report
-    OUT/cohort.json                  the generation parameters
-    OUT/failed.csv                   scans that could not be made (volume_id, seed, error); a re-run retries them
-    OUT/preview/<id>.png             with --preview
+Its files are laid out as layout.py says (`CohortLayout`).
 
 Each scan is made by a pure function of (cohort seed, index, assignment), in a process pool; a
 re-run skips scans whose record exists, so a killed run resumes.
@@ -35,11 +26,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ctplatform.phantom.anatomy import ORGAN_CODES
 from ctplatform.phantom.findings import IMPLIES, SUPPORTED, check_labels, sample_findings
+from ctplatform.phantom.generate import SIZES, Confounder, make_phantom
+from ctplatform.phantom.layout import CohortLayout
+from ctplatform.phantom.nifti import ORIENTATIONS, lesion_bitmap, lesion_codes_table, reorient, store_affine, write_nifti
 
 log = logging.getLogger("ctplatform.phantom")
 
 FAT_LOW_MM, FAT_HIGH_MM = (4.0, 12.0), (24.0, 34.0)
+#: Phantom organ (anatomy.ORGAN_CODES) that is the region of each confounder kind.
+CONFOUNDER_ORGAN: dict[str, str] = {"fat": "subcutaneous_fat", "marker": "marker"}
+#: Version of a scan's truth files; a record of another version is regenerated (v2: confounder bit).
+TRUTH_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -140,10 +139,7 @@ def volume_id(seed: int, index: int) -> str:
 
 def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, preview: bool) -> dict[str, Any]:
     """Generate and write one scan; returns its record (also saved as truth/<id>.json)."""
-    from ctplatform.phantom.generate import Confounder, make_phantom
-    from ctplatform.phantom.nifti import ORIENTATIONS, lesion_bitmap, reorient, store_affine, write_nifti
-
-    out = Path(out_dir)
+    out = CohortLayout(out_dir)
     vid = volume_id(cohort_seed, row["index"])
     conf = Confounder(row["confounder_kind"], row["confounder_value"]) if row["confounder_kind"] else None
     ph = make_phantom(row["seed"], size, row["findings"], conf)
@@ -151,25 +147,28 @@ def make_one(out_dir: str, cohort_seed: int, row: dict[str, Any], size: str, pre
     orientation = str(rng.choice(ORIENTATIONS))
     offset = (float(rng.uniform(-20, 20)), float(rng.uniform(-200, -120)), float(rng.uniform(-1400, -900)))
     aff = store_affine(ph.origin_mm, ph.spacing_mm, offset)
-    for name, array in ((f"scans/{vid}.nii.gz", ph.hu), (f"truth/{vid}.nii.gz", ph.organs),
-                        (f"truth/{vid}_lesions.nii.gz", lesion_bitmap(ph.lesions, ph.hu.shape))):
+    kind = row["confounder_kind"]
+    region = ph.organs == ORGAN_CODES[CONFOUNDER_ORGAN[kind]] if kind else None
+    for path, array in ((out.scan(vid), ph.hu), (out.organs(vid), ph.organs),
+                        (out.lesions(vid), lesion_bitmap(ph.lesions, ph.hu.shape, region))):
         data, a = reorient(array, aff, orientation)
-        write_nifti(out / name, data, a)
+        write_nifti(path, data, a)
     if preview:
-        from ctplatform.phantom.preview import preview_png
+        from ctplatform.phantom.preview import preview_png  # matplotlib: loaded only when a preview is asked for
 
-        preview_png(ph, out / "preview" / f"{vid}.png", title=vid)
+        preview_png(ph, out.preview(vid), title=vid)
     record = {
         "volume_id": vid, "index": row["index"], "seed": row["seed"], "split": row["split"],
-        "path": f"scans/{vid}.nii.gz", "format": "nifti", "orientation": orientation,
+        "path": out.scan_relpath(vid), "format": "nifti", "orientation": orientation,
         "shape": list(ph.hu.shape), "spacing_mm": [round(s, 4) for s in ph.spacing_mm],
         "confounder_kind": row["confounder_kind"], "confounder_value": row["confounder_value"],
         "fat_mm": round(ph.fat_mm, 2), "marker": ph.marker, "positive_labels": ph.positive_labels,
-        "label_rows": [list(r) for r in ph.label_rows], "report": ph.report,
+        "label_rows": [list(r) for r in ph.label_rows], "report": ph.report, "truth_format": TRUTH_FORMAT,
     }
-    tmp = out / "truth" / f".{vid}.json.tmp"
+    final = out.record(vid)
+    tmp = final.with_name(f".{final.name}.tmp")
     tmp.write_text(json.dumps(record))
-    tmp.replace(out / "truth" / f"{vid}.json")
+    tmp.replace(final)
     return record
 
 
@@ -189,8 +188,6 @@ def generate_cohort(
 
     preview: write a PNG for the first `preview` scans. workers: processes (default: CPUs, at most n).
     """
-    from ctplatform.phantom.generate import SIZES
-
     if n < 1:
         raise ValueError("a cohort needs n >= 1 scans")
     if size not in SIZES:
@@ -202,9 +199,10 @@ def generate_cohort(
               "prevalence": dict(prevalence or {}),
               "cooccurrence": {f"{a}->{b}": v for (a, b), v in (cooccurrence or {}).items()} if cooccurrence is not None else None}
     _check_same_cohort(out, params)
-    for sub in ("scans", "truth") + (("preview",) if preview else ()):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "cohort.json").write_text(json.dumps(params, indent=1))
+    layout = CohortLayout(out)
+    for sub in (layout.scans_dir, layout.truth_dir) + ((layout.preview_dir,) if preview else ()):
+        sub.mkdir(parents=True, exist_ok=True)
+    layout.params.write_text(json.dumps(params, indent=1))
 
     rows = assign(n, seed, confounder, prevalence, cooccurrence)
     records: dict[int, dict[str, Any]] = {}
@@ -247,22 +245,26 @@ def generate_cohort(
                     failure(row, err)
                 bar.update(1)
     bar.close()
-    _write_csv(pd.DataFrame(failed, columns=["volume_id", "seed", "error"]), out / "failed.csv")
-    listing = write_tables(out, [records[i] for i in range(n) if i in records])
+    _write_csv(pd.DataFrame(failed, columns=["volume_id", "seed", "error"]), layout.failed)
+    spec = (confounder.kind, confounder.label) if confounder else None
+    listing = write_tables(out, [records[i] for i in range(n) if i in records], spec)
     listing.attrs["failed"] = len(failed)
     return listing
 
 
 def _finished(out: Path, vid: str) -> dict[str, Any] | None:
-    path = out / "truth" / f"{vid}.json"
-    files = [out / "scans" / f"{vid}.nii.gz", out / "truth" / f"{vid}.nii.gz", out / "truth" / f"{vid}_lesions.nii.gz"]
+    layout = CohortLayout(out)
+    path = layout.record(vid)
+    files = [layout.scan(vid), layout.organs(vid), layout.lesions(vid)]
     if path.is_file() and all(f.is_file() for f in files):
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        # a scan written by an older version lacks truth the store contract needs: make it again
+        return record if record.get("truth_format") == TRUTH_FORMAT else None
     return None
 
 
 def _check_same_cohort(out: Path, params: dict[str, Any]) -> None:
-    path = out / "cohort.json"
+    path = CohortLayout(out).params
     if path.is_file():
         old = json.loads(path.read_text())
         if old != json.loads(json.dumps(params)):
@@ -271,12 +273,12 @@ def _check_same_cohort(out: Path, params: dict[str, Any]) -> None:
             )
 
 
-def write_tables(out: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
-    from ctplatform.phantom.nifti import lesion_codes_table
-
+def write_tables(out: Path, records: list[dict[str, Any]], confounder: tuple[str, str] | None = None) -> pd.DataFrame:
+    """scans.csv (the ingest listing, truth columns included), labels.csv, reports.csv, lesion_codes.csv."""
     listing = pd.DataFrame([
-        {k: r[k] for k in ("volume_id", "path", "format", "split", "confounder_kind", "confounder_value", "fat_mm",
-                           "marker", "orientation", "seed")}
+        {k: r[k] for k in ("volume_id", "path", "format", "split")}
+        | {"truth": f"truth/{r['volume_id']}_lesions.nii.gz", "truth_codes": "truth/lesion_codes.csv"}
+        | {k: r[k] for k in ("confounder_kind", "confounder_value", "fat_mm", "marker", "orientation", "seed")}
         | {"shape": "x".join(map(str, r["shape"])), "spacing_mm": "x".join(f"{s:g}" for s in r["spacing_mm"]),
            "positive_labels": "|".join(r["positive_labels"])}
         for r in records
@@ -287,16 +289,26 @@ def write_tables(out: Path, records: list[dict[str, Any]]) -> pd.DataFrame:
         for r in records for a, loc, v in r["label_rows"]
     ])
     reports = pd.DataFrame([{"volume_id": r["volume_id"], "report": r["report"]} for r in records])
-    _write_csv(listing, out / "scans.csv")
-    _write_csv(labels, out / "labels.csv")
-    _write_csv(reports, out / "reports.csv")
-    _write_csv(pd.DataFrame(lesion_codes_table()), out / "truth" / "lesion_codes.csv")
+    layout = CohortLayout(out)
+    _write_csv(listing, layout.listing)
+    _write_csv(labels, layout.labels)
+    _write_csv(reports, layout.reports)
+    _write_csv(pd.DataFrame(lesion_codes_table(confounder)), layout.lesion_codes)
     return listing
+
+
+def cohort_confounder(out_dir: str | Path) -> tuple[str, str] | None:
+    """(kind, target label) of the cohort's confounder from its cohort.json, or None."""
+    path = Path(out_dir) / "cohort.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text()).get("confounder")
+    return (spec["kind"], spec["label"]) if spec else None
 
 
 def labels_table(out_dir: str | Path, split: str | None = None) -> pd.DataFrame:
     """The cohort's truth labels in the labels.parquet schema (volume_id, abnormality, location, value)."""
-    df = pd.read_csv(Path(out_dir) / "labels.csv", dtype={"volume_id": str, "abnormality": str, "location": str, "split": str},
+    df = pd.read_csv(CohortLayout(out_dir).labels, dtype={"volume_id": str, "abnormality": str, "location": str, "split": str},
                      keep_default_na=False)
     if split is not None:
         df = df[df["split"] == split]

@@ -6,6 +6,9 @@ import argparse
 import logging
 from typing import Any
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Generate synthetic chest CT scans with reports, labels and voxel-exact truth.
 
 Writes OUT/scans/*.nii.gz (varied orientation, spacing and slice count), OUT/truth/ (organ label

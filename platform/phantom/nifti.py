@@ -6,7 +6,9 @@ where every voxel really is, so a reader that honours the affine recovers the sa
 
 Lesion truth is one uint16 NIfTI per scan whose bit k (value 1 << k) marks label k of
 `LESION_BITS` (lesions may overlap, e.g. a nodule inside ground glass); `truth/lesion_codes.csv`
-lists the bits.
+lists the bits. In a confounded cohort, bit `CONFOUNDER_BIT` marks the confounder's region (the
+body-wall fat, or the external marker) and its row in lesion_codes.csv is labelled `confounder`,
+with the confounder's kind and target label: the codes convention ingest reads (ingest/truth.py).
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, i
 from ctplatform.geometry import STORE_AXCODES
 from ctplatform.labels import label_by_name
 from ctplatform.phantom.findings import SUPPORTED
+from ctplatform.phantom.layout import CohortLayout
 
 #: bit index of each lesion label in `truth/<id>_lesions.nii.gz`.
 LESION_BITS: dict[str, int] = {name: k for k, name in enumerate(SUPPORTED)}
+#: bit of the confounder region (the top bit of the uint16 mask, clear of the lesion bits).
+CONFOUNDER_BIT = 15
+assert len(LESION_BITS) < CONFOUNDER_BIT
 #: Orientations scans are written in (axis codes of the array's axes, nibabel convention).
 ORIENTATIONS: tuple[str, ...] = ("LPS", "RAS", "LAS", "RPI", "SPL", "PLS", "IPL")
 
@@ -65,18 +71,26 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def lesion_bitmap(lesions: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+def lesion_bitmap(lesions: dict[str, np.ndarray], shape: tuple[int, ...], confounder: np.ndarray | None = None) -> np.ndarray:
+    """uint16 lesion bits; `confounder` (bool, same shape) sets CONFOUNDER_BIT on its region."""
     out = np.zeros(shape, dtype=np.uint16)
     for name, mask in lesions.items():
         out[mask] |= np.uint16(1 << LESION_BITS[name])
+    if confounder is not None:
+        out[confounder] |= np.uint16(1 << CONFOUNDER_BIT)
     return out
 
 
-def lesion_codes_table() -> list[dict[str, object]]:
-    rows = []
+def lesion_codes_table(confounder: tuple[str, str] | None = None) -> list[dict[str, object]]:
+    """Rows of truth/lesion_codes.csv; `confounder` (kind, target label) adds the confounder's row."""
+    rows: list[dict[str, object]] = []
     for name, bit in LESION_BITS.items():
         lab = label_by_name(name)
-        rows.append({"bit": bit, "value": 1 << bit, "label": name, "abnormality": lab.abnormality, "group": lab.group})
+        rows.append({"bit": bit, "value": 1 << bit, "label": name, "abnormality": lab.abnormality, "group": lab.group,
+                     "kind": "", "target": ""})
+    if confounder is not None:
+        rows.append({"bit": CONFOUNDER_BIT, "value": 1 << CONFOUNDER_BIT, "label": "confounder", "abnormality": "",
+                     "group": "", "kind": confounder[0], "target": confounder[1]})
     return rows
 
 
@@ -91,9 +105,9 @@ def load_ipl(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_truth(out_dir: str | Path, volume_id: str) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[float, float, float]]:
     """Organ codes, lesion masks (label -> bool) and spacing (z, y, x) of one cohort scan, in I-P-L order."""
-    out_dir = Path(out_dir)
-    organs, aff = load_ipl(out_dir / "truth" / f"{volume_id}.nii.gz")
-    bits, _ = load_ipl(out_dir / "truth" / f"{volume_id}_lesions.nii.gz")
+    layout = CohortLayout(out_dir)
+    organs, aff = load_ipl(layout.organs(volume_id))
+    bits, _ = load_ipl(layout.lesions(volume_id))
     bits = bits.astype(np.uint16)
     lesions = {name: (bits & np.uint16(1 << k)) > 0 for name, k in LESION_BITS.items()}
     spacing = tuple(float(v) for v in np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))

@@ -18,6 +18,7 @@ import numpy as np
 
 from ctplatform.scans.orient import LPS_TO_RAS, axis_codes, to_store_orientation, voxel_spacing
 from ctplatform.scans.scan import Scan, ScanError
+from ctplatform.scans.sizing import ReadLimits, check_claim, check_spacing
 
 #: Elements read from each file; nothing else is parsed.
 _TAGS = [
@@ -41,6 +42,8 @@ _TAGS = [
     "NumberOfFrames",
     "PixelData",
 ]
+#: The header pass reads everything but the pixels.
+_HEADER_TAGS = [t for t in _TAGS if t != "PixelData"]
 #: Relative deviation from the median slice gap that counts as uneven spacing (a missing slice gives 100%).
 UNEVEN_TOLERANCE = 0.1
 _ORIENTATION_TOLERANCE = 1e-3
@@ -93,11 +96,65 @@ def _floats(value: object, n: int, what: str, name: str) -> np.ndarray:
     return arr
 
 
-def read_dicom_series(folder: str | Path) -> Scan:
-    """Read one CT series folder into a Scan (slices ordered along the slice normal)."""
+def _read(path: Path, tags: list[str], stop_before_pixels: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    name = path.name
+    try:
+        return pydicom.dcmread(path, specific_tags=tags, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        raise ScanError(f"{name} is not a valid DICOM file (remove it from the series folder)") from None
+    except (OSError, EOFError) as e:
+        raise ScanError(f"{name} could not be read ({type(e).__name__}); the file may be truncated") from None
+    except Exception as e:  # malformed headers raise many types; their messages may quote values
+        raise ScanError(f"{name}: the DICOM header is malformed ({type(e).__name__})") from None
+
+
+def _int(ds: object, tag: str, default: int, name: str) -> int:
+    try:
+        return int(ds.get(tag, default) or default)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise ScanError(f"{name}: {tag} is not an integer") from None
+
+
+def _header(ds: object, name: str) -> dict:
+    """Checks one slice's header and returns its geometry (nothing but geometry is kept)."""
+    modality = str(ds.get("Modality", "")).strip().upper()  # type: ignore[attr-defined]
+    if modality != "CT":
+        raise ScanError(f"{name}: modality is {modality[:8] or 'missing'!r}, not CT; only CT series can be ingested")
+    frames = _int(ds, "NumberOfFrames", 1, name)
+    if frames > 1:
+        raise ScanError(f"{name}: multi-frame DICOM ({frames} frames) is not supported; export single-frame slices")
+    if _int(ds, "SamplesPerPixel", 1, name) != 1 or str(ds.get("PhotometricInterpretation", "")) not in (  # type: ignore[attr-defined]
+        "MONOCHROME2",
+        "",
+    ):
+        raise ScanError(f"{name}: not a greyscale MONOCHROME2 image, not a CT slice")
+    rows, cols = _int(ds, "Rows", 0, name), _int(ds, "Columns", 0, name)
+    if rows < 1 or cols < 1:
+        raise ScanError(f"{name}: Rows/Columns are missing or zero ({rows}x{cols}); not an image")
+    bits = _int(ds, "BitsAllocated", 16, name)
+    if bits not in (8, 16, 32):
+        raise ScanError(f"{name}: BitsAllocated {bits} is not 8, 16 or 32; not a CT slice")
+    spacing = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", name)  # type: ignore[attr-defined]
+    check_spacing(name, spacing, "PixelSpacing")
+    return {
+        "orientation": _floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", name),  # type: ignore[attr-defined]
+        "pixel_spacing": spacing,
+        "size": (rows, cols),
+        "bytes": bits // 8,
+        "position": _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", name),  # type: ignore[attr-defined]
+        "series": str(ds.get("SeriesInstanceUID", "")),  # type: ignore[attr-defined]
+    }
+
+
+def read_dicom_series(folder: str | Path, limits: ReadLimits | None = None) -> Scan:
+    """Read one CT series folder into a Scan (slices ordered along the slice normal).
+
+    Two passes: every header first (no pixel data), so the series is sized (slices x rows x
+    columns) and refused before any pixel is decoded when it cannot fit `limits`; then the pixels.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise ScanError(f"DICOM series path {folder} is not a folder")
@@ -108,41 +165,14 @@ def read_dicom_series(folder: str | Path) -> Scan:
     if not files:
         raise ScanError(f"folder {folder} holds no DICOM files (.dcm or 'DICM' preamble)")
 
-    slices: list[np.ndarray] = []
     positions: list[np.ndarray] = []
-    rescale: list[tuple[float, float]] = []
     series: set[str] = set()
     first: dict[str, object] = {}
     with tolerant_dicom():
         for path in files:
             name = path.name
-            try:
-                ds = pydicom.dcmread(path, specific_tags=_TAGS)
-            except InvalidDicomError:
-                raise ScanError(f"{name} is not a valid DICOM file (remove it from the series folder)") from None
-            except (OSError, EOFError) as e:
-                raise ScanError(f"{name} could not be read ({type(e).__name__}); the file may be truncated") from None
-            modality = str(ds.get("Modality", "")).strip().upper()
-            if modality != "CT":
-                raise ScanError(
-                    f"{name}: modality is {modality or 'missing'!r}, not CT; only CT series can be ingested"
-                )
-            frames = int(ds.get("NumberOfFrames", 1) or 1)
-            if frames > 1:
-                raise ScanError(
-                    f"{name}: multi-frame DICOM ({frames} frames) is not supported; export single-frame slices"
-                )
-            if int(ds.get("SamplesPerPixel", 1)) != 1 or str(ds.get("PhotometricInterpretation", "")) not in (
-                "MONOCHROME2",
-                "",
-            ):
-                raise ScanError(f"{name}: not a greyscale MONOCHROME2 image, not a CT slice")
-            series.add(str(ds.get("SeriesInstanceUID", "")))
-            geom = {
-                "orientation": _floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", name),
-                "pixel_spacing": _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", name),
-                "size": (int(ds.get("Rows", 0)), int(ds.get("Columns", 0))),
-            }
+            geom = _header(_read(path, _HEADER_TAGS, True), name)
+            series.add(geom["series"])
             if not first:
                 first = geom
             else:
@@ -152,7 +182,29 @@ def read_dicom_series(folder: str | Path) -> Scan:
                     raise ScanError(f"mixed series: {name} has a different pixel spacing; put one series per folder")
                 if not np.allclose(geom["orientation"], first["orientation"], atol=_ORIENTATION_TOLERANCE):  # type: ignore[arg-type]
                     raise ScanError(f"mixed series: {name} has a different slice orientation; put one series per folder")
-            positions.append(_floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", name))
+            positions.append(geom["position"])  # type: ignore[arg-type]
+        if len(series) > 1:
+            raise ScanError(
+                f"mixed series: folder {folder.name} holds {len(series)} series (different SeriesInstanceUID); "
+                "put one series per folder"
+            )
+        if len(files) < 2:
+            raise ScanError(f"folder {folder.name} holds a single 2D image, not a CT volume (need at least 2 slices)")
+        rows, cols = first["size"]  # type: ignore[misc]
+        check_claim(
+            f"series {folder.name} ({len(files)} files)",
+            (len(files), rows, cols),
+            np.dtype(f"int{8 * int(first['bytes'])}"),  # type: ignore[call-overload]
+            limits,
+            what="DICOM headers",
+        )
+        slices: list[np.ndarray] = []
+        rescale: list[tuple[float, float]] = []
+        for path in files:
+            name = path.name
+            ds = _read(path, _TAGS, False)
+            if _header(ds, name)["size"] != first["size"]:
+                raise ScanError(f"{name} changed while it was read; re-run when the folder is complete")
             try:
                 pixels = ds.pixel_array
             except Exception as e:  # decoder errors come in many types; the reason is the type name
@@ -160,18 +212,20 @@ def read_dicom_series(folder: str | Path) -> Scan:
                     f"{name}: pixel data could not be decoded ({type(e).__name__}); truncated file or "
                     "unsupported compression (pylibjpeg with openjpeg/libjpeg handles JPEG, JPEG-LS, JPEG 2000)"
                 ) from None
-            if pixels.ndim != 2:
-                raise ScanError(f"{name}: pixel data has shape {pixels.shape}, expected one 2D slice")
+            if pixels.ndim != 2 or pixels.shape != tuple(first["size"]):  # type: ignore[arg-type]
+                raise ScanError(f"{name}: pixel data has shape {pixels.shape}, expected one {rows}x{cols} slice")
+            if pixels.dtype.kind not in "iu":
+                raise ScanError(f"{name}: pixel data is {pixels.dtype}, not the integers of a CT slice")
             # Raw stored values are kept until the order is known (half the memory of float32 copies).
             slices.append(pixels)
-            rescale.append((float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)))
-    if len(series) > 1:
-        raise ScanError(
-            f"mixed series: folder {folder.name} holds {len(series)} series (different SeriesInstanceUID); "
-            "put one series per folder"
-        )
-    if len(slices) < 2:
-        raise ScanError(f"folder {folder.name} holds a single 2D image, not a CT volume (need at least 2 slices)")
+            try:
+                slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+                intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+            except (TypeError, ValueError):
+                raise ScanError(f"{name}: RescaleSlope/RescaleIntercept is not a number") from None
+            if not (np.isfinite(slope) and np.isfinite(intercept)):
+                raise ScanError(f"{name}: RescaleSlope/RescaleIntercept is not finite")
+            rescale.append((slope, intercept))
     return _assemble(slices, rescale, positions, first, folder.name)
 
 

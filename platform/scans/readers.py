@@ -26,6 +26,7 @@ import numpy as np
 from ctplatform.scans.dicom import read_dicom_series
 from ctplatform.scans.orient import LPS_TO_RAS, axis_codes, to_store_orientation, voxel_spacing
 from ctplatform.scans.scan import Scan, ScanError
+from ctplatform.scans.sizing import ReadLimits, check_claim, check_dtype, check_spacing
 
 FORMATS: tuple[str, ...] = ("nifti", "dicom", "npz", "ctrate")
 #: RAD-ChestCT volumes are published at 0.8 mm isotropic.
@@ -60,9 +61,17 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def read_scan(path: str | Path, fmt: str | None = None, metadata: str | Path | Mapping[str, Any] | None = None) -> Scan:
+def read_scan(
+    path: str | Path,
+    fmt: str | None = None,
+    metadata: str | Path | Mapping[str, Any] | None = None,
+    limits: ReadLimits | None = None,
+) -> Scan:
     """Read one scan. `fmt=None` detects it from the path; `metadata` is for `ctrate` only
-    (its metadata CSV, or that CSV's row as a mapping; default: found beside the dataset)."""
+    (its metadata CSV, or that CSV's row as a mapping; default: found beside the dataset).
+
+    Every format is sized from its header first and refused when it exceeds `limits` (default:
+    `ReadLimits()`, a 4 GB budget), so no voxel data is read for a volume that cannot fit."""
     path = Path(path)
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
@@ -70,31 +79,81 @@ def read_scan(path: str | Path, fmt: str | None = None, metadata: str | Path | M
     if not path.exists():
         raise ScanError(f"{path} does not exist")
     if fmt == "dicom":
-        return read_dicom_series(path)
+        return read_dicom_series(path, limits)
     if path.is_dir():
         raise ScanError(f"{path} is a folder, but format {fmt!r} needs a file")
     if fmt == "nifti":
-        return read_nifti(path)
+        return read_nifti(path, limits)
     if fmt == "npz":
-        return read_radchestct_npz(path)
-    return read_ctrate(path, metadata)
+        return read_radchestct_npz(path, limits)
+    return read_ctrate(path, metadata, limits)
 
 
 # ----------------------------------------------------------------------------- NIfTI
-def _load_nifti(path: Path) -> tuple[Any, np.ndarray]:
-    """The image header object and its unscaled data (raises ScanError for unreadable files)."""
+def _open_nifti(path: Path) -> Any:
+    """The lazily loaded image (header only; raises ScanError for unreadable headers)."""
     import nibabel as nib
     from nibabel.filebasedimages import ImageFileError
 
     try:
-        img = nib.load(path)
-        raw = np.asanyarray(img.dataobj.get_unscaled())
+        return nib.load(path)
     except (EOFError, zlib.error, OSError) as e:
         raise ScanError(
             f"{path.name} could not be read: file truncated or corrupt ({type(e).__name__}); re-copy or re-export it"
         ) from None
     except (ImageFileError, ValueError) as e:
-        raise ScanError(f"{path.name} is not a readable NIfTI image ({type(e).__name__}: {e})") from None
+        raise ScanError(f"{path.name} is not a readable NIfTI image ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _raw_header_checks(path: Path, hdr: Any) -> None:
+    """Checks on the header as written: nibabel's loader silently repairs some faults (a zero
+    pixdim becomes 1 mm), which would place the volume with a made-up voxel size."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(path) as f:
+            raw = type(hdr).from_fileobj(f, check=False)
+    except Exception as e:  # nibabel raises several types for nonsense headers
+        raise ScanError(f"{path.name}: the NIfTI header is corrupt ({type(e).__name__})") from None
+    if int(raw["sform_code"]) == 0 and int(raw["qform_code"]) != 0:
+        ndim = min(max(int(raw["dim"][0]), 0), 7)
+        pixdim = [float(v) for v in raw["pixdim"][1 : 1 + min(ndim, 3)]]
+        check_spacing(path.name, pixdim, "header's pixdim")
+
+
+def size_nifti(img: Any, path: Path, limits: ReadLimits | None) -> None:
+    """Refuse, from the header alone, a volume that cannot fit, is truncated or is a gzip bomb."""
+    hdr = img.header
+    _raw_header_checks(path, hdr)
+    try:
+        shape = tuple(int(n) for n in hdr.get_data_shape())
+        dtype = hdr.get_data_dtype()
+        offset = int(hdr.get_data_offset())
+    except Exception as e:  # nibabel raises several types for nonsense headers
+        raise ScanError(f"{path.name}: the NIfTI header is corrupt ({type(e).__name__})") from None
+    check_dtype(path.name, dtype)
+    size = path.stat().st_size
+    compressed = path.name.lower().endswith(".gz")
+    check_claim(path.name, shape, dtype, limits, stored_bytes=size if compressed else max(size - offset, 0),
+                compressed=compressed)
+
+
+def _load_nifti(path: Path, limits: ReadLimits | None = None, img: Any = None) -> tuple[Any, np.ndarray]:
+    """The image header object and its unscaled data (raises ScanError for unreadable files).
+
+    The header is sized first (`size_nifti`): only then is voxel data read, and nibabel reads
+    exactly the claimed bytes, so a compressed stream never inflates beyond the checked claim.
+    """
+    img = img if img is not None else _open_nifti(path)
+    size_nifti(img, path, limits)
+    try:
+        raw = np.asanyarray(img.dataobj.get_unscaled())
+    except (EOFError, zlib.error, OSError) as e:
+        raise ScanError(
+            f"{path.name} could not be read: file truncated or corrupt ({type(e).__name__}); re-copy or re-export it"
+        ) from None
+    except ValueError as e:
+        raise ScanError(f"{path.name} is not a readable NIfTI image ({type(e).__name__}: {str(e)[:200]})") from None
     return img, raw
 
 
@@ -118,26 +177,37 @@ def _scaled(raw: np.ndarray, slope: float, inter: float) -> np.ndarray:
     return hu
 
 
-def read_nifti(path: str | Path) -> Scan:
+def read_nifti(path: str | Path, limits: ReadLimits | None = None) -> Scan:
     """A NIfTI volume in any orientation and stored dtype; scl_slope/scl_inter honoured."""
     path = Path(path)
-    img, raw = _load_nifti(path)
-    raw = _squeeze_to_3d(raw, path.name)
+    img = _open_nifti(path)
     hdr = img.header
     if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
         raise ScanError(
             f"{path.name} has no orientation (qform_code and sform_code are both 0), so its axes cannot be "
             "mapped to the patient; write it with an affine, or use format 'ctrate' with its metadata CSV"
         )
+    _raw_header_checks(path, hdr)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    check_spacing(path.name, voxel_spacing(affine), "header's affine")
     slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    if not (np.isfinite(slope) and np.isfinite(inter)) or slope == 0:
+        raise ScanError(f"{path.name}: the header's scl_slope/scl_inter ({slope:g}, {inter:g}) would erase or corrupt every voxel")
+    img, raw = _load_nifti(path, limits, img)
+    raw = _squeeze_to_3d(raw, path.name)
     hu = _scaled(raw, slope, inter)
     del raw
-    return _from_array(hu, np.asarray(img.affine, dtype=np.float64), "nifti")
+    return _from_array(hu, affine, "nifti")
 
 
 def _from_array(array: np.ndarray, affine: np.ndarray, fmt: str) -> Scan:
     original_shape = tuple(int(n) for n in array.shape)
     original_spacing = voxel_spacing(affine)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ScanError(
+            f"the {fmt} geometry is degenerate (voxel axes {', '.join(f'{s:g}' for s in original_spacing)} mm, "
+            "zero, parallel or not finite); fix the header's affine"
+        )
     codes = axis_codes(affine)
     hu, store_affine = to_store_orientation(array, affine)
     return Scan(
@@ -165,13 +235,38 @@ def radchestct_affine(spacing_mm: float = RADCHESTCT_SPACING_MM) -> np.ndarray:
     return affine
 
 
-def read_radchestct_npz(path: str | Path) -> Scan:
+def _size_npz_member(npz_path: Path, limits: ReadLimits | None) -> None:
+    """Size the `ct` member from its .npy header and zip entry before numpy reads a byte of it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(npz_path) as zf:
+            info = next((i for i in zf.infolist() if i.filename in ("ct.npy", "ct")), None)
+            if info is None:
+                return  # np.load reports the missing key with the file's keys
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as e:
+        raise ScanError(f"{npz_path.name} could not be read: file truncated or corrupt ({type(e).__name__})") from None
+    if dtype.hasobject:
+        raise ScanError(f"{npz_path.name}: 'ct' holds Python objects, not numbers (refused: loading it would unpickle)")
+    compressed = info.compress_type != zipfile.ZIP_STORED
+    check_claim(f"{npz_path.name} ('ct')", shape, dtype, limits, stored_bytes=info.compress_size,
+                compressed=compressed, what=".npy header")
+
+
+def read_radchestct_npz(path: str | Path, limits: ReadLimits | None = None) -> Scan:
     """A RAD-ChestCT .npz: key `ct`, HU, 0.8 mm, [slices, rows, cols], already I-P-L."""
     path = Path(path)
+    _size_npz_member(path, limits)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "ct" not in npz.files:
-                raise ScanError(f"{path.name} has no 'ct' array (keys: {', '.join(npz.files) or 'none'}); not RAD-ChestCT")
+                raise ScanError(f"{path.name} has no 'ct' array (keys: {', '.join(npz.files[:10]) or 'none'}); not RAD-ChestCT")
             raw = npz["ct"]
     except ScanError:
         raise
@@ -179,6 +274,7 @@ def read_radchestct_npz(path: str | Path) -> Scan:
         raise ScanError(f"{path.name} could not be read: file truncated or corrupt ({type(e).__name__})") from None
     if not np.issubdtype(raw.dtype, np.number):
         raise ScanError(f"{path.name}: 'ct' has dtype {raw.dtype}, expected numbers (int16 HU)")
+    check_dtype(path.name, raw.dtype, "'ct'")
     raw = _squeeze_to_3d(raw, path.name)
     hu = raw.astype(np.float32)
     return Scan(
@@ -288,13 +384,17 @@ def ctrate_metadata_row(path: str | Path, metadata: str | Path | Mapping[str, An
     return {k: v for k, v in row.items() if k in keep and _present(v)}
 
 
-def read_ctrate(path: str | Path, metadata: str | Path | Mapping[str, Any] | None = None) -> Scan:
+def read_ctrate(
+    path: str | Path, metadata: str | Path | Mapping[str, Any] | None = None, limits: ReadLimits | None = None
+) -> Scan:
     """A CT-RATE volume: raw stored values rescaled and placed with its metadata CSV row."""
     path = Path(path)
     row = ctrate_metadata_row(path, metadata)
-    _, raw = _load_nifti(path)
+    affine = ctrate_affine(row)
+    check_spacing(path.name, voxel_spacing(affine), "CT-RATE metadata (XYSpacing, ZSpacing)")
+    _, raw = _load_nifti(path, limits)
     raw = _squeeze_to_3d(raw, path.name)
     # The dataset card's values are the DICOM rescale of the stored integers.
     hu = _scaled(raw, float(row["RescaleSlope"]), float(row["RescaleIntercept"]))
     del raw
-    return _from_array(hu, ctrate_affine(row), "ctrate")
+    return _from_array(hu, affine, "ctrate")

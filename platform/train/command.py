@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Train AxialNet with the HiResCAM mask loss on the store (Ray Train DDP), tracked in MLflow.
 
 Reads the manifest's train and valid splits, labels.parquet and the grid masks of train.grid_variant

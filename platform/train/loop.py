@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
 
+from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.store import Store
 from ctplatform.model.dataset import (
@@ -35,8 +38,10 @@ from ctplatform.model.dataset import (
     make_loader,
 )
 from ctplatform.train.distributed import all_gather_objects, all_reduce_sum, weights_rank_spread
+from ctplatform.model.allowed_regions import allowed_regions
 from ctplatform.model.losses import class_loss, mask_loss, total_loss
 from ctplatform.model.operating_points import choose_operating_points
+from ctplatform.model.metrics import auroc_per_label, auroc_summary, organ_iou
 from ctplatform.model.axialnet import AxialNet, build_model, unwrap
 from ctplatform.train.state import (
     STATUS_COMPLETED,
@@ -48,6 +53,8 @@ from ctplatform.train.state import (
     load_checkpoint,
     save_checkpoint,
 )
+from ctplatform.train import rundir
+from ctplatform.train.tracking import RankZeroTracker
 
 log = logging.getLogger("ctplatform.train")
 
@@ -153,9 +160,6 @@ def validate(
     """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards.
 
     `keep` (optional) receives the gathered targets `y` and `logits` (for the operating points)."""
-    from ctplatform.model.metrics import auroc_per_label, auroc_summary, organ_iou
-    from ctplatform.model.allowed_regions import allowed_regions
-
     t = cfg.train
     model.eval()
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and t.amp)
@@ -208,8 +212,6 @@ def _cat(arrays: list[np.ndarray], ndim: int) -> np.ndarray:
 def write_outcome(config: dict[str, Any], status: str, metrics: dict[str, Any], reason: str | None = None) -> None:
     """Rank 0: the attempt's outcome beside the checkpoints, for the driver (see rundir.py)."""
     if config.get("storage_path") and config.get("run_name"):
-        from ctplatform.train import rundir
-
         payload = {"status": status, "stop_reason": reason, "metrics": metrics}
         rundir.write_json(config["storage_path"], config["run_name"], rundir.OUTCOME, payload)
 
@@ -225,100 +227,35 @@ def make_optimizer(params: Any, cfg: Config) -> torch.optim.Optimizer:
 # ------------------------------------------------------------------------------ the worker function
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. config: {"cfg": Config as JSON dict, "mlflow_run_id", "tracking_uri"}."""
-    import ray.train
-    import ray.train.torch
-
     cfg = Config.model_validate(config["cfg"])
     t = cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if isinstance(device, list):
-        device = device[0]
-
+    worker = _Worker.current()
     torch.manual_seed(t.seed)
     np.random.seed(t.seed)
-    model = build_model(cfg)
-    state, best_state, opt_state = TrainState(), None, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            model_state, opt_state, best_state, state = load_checkpoint(Path(d))
-        model.load_state_dict(model_state)
-        if rank == 0:
-            log.info("restored checkpoint: continuing at epoch %d", state.next_epoch)
-    model = ray.train.torch.prepare_model(model)
-    optimizer = make_optimizer(model.parameters(), cfg)
-    if opt_state is not None:
-        optimizer.load_state_dict(opt_state)
-        for group in optimizer.param_groups:  # a resume may change them (e.g. a lower lr after divergence)
-            group["lr"] = t.lr
-            if "momentum" in group:
-                group["momentum"] = t.momentum
-
+    model, optimizer, state, best_state = _build_or_restore(cfg, worker)
     tracker = None
-    if rank == 0 and config.get("mlflow_run_id"):
-        from ctplatform.train.tracking import RankZeroTracker
-
+    if worker.rank == 0 and config.get("mlflow_run_id"):
         tracker = RankZeroTracker(config["tracking_uri"], config["mlflow_run_id"])
-
-    if (
-        state.status in (STATUS_COMPLETED, STATUS_EARLY_STOPPED)
-        and state.next_epoch < t.epochs
-        and state.bad_epochs < t.early_stopping_patience
-    ):
-        state.status = STATUS_RUNNING  # a resume with more epochs (or patience) extends a finished run
+    _reopen_if_extended(state, t)
     if state.status != STATUS_RUNNING:  # a resumed run that had already finished: redo the final logging
-        if tracker is not None and best_state is not None:
-            tracker.log_best(
-            copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status}, cfg,
-            state.best_thresholds, state.best_threshold_sources,
-        )
-        if rank == 0:
-            write_outcome(config, state.status, state.last_metrics)
+        _finish(config, worker, tracker, model, best_state, state)
         ray.train.report(state.last_metrics)
         return
 
-    store = Store(cfg.store_path)
-    train_index = load_split(store, t.splits["train"])
-    val_index = load_split(store, t.splits["valid"])
-    train_set = StoreDataset.from_config(cfg, train_index, augment=True)
-    val_set = StoreDataset.from_config(cfg, val_index, augment=False)
-    sampler = EpochSampler(len(train_set), rank, world, seed=t.seed)
-    train_loader = make_loader(train_set, sampler, t.batch_size, t.loader_workers)
-    val_loader = make_loader(val_set, ShardSampler(len(val_set), rank, world), t.batch_size, t.loader_workers)
-
+    data = _Data.open(cfg, worker)
     attempt_start_epoch = state.next_epoch  # > 0 after a recovery or a resume
     for epoch in range(state.next_epoch, t.epochs):
-        sampler.set_epoch(epoch)
+        data.sampler.set_epoch(epoch)
         epoch_start = time.monotonic()
-        total_steps = len(train_loader) if t.steps_per_epoch is None else min(len(train_loader), t.steps_per_epoch)
-        progress = StepProgress(epoch, t.epochs, total_steps) if rank == 0 else None
-        result = train_one_epoch(model, train_loader, optimizer, cfg, device, state, progress)
+        total_steps = len(data.train) if t.steps_per_epoch is None else min(len(data.train), t.steps_per_epoch)
+        progress = StepProgress(epoch, t.epochs, total_steps) if worker.rank == 0 else None
+        result = train_one_epoch(model, data.train, optimizer, cfg, worker.device, state, progress)
         if result.diverged:
-            metrics = {"epoch": epoch, "status": STATUS_DIVERGED}
-            if rank == 0:
-                log.error("training diverged: %s; the last good checkpoint is kept", result.diverged)
-                write_outcome(config, STATUS_DIVERGED, metrics, result.diverged)
-            # No checkpoint: the last good one stays the latest.
-            ray.train.report(metrics)
+            _stop_diverged(config, worker, epoch, result.diverged)
             return
         val_arrays: dict[str, np.ndarray] = {}
-        val = validate(unwrap(model), val_loader, cfg, device, keep=val_arrays)
-        improved = val["val_loss"] < state.best_val_loss
-        if improved:
-            state.best_val_loss, state.best_epoch, state.bad_epochs = val["val_loss"], epoch, 0
-            best_state = cpu_state(model)
-            # The operating points predict uses: chosen on validation with the weights that are kept.
-            th, sources = choose_operating_points(val_arrays["y"], val_arrays["logits"], cfg.predict.default_threshold)
-            state.best_thresholds, state.best_threshold_sources = [float(t) for t in th], sources
-        else:
-            state.bad_epochs += 1
-        state.next_epoch = epoch + 1
-        if state.bad_epochs >= t.early_stopping_patience:
-            state.status = STATUS_EARLY_STOPPED
-        elif state.next_epoch >= t.epochs:
-            state.status = STATUS_COMPLETED
+        val = validate(unwrap(model), data.valid, cfg, worker.device, keep=val_arrays)
+        best_state = _advance(state, epoch, val, model, best_state, t, val_arrays, cfg.predict.default_threshold)
         metrics = {
             "epoch": epoch,
             "steps": result.steps,
@@ -333,29 +270,155 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "status": state.status,
         }
         state.last_metrics = metrics
-        if rank == 0:
-            log.info(
-                "epoch %d/%d (%.0f s): train loss %.4f (class %.4f, mask %.4f); validation loss %.4f, "
-                "median AUROC %.3f, OrganIoU %.3f%s",
-                epoch + 1, t.epochs, time.monotonic() - epoch_start, result.loss, result.class_loss,
-                result.mask_loss, val["val_loss"], val["val_auroc_median"], val["val_organ_iou"],
-                "" if state.status == STATUS_RUNNING else f"; {state.status.replace('_', ' ')}",
-            )
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                save_checkpoint(Path(tmp), model, optimizer, best_state, state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-            else:
-                ray.train.report(metrics)
+        if worker.rank == 0:
+            _log_epoch(epoch, t.epochs, time.monotonic() - epoch_start, result, val, state.status)
+        _report_with_checkpoint(metrics, worker, model, optimizer, best_state, state)
         if tracker is not None:
             tracker.log_epoch(metrics, epoch)
         if state.status != STATUS_RUNNING:
             break
+    _finish(config, worker, tracker, model, best_state, state)
 
+
+# ------------------------------------------------------------------------------ its steps, in order
+@dataclass(frozen=True)
+class _Worker:
+    rank: int
+    world: int
+    device: torch.device
+
+    @classmethod
+    def current(cls) -> "_Worker":
+        ctx = ray.train.get_context()
+        device = ray.train.torch.get_device()
+        if isinstance(device, list):
+            device = device[0]
+        return cls(ctx.get_world_rank(), ctx.get_world_size(), device)
+
+
+def _build_or_restore(
+    cfg: Config, worker: _Worker
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, TrainState, dict[str, Any] | None]:
+    """The DDP model and its optimizer, from the run's latest checkpoint when there is one:
+    (model, optimizer, state, best weights so far)."""
+    t = cfg.train
+    model = build_model(cfg)
+    state, best_state, opt_state = TrainState(), None, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model_state, opt_state, best_state, state = load_checkpoint(Path(d))
+        model.load_state_dict(model_state)
+        if worker.rank == 0:
+            log.info("restored checkpoint: continuing at epoch %d", state.next_epoch)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = make_optimizer(model.parameters(), cfg)
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)
+        for group in optimizer.param_groups:  # a resume may change them (e.g. a lower lr after divergence)
+            group["lr"] = t.lr
+            if "momentum" in group:
+                group["momentum"] = t.momentum
+    return model, optimizer, state, best_state
+
+
+def _reopen_if_extended(state: TrainState, t: Any) -> None:
+    """A resume with more epochs (or patience) extends a finished run."""
+    if (
+        state.status in (STATUS_COMPLETED, STATUS_EARLY_STOPPED)
+        and state.next_epoch < t.epochs
+        and state.bad_epochs < t.early_stopping_patience
+    ):
+        state.status = STATUS_RUNNING
+
+
+@dataclass
+class _Data:
+    """This rank's shards of the training and validation splits."""
+
+    sampler: EpochSampler
+    train: Any
+    valid: Any
+
+    @classmethod
+    def open(cls, cfg: Config, worker: _Worker) -> "_Data":
+        t = cfg.train
+        store = Store(cfg.store_path)
+        # Partition QC: volumes flagged t.qc_exclude_flags (e.g. no lungs) are left out (counts logged by the driver).
+        train_set = StoreDataset.from_config(cfg, load_split(store, t.splits["train"], t.qc_exclude_flags), augment=True)
+        val_set = StoreDataset.from_config(cfg, load_split(store, t.splits["valid"], t.qc_exclude_flags), augment=False)
+        sampler = EpochSampler(len(train_set), worker.rank, worker.world, seed=t.seed)
+        return cls(
+            sampler,
+            make_loader(train_set, sampler, t.batch_size, t.loader_workers),
+            make_loader(val_set, ShardSampler(len(val_set), worker.rank, worker.world), t.batch_size, t.loader_workers),
+        )
+
+
+def _stop_diverged(config: dict[str, Any], worker: _Worker, epoch: int, reason: str) -> None:
+    """End the attempt without a checkpoint: the last good one stays the latest."""
+    metrics = {"epoch": epoch, "status": STATUS_DIVERGED}
+    if worker.rank == 0:
+        log.error("training diverged: %s; the last good checkpoint is kept", reason)
+        write_outcome(config, STATUS_DIVERGED, metrics, reason)
+    ray.train.report(metrics)
+
+
+def _advance(
+    state: TrainState, epoch: int, val: dict[str, float], model: torch.nn.Module,
+    best_state: dict[str, Any] | None, t: Any, val_arrays: dict[str, np.ndarray] | None = None,
+    default_threshold: float = 0.5,
+) -> dict[str, Any] | None:
+    """Record an epoch's validation in `state` (best epoch, patience, status, the best weights'
+    operating points from `val_arrays`); returns the best weights."""
+    if val["val_loss"] < state.best_val_loss:
+        state.best_val_loss, state.best_epoch, state.bad_epochs = val["val_loss"], epoch, 0
+        best_state = cpu_state(model)
+        if val_arrays:  # the operating points predict uses: chosen on validation with the kept weights
+            th, sources = choose_operating_points(val_arrays["y"], val_arrays["logits"], default_threshold)
+            state.best_thresholds, state.best_threshold_sources = [float(x) for x in th], sources
+    else:
+        state.bad_epochs += 1
+    state.next_epoch = epoch + 1
+    if state.bad_epochs >= t.early_stopping_patience:
+        state.status = STATUS_EARLY_STOPPED
+    elif state.next_epoch >= t.epochs:
+        state.status = STATUS_COMPLETED
+    return best_state
+
+
+def _log_epoch(epoch: int, epochs: int, seconds: float, result: EpochResult, val: dict[str, float], status: str) -> None:
+    log.info(
+        "epoch %d/%d (%.0f s): train loss %.4f (class %.4f, mask %.4f); validation loss %.4f, "
+        "median AUROC %.3f, OrganIoU %.3f%s",
+        epoch + 1, epochs, seconds, result.loss, result.class_loss,
+        result.mask_loss, val["val_loss"], val["val_auroc_median"], val["val_organ_iou"],
+        "" if status == STATUS_RUNNING else f"; {status.replace('_', ' ')}",
+    )
+
+
+def _report_with_checkpoint(
+    metrics: dict[str, Any], worker: _Worker, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    best_state: dict[str, Any] | None, state: TrainState,
+) -> None:
+    """Every rank reports the epoch; rank 0 attaches the checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if worker.rank == 0:
+            save_checkpoint(Path(tmp), model, optimizer, best_state, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def _finish(
+    config: dict[str, Any], worker: _Worker, tracker: "RankZeroTracker | None", model: torch.nn.Module,
+    best_state: dict[str, Any] | None, state: TrainState,
+) -> None:
+    """Log the best model (rank 0's tracker) and write the attempt's outcome for the driver."""
     if tracker is not None and best_state is not None:
         tracker.log_best(
-            copy.deepcopy(unwrap(model)), best_state, {"ctplatform.status": state.status}, cfg,
+            copy.deepcopy(unwrap(model)), best_state, {tracking.STATUS: state.status}, Config.model_validate(config["cfg"]),
             state.best_thresholds, state.best_threshold_sources,
         )
-    if rank == 0:
+    if worker.rank == 0:
         write_outcome(config, state.status, state.last_metrics)

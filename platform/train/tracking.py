@@ -9,6 +9,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctplatform import tracking
+from ctplatform.runtime import setup_mlflow
+from ctplatform.train import rundir
+
 if TYPE_CHECKING:
     import torch
 
@@ -69,14 +73,11 @@ def start_mlflow_run(
     import mlflow
     from mlflow import MlflowClient
 
-    from ctplatform.runtime import setup_mlflow
-    from ctplatform.train import rundir
-
     experiment_id = setup_mlflow(cfg)
     client = MlflowClient()
-    all_tags = {"ctplatform.stage": "train", "ctplatform.ray_run_name": run_name, **(tags or {})}
+    all_tags = {tracking.STAGE: "train", tracking.RAY_RUN_NAME: run_name, **(tags or {})}
     if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags[tracking.PARENT_RUN] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     run_id = run.info.run_id
     with mlflow.start_run(run_id=run_id):
@@ -98,7 +99,7 @@ def finish_mlflow_run(run_id: str, status: str, reason: str | None = None) -> No
 
     client = MlflowClient()
     if reason:
-        client.set_tag(run_id, "ctplatform.stop_reason", reason[:500])
+        client.set_tag(run_id, tracking.STOP_REASON, reason[:500])
     client.set_terminated(run_id, status=status)
 
 

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctplatform.config import Config
+from ctplatform.model.dataset import check_grid_masks, check_volumes, load_split
+from ctplatform.runtime import init_ray, setup_mlflow
 from ctplatform.store import Store
 from ctplatform.train import rundir
-from ctplatform.model.dataset import check_grid_masks, check_volumes, load_split
+from ctplatform.train.loop import train_loop_per_worker
+from ctplatform.train.tracking import finish_mlflow_run, start_mlflow_run
 
 if TYPE_CHECKING:
     from ray.train.torch import TorchTrainer
@@ -97,8 +100,6 @@ def build_trainer(
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from ctplatform.train.loop import train_loop_per_worker
 
     wcfg = worker_config(cfg)
     t = wcfg.train
@@ -175,7 +176,7 @@ def check_inputs(cfg: Config) -> tuple[int, int]:
     counts = []
     for role in ("train", "valid"):
         split = cfg.train.splits[role]
-        index = load_split(store, split)
+        index = load_split(store, split, cfg.train.qc_exclude_flags)
         if len(index) == 0:
             raise ValueError(
                 f"no labelled scans with status ok in split {split!r} of {store.root}; "
@@ -185,6 +186,30 @@ def check_inputs(cfg: Config) -> tuple[int, int]:
         check_grid_masks(store, cfg.model.geometry, cfg.train.grid_variant, index.ids)
         counts.append(len(index))
     return counts[0], counts[1]
+
+
+def qc_counts(cfg: Config) -> dict[str, int]:
+    """Per training split: scans left out for partition QC, and kept scans on fallback masks (counts only)."""
+    store = Store(cfg.store_path)
+    out: dict[str, int] = {}
+    for role in ("train", "valid"):
+        index = load_split(store, cfg.train.splits[role], cfg.train.qc_exclude_flags)
+        out[f"n_{role}_qc_excluded"] = index.qc_excluded
+        out[f"n_{role}_qc_fallback"] = index.qc_fallback
+    return out
+
+
+def log_qc_counts(cfg: Config, run_id: str) -> dict[str, int]:
+    """Record in the run which QC flags exclude scans and how many were excluded / on fallback masks."""
+    from mlflow import MlflowClient
+
+    counts = qc_counts(cfg)
+    client = MlflowClient()
+    client.log_param(run_id, "qc_exclude_flags", ",".join(cfg.train.qc_exclude_flags) or "none")
+    for k, v in counts.items():
+        client.log_param(run_id, k, v)
+    log.info("partition QC: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return counts
 
 
 def run_training(
@@ -199,9 +224,6 @@ def run_training(
     Raises TrainingDivergedError when the loss became NaN or exploded (the MLflow run is FAILED and
     the last good checkpoint is kept), and Ray's TrainingFailedError when workers kept failing.
     """
-    from ctplatform.runtime import init_ray
-    from ctplatform.train.tracking import finish_mlflow_run, start_mlflow_run
-
     n_train, n_valid = check_inputs(cfg)
     storage = storage_root(cfg)
     name, record = resolve_run(storage, resume, run_name)
@@ -209,8 +231,6 @@ def run_training(
     if record is not None:
         mlflow_run_id = record["mlflow_run_id"]
         experiment_id = record.get("experiment_id")
-        from ctplatform.runtime import setup_mlflow
-
         setup_mlflow(cfg)
         log.info("resuming run %s (MLflow run %s)", name, mlflow_run_id)
     else:
@@ -218,6 +238,7 @@ def run_training(
         mlflow_run_id, experiment_id = start_mlflow_run(
             cfg, name, storage, parent_run_id=parent_run_id, n_train=n_train, n_valid=n_valid
         )
+        log_qc_counts(cfg, mlflow_run_id)
     rundir.remove(storage, name, rundir.OUTCOME)  # only this attempt's outcome counts
     init_ray(cfg)
     trainer = build_trainer(cfg, run_name=name, mlflow_run_id=mlflow_run_id, tracking_uri=tracking_uri, storage_path=storage)

@@ -12,7 +12,9 @@ import pytest
 from mlflow import MlflowClient
 
 from ctplatform.cli import main
-from ctplatform.demo.pipeline import CONFIG_HASH_TAG, DEMO_TAG, demo_key, training_hash, with_lambda
+from ctplatform.demo.pipeline import demo_key, training_hash, with_lambda
+from ctplatform.tracking import DEMO as DEMO_TAG
+from ctplatform.tracking import DEMO_CONFIG_HASH as CONFIG_HASH_TAG
 from ctplatform.demo.table import confounder_present, confounder_reliance, summary_table
 from tests.conftest import REPO
 
@@ -125,3 +127,12 @@ def test_demo_config_is_valid():
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert cfg.demo.confounder.startswith("fat")
     assert cfg.model.geometry.grid[0] == cfg.model.input_shape[0] // 3
+
+
+def test_the_stage_order_names_cli_commands():
+    from ctplatform.cli import COMMANDS
+    from ctplatform.demo.stages import DEPLOY_DEFAULT, DEPLOY_OPTIONAL, ORDER
+
+    commands = {name for name, _ in COMMANDS}
+    assert set(ORDER) <= commands and set(DEPLOY_DEFAULT + DEPLOY_OPTIONAL) <= set(ORDER)
+    assert list(DEPLOY_DEFAULT) == sorted(DEPLOY_DEFAULT, key=ORDER.index)

@@ -172,7 +172,7 @@ def test_rerun_resumes_from_finished_tasks(setup):
     again = run_evaluation(cfg, runs[0])
     assert again.tasks == first.tasks > 1 and again.reused_tasks == again.tasks
     # a job killed after some tasks: only the missing task results are recomputed
-    cache = sorted((first.out_dir / ".scores").glob("*.pkl"))
+    cache = sorted((first.out_dir / ".scores").glob("*.npz"))
     assert len(cache) == first.tasks
     cache[0].unlink()
     resumed = run_evaluation(cfg, runs[0])

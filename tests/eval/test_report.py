@@ -46,12 +46,21 @@ def test_summary_files(tmp_path):
     assert len(pd.read_csv(paths["thresholds.csv"])) == 80
 
 
-def test_predictions_are_keyed_without_volume_ids():
+def test_predictions_are_keyed_without_volume_ids(tmp_path):
+    import hashlib
+
+    from ctplatform.eval.report import scan_key_salt
+
     scans = _scans()
-    df = predictions_frame(scans)
+    salt = scan_key_salt(tmp_path)
+    assert scan_key_salt(tmp_path) == salt and (tmp_path / ".scan_key_salt").stat().st_mode & 0o077 == 0
+    df = predictions_frame(scans, salt)
     text = df.to_csv()
     assert "Smith" not in text
-    assert df["scan_key"].iloc[0] == scan_key("patient_Smith_0") and len(df["scan_key"].iloc[0]) == 16
+    assert df["scan_key"].iloc[0] == scan_key("patient_Smith_0", salt) and len(df["scan_key"].iloc[0]) == 16
+    # Salted: the unsalted hash of a guessed id does not find the key, and another salt gives other keys.
+    assert df["scan_key"].iloc[0] != hashlib.sha256(b"patient_Smith_0").hexdigest()[:16]
+    assert scan_key("patient_Smith_0", b"another salt of 16+ bytes") != df["scan_key"].iloc[0]
     y, p = predictions_arrays(df)
     assert np.array_equal(y, np.stack([s.y for s in scans]))
     assert np.allclose(p, np.stack([s.prob for s in scans]))

@@ -1,4 +1,5 @@
-"""Phantom truth on the feature grid (checked through world coordinates) and localization end to end."""
+"""Lesion truth read from the store (checked through world coordinates and against the old eval-side
+computation), localization end to end, and a store without truth."""
 
 from __future__ import annotations
 
@@ -14,15 +15,24 @@ import torch
 
 from ctplatform.cli import main
 from ctplatform.config import load_config
+from ctplatform.eval.scoring import explain, score_outputs
+from ctplatform.eval.summary import evaluate_scores
+from ctplatform.eval.truth import confounder_label, read_grid_truth, survey
+from ctplatform.eval.worker import _dataset, score_volumes, worker_options
 from ctplatform.geometry import crop_or_pad_slices
+from ctplatform.ingest.discover import discover
 from ctplatform.ingest.job import ingest_one
 from ctplatform.labels import label_by_name
+from ctplatform.model.allowed_regions import allowed_regions
+from ctplatform.model.axialnet import AxialNet
+from ctplatform.model.dataset import load_split
 from ctplatform.partition.grid import grid_masks
+from ctplatform.partition.volume import write_grid_truth
 from ctplatform.phantom.anatomy import STORE_ORGAN_FROM_PHANTOM
-from ctplatform.eval.truth import cohort_for, to_stored_grid, truth_on_grid
 from ctplatform.phantom.cohort import generate_cohort
 from ctplatform.store import Store
-from ctplatform.model.axialnet import AxialNet
+from tests.eval.legacy_truth import cohort_confounder, to_stored_grid
+from tests.eval.legacy_truth import truth_on_grid as legacy_truth_on_grid
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +46,19 @@ def cohort(ray_local, tmp_path_factory):
     store = Store(cfg.store_path)
     geom = cfg.model.geometry
     manifest = []
-    for rec in listing.itertuples():
-        row = ingest_one({"volume_id": rec.volume_id, "path": str(out / rec.path), "format": "nifti",
-                          "split": rec.split}, cfg.store_path, cfg.ingest.model_dump(mode="json"))
+    for rec, work in zip(listing.itertuples(), discover(out / "scans.csv")):
+        row = ingest_one(work, cfg.store_path, cfg.ingest.model_dump(mode="json"))  # carries the truth mask
         assert row["status"] == "ok", row
         manifest.append(row)
         vol = store.volume(rec.volume_id)
+        # organ grids from the phantom's exact organs (segmentation is tested elsewhere); truth via PARTITION's code
         organs = to_stored_grid(out / "truth" / f"{rec.volume_id}.nii.gz", tuple(vol.shape), vol.attrs)
         store_codes = np.zeros(256, np.uint8)
         for k, v in STORE_ORGAN_FROM_PHANTOM.items():
             store_codes[k] = v
         mask = grid_masks(store_codes[organs], geom, ["area"])["area"]
         store.write_grid(geom.name, "area", rec.volume_id, mask, {"geometry": geom.name, "variant": "area"})
+        assert write_grid_truth(store, rec.volume_id, geom)
     store.write_table("manifest", pd.DataFrame(manifest))
     labels = pd.read_csv(out / "labels.csv")[["volume_id", "abnormality", "location", "value"]]
     store.write_table("labels", labels)
@@ -61,7 +72,7 @@ def test_lesion_cells_match_world_coordinates(cohort):
     checked = 0
     for rec in listing.itertuples():
         vol = store.volume(rec.volume_id)
-        truth = truth_on_grid(out, rec.volume_id, tuple(vol.shape), vol.attrs, geom)
+        truth = read_grid_truth(cfg.store_path, rec.volume_id, geom)
         positives = set(filter(None, str(rec.positive_labels).split("|"))) if isinstance(rec.positive_labels, str) else set()
         for name in ("lung_nodule", "great_vessel_atherosclerosis", "lung_pleural_effusion"):
             j = label_by_name(name).index
@@ -89,11 +100,106 @@ def test_lesion_cells_match_world_coordinates(cohort):
     assert checked > 0
 
 
-def test_cohort_found_from_manifest_source(cohort):
+def test_store_grid_truth_equals_the_old_computation(cohort):
+    """What eval reads from the store is what the old eval/truth.py computed from the phantom's files."""
     cfg, out, listing, _ = cohort
-    vid = listing["volume_id"].iloc[0]
-    assert cohort_for(vid, str(out / "scans" / f"{vid}.nii.gz"), None) == str(out)
-    assert cohort_for(vid, "/elsewhere/scans/x.nii.gz", None) is None
+    geom = cfg.model.geometry
+    store = Store(cfg.store_path)
+    found = survey(store, list(listing["volume_id"]), geom, "area")
+    assert found.n_with_truth == len(listing) and found.confounder == cohort_confounder(out) and not found.notes
+    lesions = 0
+    for vid in listing["volume_id"]:
+        vol = store.volume(vid)
+        new = read_grid_truth(cfg.store_path, vid, geom, "area")
+        old = legacy_truth_on_grid(out, vid, tuple(vol.shape), vol.attrs, geom, "area")
+        np.testing.assert_array_equal(new.lesions, old.lesions)
+        np.testing.assert_array_equal(new.confounder, old.confounder)
+        lesions += int(new.lesions.any(axis=(1, 2, 3)).sum())
+    assert lesions > len(listing)  # most scans carry several lesion labels: the comparison has content
+
+
+def _scores(cfg, state, split, ids, y, bits, truth, legacy_cohort=None):
+    """Per-scan scores of a split: through eval's worker (store truth), or with the old truth (same outputs)."""
+    opts = {**worker_options(cfg.eval), "threads": 1}
+    if legacy_cohort is None:
+        return score_volumes(state, cfg.model_dump(mode="json"), cfg.store_path, split, ids, y, bits,
+                             np.zeros(len(ids), bool), truth, opts)["scans"]
+    geom = cfg.model.geometry
+    model = AxialNet(geom, pretrained_weights=None)
+    model.load_state_dict(state)
+    model.eval()
+    store = Store(cfg.store_path)
+    dataset = _dataset(cfg, cfg.store_path, ids, y, bits)
+    scans = []
+    for i, vid in enumerate(ids):
+        item = dataset[i]
+        outputs = explain(model, item["x"][None], opts["slice_chunk"])
+        g_true = allowed_regions(item["region_bits"][None], item["grid"][None]).numpy()
+        vol = store.volume(vid)
+        old = legacy_truth_on_grid(legacy_cohort, vid, tuple(vol.shape), vol.attrs, geom, "area")
+        scans += score_outputs([vid], [split], outputs, item["y"][None].numpy(), g_true,
+                               lesions=[old.lesions], confounders=[old.confounder])
+    return scans
+
+
+def test_localization_figures_unchanged_from_the_old_truth(cohort):
+    """Evaluation with truth from the store gives the figures the old phantom-file truth gave."""
+    cfg, out, listing, _ = cohort
+    geom = cfg.model.geometry
+    store = Store(cfg.store_path)
+    torch.manual_seed(1)
+    state = AxialNet(geom, pretrained_weights=None).state_dict()
+    splits = [s for s in ("train", "valid", "test", "shifted") if (listing["split"] == s).any()]
+    new, old = {}, {}
+    for split in splits[:2]:
+        index = load_split(store, split)
+        truth = survey(store, index.ids, geom, "area")
+        new[split] = _scores(cfg, state, split, index.ids, index.y, index.region_bits, truth.fingerprints)
+        old[split] = _scores(cfg, state, split, index.ids, index.y, index.region_bits, None, legacy_cohort=out)
+    test, valid = splits[0], splits[1] if len(splits) > 1 else None
+    kw = {"n_boot": 0, "convention": cfg.eval.organ_iou_convention}
+    spec = survey(store, list(listing["volume_id"]), geom, "area").confounder  # from the store's truth attrs
+    assert spec == cohort_confounder(out)
+    ev_new = evaluate_scores(new[test], new.get(valid), confounder_label=confounder_label(spec), **kw)
+    ev_old = evaluate_scores(old[test], old.get(valid), confounder_label=label_by_name(cohort_confounder(out)[1]).index, **kw)
+    loc = [k for k in ev_old.metrics if k.startswith(("lesion_", "pointing_", "loc_utility", "confounder_share"))]
+    assert {"pointing_hit_rate_hirescam", "loc_utility_hirescam", "confounder_share_hirescam"} <= set(loc)
+    assert ev_new.metrics.keys() == ev_old.metrics.keys()
+    for k in ev_old.metrics:
+        assert ev_new.metrics[k] == pytest.approx(ev_old.metrics[k], rel=1e-9, abs=1e-12, nan_ok=True), k
+    pd.testing.assert_frame_equal(ev_new.per_label, ev_old.per_label)
+
+
+def test_a_store_without_truth_evaluates_without_localization(cohort, tmp_path, caplog):
+    """A store written before truth was stored: scans are scored, localization metrics are absent and logged."""
+    import logging
+    import shutil
+
+    cfg, _, listing, _ = cohort
+    geom = cfg.model.geometry
+    old_root = tmp_path / "old_store"
+    shutil.copytree(cfg.store_path, old_root)
+    old = Store(str(old_root))
+    shutil.rmtree(old_root / "data.zarr" / "truth")
+    shutil.rmtree(old_root / "data.zarr" / "truth_grid")
+    index = load_split(old, "train")
+    with caplog.at_level(logging.INFO, logger="ctplatform.eval"):
+        found = survey(old, index.ids, geom, "area")
+    assert found.n_with_truth == 0 and found.confounder is None
+    assert "no lesion truth in the store" in caplog.text
+    c = cfg.model_copy(deep=True)
+    c.store = str(old_root)
+    state = AxialNet(geom, pretrained_weights=None).state_dict()
+    scans = score_volumes(state, c.model_dump(mode="json"), str(old_root), "train", index.ids, index.y,
+                          index.region_bits, np.zeros(len(index), bool), found.fingerprints,
+                          {**worker_options(cfg.eval), "threads": 1})["scans"]
+    assert len(scans) == len(index) and all(s.lesion is None and s.confounder_share is None for s in scans)
+    ev = evaluate_scores(scans, None, n_boot=0)
+    assert not any(k.startswith(("lesion_", "pointing_", "loc_utility", "confounder_share")) for k in ev.metrics)
+    assert "auroc_median" in ev.metrics or any(k.startswith("auroc") for k in ev.metrics)
+    # a grid truth left over after its volume's truth was removed does not count
+    shutil.copytree(Path(cfg.store_path) / "data.zarr" / "truth_grid", old_root / "data.zarr" / "truth_grid")
+    assert survey(Store(str(old_root)), index.ids, geom, "area").n_with_truth == 0
 
 
 def test_evaluate_reports_localization_against_truth(cohort):
@@ -132,7 +238,7 @@ def test_heatmap_nifti_lands_on_the_lesion_in_the_source_scan(cohort, tmp_path):
     checked = 0
     for rec in listing.itertuples():
         vol = store.volume(rec.volume_id)
-        truth = truth_on_grid(out, rec.volume_id, tuple(vol.shape), vol.attrs, geom)
+        truth = read_grid_truth(cfg.store_path, rec.volume_id, geom)
         src = nib.load(out / "scans" / f"{rec.volume_id}.nii.gz")
         bits = np.asanyarray(nib.load(out / "truth" / f"{rec.volume_id}_lesions.nii.gz").dataobj)
         for name in ("great_vessel_atherosclerosis", "lung_pleural_effusion", "lung_consolidation"):

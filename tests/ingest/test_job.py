@@ -171,14 +171,19 @@ def test_listing_ids_split_and_duplicates(bad_folder, tmp_path):
     listing = tmp_path / "listing.csv"
     pd.DataFrame(
         {
-            "volume_id": ["case 1", "case2", "case2"],
-            "path": [str(bad_folder / "good_a.nii.gz"), str(bad_folder / "good_b.nii.gz"), "elsewhere.nii.gz"],
-            "split": ["train", "valid", "test"],
+            "volume_id": ["case1", "case2", "case2", "DOE JOHN MRN123"],
+            "path": [str(bad_folder / "good_a.nii.gz"), str(bad_folder / "good_b.nii.gz"), "elsewhere.nii.gz",
+                     str(bad_folder / "good_a.nii.gz")],
+            "split": ["train", "valid", "test", "train"],
         }
     ).to_csv(listing, index=False)
     rows = discover(listing)
-    assert [(r["volume_id"], r["split"]) for r in rows] == [("case_1", "train"), ("case2", "valid")]
+    assert [(r["volume_id"], r["split"]) for r in rows] == [
+        ("case1", "train"), ("case2", "valid"), ("invalid-listing-row-5", "train")
+    ]
     assert rows[0]["error"] == "" and "duplicate volume id: 2 sources" in rows[1]["error"]
+    # An author's id that breaks the id rule is refused by line, never renamed or quoted.
+    assert rows[2]["error"].startswith("listing line 5: invalid volume id") and "MRN123" not in rows[2]["error"]
     out = ingest_one(rows[0], str(tmp_path / "store"), IngestConfig(spacing_mm=(4, 4, 4)).model_dump(mode="json"))
     assert out["status"] == "ok" and out["split"] == "train"
 

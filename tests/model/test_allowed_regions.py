@@ -32,3 +32,16 @@ def test_union_of_sides_mediastinum_and_forbidden_negatives() -> None:
 def test_shape_errors_are_clear() -> None:
     with pytest.raises(ValueError, match="grid masks"):
         allowed_regions(torch.zeros(1, 80, dtype=torch.uint8), torch.zeros(1, 2, 2, 3, 3, dtype=torch.bool))
+
+
+def test_organ_selector_decodes_the_region_bits_of_labels():
+    from ctplatform.model.allowed_regions import organ_selector
+
+    rows = [("nodule", "right_lung", 1), ("nodule", "left_lung", 1), ("cardiomegaly", "heart", 1), ("mass", "lung", 0)]
+    _, bits = L.encode_volume_labels(rows)
+    organs = organ_selector(torch.from_numpy(bits)).bool()
+    i_nod, i_card, i_mass = L.label_index("nodule", "lung"), L.label_index("cardiomegaly", "heart"), L.label_index("mass", "lung")
+    assert organs.shape == (80, 3)
+    assert organs[i_nod].tolist() == [True, True, False] and organs[i_card].tolist() == [False, False, True]
+    assert not organs[i_mass].any()
+

@@ -112,3 +112,13 @@ def test_unknown_variant_and_bad_codes_are_refused():
         grid_masks(np.zeros((30, 256, 256), np.uint8), SMALL, ["bicubic"])
     with pytest.raises(ValueError, match="organ codes"):
         grid_masks(np.full((30, 256, 256), 7, np.uint8), SMALL)
+
+
+def test_organ_codes_and_bits_come_from_labels():
+    from ctplatform import labels as L
+    from ctplatform.partition import grid, organs
+
+    assert (organs.RIGHT_LUNG, organs.LEFT_LUNG, organs.MEDIASTINUM) == tuple(L.ORGAN_CODES[o] for o in L.ORGANS)
+    organ_map = np.array([[[0, 1, 2, 3]]], dtype=np.uint8)  # one row of each code
+    masks = grid.unpack(grid._BITS[organ_map])
+    assert masks[:, 0, 0].tolist() == [[False, True, False, False], [False, False, True, False], [False, False, False, True]]

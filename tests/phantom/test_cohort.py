@@ -13,7 +13,7 @@ from ctplatform.labels import label_index
 from ctplatform.phantom.anatomy import ORGAN_CODES
 from ctplatform.phantom.cohort import ConfounderSpec, assign, generate_cohort, volume_id
 from ctplatform.phantom.generate import Confounder, make_phantom
-from ctplatform.phantom.nifti import LESION_BITS, read_truth
+from ctplatform.phantom.nifti import CONFOUNDER_BIT, LESION_BITS, read_truth
 
 N = 5
 
@@ -61,7 +61,13 @@ def test_tables(cohort):
     reports = pd.read_csv(out / "reports.csv")
     assert list(reports["volume_id"]) == list(listing["volume_id"]) and reports["report"].str.contains("FINDINGS").all()
     codes = pd.read_csv(out / "truth" / "lesion_codes.csv")
-    assert dict(zip(codes["label"], codes["bit"])) == LESION_BITS
+    lesion_rows = codes[codes["label"] != "confounder"]
+    assert dict(zip(lesion_rows["label"], lesion_rows["bit"])) == LESION_BITS
+    # the confounder region is a truth bit too, named as ingest's codes convention reads it
+    conf = codes[codes["label"] == "confounder"].iloc[0]
+    assert (conf["bit"], conf["kind"], conf["target"]) == (CONFOUNDER_BIT, "fat", "great_vessel_atherosclerosis")
+    assert list(scans["truth"]) == [f"truth/{v}_lesions.nii.gz" for v in scans["volume_id"]]
+    assert (scans["truth_codes"] == "truth/lesion_codes.csv").all()
     assert (out / "preview" / f"{volume_id(3, 0)}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -78,6 +84,9 @@ def test_files_state_the_true_orientation(cohort):
         org, lesions, spacing = read_truth(out, row["volume_id"])
         assert np.array_equal(org, ph.organs) and np.allclose(spacing, ph.spacing_mm, atol=1e-4)
         assert lesions.keys() == ph.lesions.keys() and all(np.array_equal(lesions[k], ph.lesions[k]) for k in lesions)
+        bits = ras_to_ipl(nib.load(out / "truth" / f"{row['volume_id']}_lesions.nii.gz"))
+        fat = ph.organs == ORGAN_CODES["subcutaneous_fat"]
+        assert fat.any() and np.array_equal((bits >> CONFOUNDER_BIT) & 1 > 0, fat)
         rec = json.loads((out / "truth" / f"{row['volume_id']}.json").read_text())
         assert rec["report"] == ph.report and [tuple(r) for r in rec["label_rows"]] == ph.label_rows
 
@@ -201,3 +210,16 @@ def test_a_failing_scan_does_not_stop_the_cohort(tmp_path, monkeypatch):
     monkeypatch.setattr(cohort_mod, "make_one", real)
     listing = generate_cohort(tmp_path, 3, seed=7, size="tiny", workers=1, progress=False)  # the re-run fills the gap
     assert len(listing) == 3 and pd.read_csv(tmp_path / "failed.csv").empty
+
+
+def test_scans_of_an_older_truth_format_are_made_again(tmp_path):
+    """A cohort written before the confounder bit existed is brought up to date by a re-run."""
+    from ctplatform.phantom.cohort import TRUTH_FORMAT
+
+    generate_cohort(tmp_path, 2, seed=8, size="tiny", workers=1, progress=False)
+    path = tmp_path / "truth" / f"{volume_id(8, 0)}.json"
+    rec = json.loads(path.read_text())
+    rec.pop("truth_format")
+    path.write_text(json.dumps(rec))
+    generate_cohort(tmp_path, 2, seed=8, size="tiny", workers=1, progress=False)
+    assert json.loads(path.read_text())["truth_format"] == TRUTH_FORMAT

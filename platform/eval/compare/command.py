@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Compare two runs: AUROC per label (DeLong test, Benjamini-Hochberg FDR), OrganIoU, localization.
 
 RUN_A and RUN_B are training runs (their latest evaluation on --split is used) or evaluation runs.

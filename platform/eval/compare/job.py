@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.eval.compare.comparison import Comparison, compare_runs
 from ctplatform.eval.report import html_table, markdown_table
+from ctplatform.eval.tracking import find_evaluation_run
+from ctplatform.runtime import setup_mlflow
 
 
 def _fetch(run_id: str, path: str, dst: str) -> Path:
@@ -23,8 +26,6 @@ def _fetch(run_id: str, path: str, dst: str) -> Path:
 
 def _evaluation(cfg: Config, run_id: str, split: str, tmp: str) -> tuple[str, pd.DataFrame, pd.DataFrame, dict]:
     from mlflow import MlflowClient
-
-    from ctplatform.eval.tracking import find_evaluation_run
 
     eval_id = find_evaluation_run(cfg, run_id, split)
     d = Path(tmp) / eval_id
@@ -66,8 +67,6 @@ def run_comparison(cfg: Config, run_a: str, run_b: str, split: str) -> tuple[Com
     """Compare the evaluations of run A and run B on `split`; returns (result, folder, MLflow run id)."""
     from mlflow import MlflowClient
 
-    from ctplatform.runtime import setup_mlflow
-
     setup_mlflow(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         ea, pa, la, ma = _evaluation(cfg, run_a, split, tmp)
@@ -80,8 +79,8 @@ def run_comparison(cfg: Config, run_a: str, run_b: str, split: str) -> tuple[Com
     run = client.create_run(
         exp,
         run_name=f"compare-{split}",
-        tags={"ctplatform.stage": "compare", "ctplatform.run_a": run_a, "ctplatform.run_b": run_b,
-              "ctplatform.split": split, "ctplatform.eval_a": ea, "ctplatform.eval_b": eb},
+        tags={tracking.STAGE: "compare", tracking.RUN_A: run_a, tracking.RUN_B: run_b,
+              tracking.SPLIT: split, tracking.EVAL_A: ea, tracking.EVAL_B: eb},
     )
     for p in paths:
         client.log_artifact(run.info.run_id, str(p))

@@ -7,12 +7,17 @@ import logging
 
 from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Write labels.parquet: SARLE over free-text reports, or import released labels.
 
   ctplatform label-reports --reports reports.csv --store STORE
       reports.csv has one row per volume: volume_id, report. Runs as a Ray Data job (batches of
       reports per task); a re-labelled volume's rows are replaced whole; an empty report fails
-      for that volume only (the error names the volume id, never report text).
+      for that volume only (the error names the volume id, never report text); a report that is
+      not recognisable clinical English is flagged for review (not labelled normal); rows whose
+      volume id is not in the store are refused by count; a malformed CSV fails naming its line.
   ctplatform label-reports --radchestct-labels imgtrain_Abnormality_and_Location_Labels.csv ... --store STORE
       RAD-ChestCT's released abnormality x location labels, mapped onto the 80 labels.
   ctplatform label-reports --ctrate-labels train_predicted_labels.csv ... --store STORE
@@ -68,17 +73,19 @@ def run(args: argparse.Namespace, cfg: Config) -> int:
                 tasks=args.tasks,
                 skip_existing=args.skip_existing,
             )
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, OSError) as e:  # a malformed CSV (its line and reason), a missing file or store
             log.error("%s", e)
             return 2
         print(summary.table())
-        if summary.failed:
-            print(f"{summary.failed} volume(s) failed; their earlier labels, if any, are kept:")
+        if summary.failed or summary.review:
+            print(f"{summary.failed} volume(s) failed and {summary.review} were flagged for review; "
+                  "their earlier labels, if any, are kept:")
             for err in summary.errors[:20]:
                 print(f"  {err}")
             if len(summary.errors) > 20:
                 print(f"  ... and {len(summary.errors) - 20} more (see the log)")
-        return 0 if summary.labelled or not summary.failed else 1
+        # Nothing labelled while reports were refused (failed, for review, or absent from the store): exit 1.
+        return 0 if summary.labelled or not (summary.failed or summary.review or summary.absent) else 1
 
     from ctplatform.partition.sarle.external import CTRATE_COVERED_LABELS, read_label_tables
     from ctplatform.partition.sarle.job import summarize, write_labels

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.labels import LOCATION_GROUP, all_labels
+from ctplatform.partition.sarle.job import labels_frame
 from ctplatform.partition.sarle.labeler import label_rows
 
 RADCHESTCT_ID = "NoteAcc_DEID"
@@ -162,8 +163,6 @@ def ctrate_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _frame(rows: list[tuple[str, str, str, int]]) -> pd.DataFrame:
-    from ctplatform.partition.sarle.job import labels_frame
-
     df = labels_frame(rows)
     dup = df.drop_duplicates(["volume_id", "abnormality", "location"]).shape[0] != df.shape[0]
     if dup:

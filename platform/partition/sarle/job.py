@@ -23,6 +23,7 @@ import pandas as pd
 from ctplatform.config import Config
 from ctplatform.labels import LOCATION_GROUP
 from ctplatform.partition.sarle.labeler import LABEL_COLUMNS, label_report, label_rows
+from ctplatform.runtime import init_ray
 from ctplatform.store import Store, validate_volume_id
 
 log = logging.getLogger("ctplatform.sarle")
@@ -39,10 +40,15 @@ def label_batch(
     """Label a batch of reports: one status row per report (pure; runs inside a Ray task).
 
     `findings` holds "abnormality@location" strings; an empty or unreadable report gives a failed
-    row whose error names the volume id only; volumes in `skip` get status "skipped".
+    row whose error names the volume id only (an invalid id cell is never quoted: its CSV line is
+    named instead, from the batch's `line` column when present); a report that is not recognisable
+    clinical English gets status "review" (never labelled normal); volumes in `skip` get "skipped".
     """
+    from ctplatform.partition.sarle.language import unrecognised
+
     out: dict[str, list] = {c: [] for c in STATUS_COLUMNS}
-    for raw_id, text in zip(batch[id_column].tolist(), batch[text_column].tolist()):
+    lines = batch["line"].tolist() if "line" in batch.columns else [None] * len(batch)
+    for raw_id, text, line in zip(batch[id_column].tolist(), batch[text_column].tolist(), lines):
         volume_id = "" if raw_id is None or (isinstance(raw_id, float) and math.isnan(raw_id)) else str(raw_id).strip()
         status, error, findings = "ok", "", []
         if volume_id in skip:
@@ -50,9 +56,14 @@ def label_batch(
         try:
             validate_volume_id(volume_id)
         except ValueError as e:
-            status, error = "failed", str(e)
+            where = f"line {int(line)}" if line is not None else "a row"
+            status, error, volume_id = "failed", f"{where}: {e}", ""
         if status == "ok" and (not isinstance(text, str) or not text.strip()):
             status, error = "failed", f"volume {volume_id}: the report is empty or missing; give the report text for it"
+        if status == "ok":
+            reason = unrecognised(text)
+            if reason:
+                status, error = "review", f"volume {volume_id}: {reason}"
         if status == "ok":
             try:
                 findings = sorted(f"{a}@{loc}" for a, loc in label_report(text))
@@ -94,6 +105,8 @@ class LabelSummary:
     labelled: int = 0
     failed: int = 0
     skipped: int = 0
+    review: int = 0  # reports SARLE cannot read (not English): not labelled, listed in `errors`
+    absent: int = 0  # report rows whose volume id is not in the store: not labelled, ids not shown
     positives_per_group: dict[str, int] = field(default_factory=dict)  # positive labels, summed over volumes
     volumes_with_positive: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -101,6 +114,9 @@ class LabelSummary:
     def table(self) -> str:
         lines = [
             f"volumes labelled: {self.labelled}   failed: {self.failed}   skipped (already labelled): {self.skipped}",
+            *([f"flagged for review (no recognisable clinical English; not labelled): {self.review}"] if self.review else []),
+            *([f"refused: {self.absent} report row(s) name volume ids absent from the store (ids not shown)"]
+              if self.absent else []),
             f"{'label group':<14}{'positive labels':>17}{'volumes with one':>18}",
         ]
         for g in ("lung", "heart", "great_vessel", "mediastinum"):
@@ -120,26 +136,15 @@ def summarize(rows: pd.DataFrame, failed: list[str], skipped: int = 0) -> LabelS
     return s
 
 
-def _read_reports(path: str, id_column: str, text_column: str):
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+def _read_reports(path: str, id_column: str, text_column: str, known_ids: frozenset[str] = frozenset()):
+    """The reports as a Ray dataset (id, text, line), parsed strictly on the driver first
+    (reports.py: a bad CSV fails with its line and reason, not a Ray traceback)."""
     import ray
 
-    ds = ray.data.read_csv(
-        path,
-        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-        convert_options=pacsv.ConvertOptions(
-            column_types={id_column: pa.string(), text_column: pa.string()}, strings_can_be_null=True
-        ),
-    )
-    names = ds.schema().names
-    missing = [c for c in (id_column, text_column) if c not in names]
-    if missing:
-        raise ValueError(
-            f"reports CSV {path} lacks columns {missing} (it has {names}); it needs one row per volume with "
-            f"columns {id_column}, {text_column} (choose others with --id-column/--text-column)"
-        )
-    return ds.select_columns([id_column, text_column])
+    from ctplatform.partition.sarle.reports import read_reports_csv
+
+    df = read_reports_csv(path, id_column, text_column, known_ids)
+    return ray.data.from_pandas(df)
 
 
 def run_labelling(
@@ -156,10 +161,9 @@ def run_labelling(
     """Label every report of `reports` (a CSV) with a Ray Data job and write labels.parquet."""
     import ray
 
-    from ctplatform.runtime import init_ray
-
+    known = frozenset(store.volume_ids())
     init_ray(cfg)
-    ds = _read_reports(reports, id_column, text_column)
+    ds = _read_reports(reports, id_column, text_column, known)
     n_rows = ds.count()
     skip: frozenset[str] = frozenset()
     if skip_existing:
@@ -178,22 +182,36 @@ def run_labelling(
         )
         .to_pandas()
     )
-    return _finish(status, store)
+    return _finish(status, store, known)
 
 
-def _finish(status: pd.DataFrame, store: Store) -> LabelSummary:
-    """Driver side: reject duplicate ids, write the labelled volumes, summarise."""
+def _finish(status: pd.DataFrame, store: Store, known: frozenset[str] | None = None) -> LabelSummary:
+    """Driver side: refuse ids absent from the store (by count, never by name), reject duplicate
+    ids, write the labelled volumes, summarise."""
     skipped = int((status["status"] == "skipped").sum())
     status = status[status["status"] != "skipped"].copy()
-    counts = Counter(status["volume_id"])
-    for i in status.index[status["volume_id"].map(counts) > 1]:
+    absent = 0
+    if known is not None:
+        named = status["volume_id"] != ""  # an invalid id cell already failed, by line number
+        outside = named & ~status["volume_id"].isin(known)
+        absent = int(outside.sum())
+        status = status[~outside]
+    if absent:
+        log.warning("%d report row(s) name volume ids absent from the store; not labelled", absent)
+    review = int((status["status"] == "review").sum())
+    counts = Counter(v for v in status["volume_id"] if v)
+    for i in status.index[status["volume_id"].map(lambda v: counts.get(v, 0)) > 1]:
         v = status.at[i, "volume_id"]
         status.at[i, "status"] = "failed"
         status.at[i, "error"] = f"volume {v}: appears {counts[v]} times in the reports; give one report per volume"
     ok = status[status["status"] == "ok"]
-    failed = sorted(set(status.loc[status["status"] != "ok", "error"]))
-    for err in failed:
+    failed = sorted(set(status.loc[status["status"] == "failed", "error"]))
+    flagged = sorted(set(status.loc[status["status"] == "review", "error"]))
+    for err in failed + flagged:
         log.warning(err)
     rows = rows_from_status(ok) if len(ok) else labels_frame([])
     write_labels(store, rows)
-    return summarize(rows, failed, skipped)
+    out = summarize(rows, failed, skipped)
+    out.review, out.absent = review, absent
+    out.errors = failed + flagged
+    return out

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ctplatform.config import Config
 
+# Imports of the stage's jobs stay inside the functions that use them: cli imports this module to
+# build `ctplatform --help`, which must stay fast.
+
 HELP = """Sweep lambda, grid-mask downsampling and dilation (and optionally lr and seed) with Ray Tune.
 
 Each trial is a full Ray Train run of the train section with the trial's values (tune.lambdas,

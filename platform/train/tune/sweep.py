@@ -26,7 +26,11 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 
 from ctplatform.config import Config
+from ctplatform.model.dataset import MissingGridMaskError
+from ctplatform.runtime import init_ray, setup_mlflow
 from ctplatform.train import rundir
+from ctplatform.train.tracking import finish_mlflow_run
+from ctplatform.train.trainer import check_inputs, resolve_use_gpu, worker_config
 from ctplatform.train.tune.space import (
     concurrent_trials,
     describe_resources,
@@ -38,7 +42,15 @@ from ctplatform.train.tune.space import (
     varied_params,
 )
 from ctplatform.train.tune.table import TrialRow, best_trial
-from ctplatform.train.tune.trial import EPOCHS_DONE, SweepContext
+from ctplatform.train.tune.tracking import (
+    SweepTracker,
+    collect_rows,
+    log_table,
+    start_parent_run,
+    sweep_params,
+    view_of_trial,
+)
+from ctplatform.train.tune.trial import EPOCHS_DONE, SweepContext, run_trial
 
 log = logging.getLogger("ctplatform.tune")
 
@@ -101,8 +113,6 @@ def resolve_sweep(storage: str, resume: bool, name: str | None) -> tuple[str, di
 def sweep_base_config(cfg: Config, train_storage: str) -> Config:
     """The configuration every trial starts from: absolute paths (a trial runs in its own directory,
     maybe on another node), the tracking URI written out, the trials' Train storage."""
-    from ctplatform.train.trainer import worker_config
-
     base = worker_config(cfg)
     base.mlflow.tracking_uri = cfg.tracking_uri
     base.train.storage_path = train_storage
@@ -112,9 +122,6 @@ def sweep_base_config(cfg: Config, train_storage: str) -> Config:
 def check_sweep_inputs(cfg: Config) -> dict[str, str]:
     """{variant: why its trials will fail} for variants whose grid masks are missing. Problems every
     trial shares (no store, an empty split, unfinished volumes) raise: the sweep cannot run."""
-    from ctplatform.model.dataset import MissingGridMaskError
-    from ctplatform.train.trainer import check_inputs
-
     problems: dict[str, str] = {}
     for variant in cfg.tune.variants:
         try:
@@ -158,8 +165,6 @@ def trial_dirname(trial: Any) -> str:
 def make_trainable(base: Config, ctx: SweepContext) -> Any:
     from ray import tune
 
-    from ctplatform.train.tune.trial import run_trial
-
     return tune.with_resources(
         tune.with_parameters(run_trial, sweep=ctx.to_dict()),
         tune.PlacementGroupFactory([driver_bundle(base)]),
@@ -168,8 +173,6 @@ def make_trainable(base: Config, ctx: SweepContext) -> Any:
 
 def make_tuner(base: Config, ctx: SweepContext, storage: str, concurrency: int, trainable: Any) -> Any:
     from ray import tune
-
-    from ctplatform.train.tune.tracking import SweepTracker
 
     t = base.tune
     scheduler = None
@@ -207,16 +210,12 @@ def saved_trials(experiment_path: str) -> list[Any]:
     ResultGrid has no status: an interrupted trial would look finished)."""
     from ray.tune import ExperimentAnalysis
 
-    from ctplatform.train.tune.tracking import view_of_trial
-
     return [view_of_trial(t) for t in ExperimentAnalysis(experiment_path).trials]
 
 
 # ------------------------------------------------------------------------------ the driver
 def create_sweep(base: Config, storage: str, name: str, concurrency: int) -> dict[str, Any]:
     """The parent MLflow run and the sweep record (ctplatform_sweep.json) of a new sweep."""
-    from ctplatform.train.tune.tracking import start_parent_run, sweep_params
-
     experiment_path = f"{storage}/{name}"
     parent_run_id, experiment_id = start_parent_run(base, name, sweep_params(base, n_trials(base), concurrency))
     ctx = SweepContext(
@@ -236,9 +235,6 @@ def create_sweep(base: Config, storage: str, name: str, concurrency: int) -> dic
 def report_sweep(ctx: SweepContext, base: Config, experiment_path: str, wall: float) -> tuple[list[TrialRow], str, bool]:
     """Rows of every trial from Tune's saved state, the table logged on the parent run and written to
     the experiment folder, the runs' final statuses; returns (rows, markdown, interrupted)."""
-    from ctplatform.train.tracking import finish_mlflow_run
-    from ctplatform.train.tune.tracking import collect_rows, log_table
-
     rows = collect_rows(ctx, saved_trials(experiment_path))
     planned = n_trials(base)
     # Tune returns normally after Ctrl-C (SIGINT), with trials left running or pending.
@@ -271,10 +267,6 @@ def run_sweep(
     import ray
     from mlflow import MlflowClient
     from ray import tune
-
-    from ctplatform.runtime import init_ray, setup_mlflow
-    from ctplatform.train.trainer import resolve_use_gpu
-    from ctplatform.train.tracking import finish_mlflow_run
 
     start = time.monotonic()
     storage = tune_storage_root(cfg)

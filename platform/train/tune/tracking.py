@@ -17,8 +17,11 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ctplatform import tracking
 from ctplatform.config import Config
+from ctplatform.runtime import setup_mlflow
 from ctplatform.train import rundir
+from ctplatform.train.tracking import run_params
 from ctplatform.train.tune.table import TrialRow, best_trial, sweep_markdown, table5, trials_frame
 from ctplatform.train.tune.trial import EPOCHS_DONE, TRIAL_RECORD, SweepContext, trial_run_name
 
@@ -41,8 +44,6 @@ class TrialView:
 
 # ------------------------------------------------------------------------------ the parent run
 def sweep_params(cfg: Config, n_trials: int, concurrency: int) -> dict[str, Any]:
-    from ctplatform.train.tracking import run_params
-
     t = cfg.tune
     params = {
         k: v for k, v in run_params(cfg).items() if k not in ("lambda_mask", "grid_variant", "lr", "seed", "mask_loss")
@@ -78,11 +79,9 @@ def start_parent_run(cfg: Config, name: str, params: dict[str, Any]) -> tuple[st
     import mlflow
     from mlflow import MlflowClient
 
-    from ctplatform.runtime import setup_mlflow
-
     experiment_id = setup_mlflow(cfg)
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=name, tags={"ctplatform.stage": "tune", "ctplatform.sweep": name})
+    run = client.create_run(experiment_id, run_name=name, tags={tracking.STAGE: "tune", tracking.SWEEP: name})
     with mlflow.start_run(run_id=run.info.run_id):
         mlflow.log_params(params)
         mlflow.log_text(cfg.to_yaml(), "config.yaml")
@@ -210,10 +209,10 @@ def log_table(ctx: SweepContext, rows: list[TrialRow], extra: dict[str, str] | N
                 if math.isfinite(getattr(best, key)):
                     client.log_metric(ctx.parent_run_id, f"best_{key}", getattr(best, key))
             for key, value in {
-                "ctplatform.best_trial": best.trial_id,
-                "ctplatform.best_run_id": best.mlflow_run_id,
-                "ctplatform.best_checkpoint": best.checkpoint,
-                "ctplatform.best_config": f"train.grid_variant={best.grid_variant} train.lambda_mask={best.lambda_mask:g} "
+                tracking.BEST_TRIAL: best.trial_id,
+                tracking.BEST_RUN_ID: best.mlflow_run_id,
+                tracking.BEST_CHECKPOINT: best.checkpoint,
+                tracking.BEST_CONFIG: f"train.grid_variant={best.grid_variant} train.lambda_mask={best.lambda_mask:g} "
                 f"train.lr={best.lr:g} train.seed={best.seed}",
             }.items():
                 client.set_tag(ctx.parent_run_id, key, value)
@@ -234,12 +233,12 @@ def close_child(ctx: SweepContext, row: TrialRow) -> None:
     if client.get_run(row.mlflow_run_id).info.status != "RUNNING":
         return
     if row.status == "stopped_asha":
-        client.set_tag(row.mlflow_run_id, "ctplatform.stop_reason", f"stopped by ASHA after {row.epochs} epoch(s)")
+        client.set_tag(row.mlflow_run_id, tracking.STOP_REASON, f"stopped by ASHA after {row.epochs} epoch(s)")
         client.set_terminated(row.mlflow_run_id, status="FINISHED")
     elif row.status == "failed":
-        client.set_tag(row.mlflow_run_id, "ctplatform.stop_reason", (row.error or "failed")[:500])
+        client.set_tag(row.mlflow_run_id, tracking.STOP_REASON, (row.error or "failed")[:500])
         client.set_terminated(row.mlflow_run_id, status="FAILED")
-    client.set_tag(row.mlflow_run_id, "ctplatform.trial_status", row.status)
+    client.set_tag(row.mlflow_run_id, tracking.TRIAL_STATUS, row.status)
 
 
 def view_of_trial(trial: Any) -> TrialView:
@@ -267,7 +266,7 @@ class SweepTracker(Callback):
                 from mlflow import MlflowClient
 
                 MlflowClient(Config.model_validate(ctx.config).tracking_uri).set_tag(
-                    ended.mlflow_run_id, "ctplatform.trial_status", ended.status
+                    ended.mlflow_run_id, tracking.TRIAL_STATUS, ended.status
                 )
             log_table(ctx, rows)
             log.info("trial %s ended: %s", ended.run_name, ended.status + (f" ({ended.error})" if ended.error else ""))

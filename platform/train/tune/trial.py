@@ -18,8 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from ctplatform import tracking
 from ctplatform.config import Config
+from ctplatform.runtime import setup_mlflow
 from ctplatform.train import rundir
+from ctplatform.train.tracking import finish_mlflow_run, start_mlflow_run
+from ctplatform.train.trainer import build_trainer, check_inputs
 from ctplatform.train.tune.space import trial_config, trial_label
 
 if TYPE_CHECKING:
@@ -89,9 +93,6 @@ def run_trial(params: dict[str, Any], sweep: dict[str, Any]) -> None:
     """
     import ray.tune
 
-    from ctplatform.train.trainer import build_trainer, check_inputs
-    from ctplatform.train.tracking import finish_mlflow_run
-
     ctx = SweepContext.from_dict(sweep)
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(Config.model_validate(ctx.config), params)
@@ -148,9 +149,6 @@ def child_run(
     cfg: Config, ctx: SweepContext, storage: str, name: str, trial_id: str, counts: tuple[int, int] | None
 ) -> str:
     """The trial's MLflow run nested under the sweep's parent: created once, reused by retries."""
-    from ctplatform.runtime import setup_mlflow
-    from ctplatform.train.tracking import start_mlflow_run
-
     record = rundir.read_json(storage, name, rundir.RUN_RECORD)
     if record is not None:
         setup_mlflow(cfg)
@@ -160,8 +158,11 @@ def child_run(
     # train.storage_path set to the sweep's train_runs folder continues a trial's run by hand.
     run_id, _ = start_mlflow_run(
         cfg, name, storage, parent_run_id=ctx.parent_run_id, n_train=n_train, n_valid=n_valid,
-        tags={"ctplatform.sweep": ctx.name, "ctplatform.trial_id": trial_id},
+        tags={tracking.SWEEP: ctx.name, tracking.TRIAL_ID: trial_id},
     )  # fmt: skip
+    from ctplatform.train.trainer import log_qc_counts
+
+    log_qc_counts(cfg, run_id)  # which scans partition QC kept out (counts only)
     return run_id
 
 

@@ -6,6 +6,7 @@ import csv
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -34,6 +35,13 @@ def _write_reports(path: Path, reports: dict[str, str | None]) -> Path:
     return path
 
 
+def _with_volumes(store: Store, ids: list[str]) -> Store:
+    """Tiny finished volumes: labels are written only for volumes the store holds."""
+    for vid in ids:
+        store.write_volume(vid, np.zeros((3, 4, 4), np.int16), {"spacing_mm": [1.0, 1.0, 1.0]}, chunk_slices=3)
+    return store
+
+
 def _positives(rows: pd.DataFrame, volume_id: str) -> set[tuple[str, str]]:
     r = rows[(rows["volume_id"] == volume_id) & (rows["value"] == 1)]
     return set(zip(r["abnormality"], r["location"]))
@@ -45,7 +53,7 @@ def test_label_batch_gives_one_status_row_per_report() -> None:
     assert list(out["status"]) == ["ok", "failed", "failed", "ok"]
     assert list(out.loc[0, "findings"]) == ["pneumonia@left_lung"]
     assert out.loc[1, "error"] == "volume b: the report is empty or missing; give the report text for it"
-    assert "invalid volume id" in out.loc[2, "error"]
+    assert "invalid volume id" in out.loc[2, "error"] and "bad id!" not in out.loc[2, "error"]
     assert list(out.loc[3, "findings"]) == []
 
 
@@ -53,7 +61,7 @@ def test_job_writes_labels_replaces_relabelled_volumes_and_keeps_failed_ones(
     ray_local, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = load_config(overrides=[f"workdir={tmp_path}"])
-    store = Store(str(tmp_path / "store"))
+    store = _with_volumes(Store(str(tmp_path / "store")), ["vol-a", "vol-b", "vol-c", "vol-d", "vol-e"])
     csv_path = _write_reports(tmp_path / "reports.csv", REPORTS)
     with caplog.at_level(logging.INFO):
         summary = run_labelling(cfg, str(csv_path), store, batch_size=2, tasks=2)
@@ -96,7 +104,7 @@ def test_job_writes_labels_replaces_relabelled_volumes_and_keeps_failed_ones(
 
 def test_duplicate_volume_ids_and_missing_columns(ray_local, tmp_path: Path) -> None:
     cfg = load_config(overrides=[f"workdir={tmp_path}"])
-    store = Store(str(tmp_path / "store"))
+    store = _with_volumes(Store(str(tmp_path / "store")), ["x", "y"])
     path = tmp_path / "dup.csv"
     pd.DataFrame({"volume_id": ["x", "x", "y"], "report": ["Left pneumonia.", "Clear.", "Small left effusion."]}).to_csv(path, index=False)
     summary = run_labelling(cfg, str(path), store)
@@ -108,6 +116,7 @@ def test_duplicate_volume_ids_and_missing_columns(ray_local, tmp_path: Path) -> 
 
 def test_cli_labels_reports_and_imports_ctrate(ray_local, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     store_dir = tmp_path / "store"
+    _with_volumes(Store(str(store_dir)), ["v1", "v2"])
     csv_path = _write_reports(tmp_path / "reports.csv", {"v1": "Bilateral pleural effusions.", "v2": "Normal study."})
     rc = main(["label-reports", "--reports", str(csv_path), "--store", str(store_dir), "--workdir", str(tmp_path)])
     out = capsys.readouterr().out
