@@ -24,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tune", "ctplatform.train.tune.command"),
     ("evaluate", "ctplatform.eval.command"),
     ("compare", "ctplatform.eval.compare.command"),
+    ("predict", "ctplatform.predict.command"),
     ("demo", "ctplatform.demo.command"),
     ("store", "ctplatform.store_command"),
 ]

@@ -39,6 +39,9 @@ class MlflowConfig(Section):
         None, description="None: MLFLOW_TRACKING_URI if set, else sqlite:///<workdir>/mlflow.db"
     )
     experiment: str = "ctplatform"
+    registered_model: str | None = Field(
+        "ctplatform-axialnet", description="Model Registry name a training run registers its model under (None: not registered)"
+    )
 
 
 class IngestConfig(Section):
@@ -364,6 +367,29 @@ class DemoConfig(Section):
     )
 
 
+class PredictConfig(Section):
+    """`ctplatform predict`: a trained model on new scans (Ray Data batch inference, docs/predict.md)."""
+
+    replicas: int = Field(1, ge=1, description="model replicas (actors); each holds one copy of the model")
+    gpus_per_replica: float | Literal["auto"] = Field(
+        "auto", description="auto: one GPU per replica when the cluster has GPUs, else 0 (CPU replicas)"
+    )
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs of a model replica")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs of a read/preprocess task and of a write task")
+    memory_per_task_gb: float = Field(4.0, gt=0, description="Ray memory request of a read/preprocess task")
+    amp: bool = Field(True, description="bf16 autocast on GPU replicas (CPU always runs float32)")
+    slice_chunk: int | None = Field(
+        32, ge=1, description="slice groups through the backbone at once (bounds memory; None: all)"
+    )
+    default_threshold: float = Field(
+        0.5, gt=0, lt=1, description="probability threshold of a label the model has no validation operating point for"
+    )
+    min_maps: int = Field(0, ge=0, description="write maps for at least this many top-scoring labels per scan, above threshold or not")
+    max_maps: int = Field(10, ge=0, description="at most this many maps per scan (highest probability first)")
+    png: bool = Field(True, description="write the one-page PNG summary of each scan")
+    fail_fraction: float = Field(1.0, description="exit non-zero when more than this fraction of scans failed")
+
+
 class Config(Section):
     workdir: Path = Field(Path("ctplatform-work"), description="Default root for store, MLflow and runs")
     store: str | None = Field(None, description="Store path (local, NFS or s3://); None: <workdir>/store")
@@ -376,6 +402,7 @@ class Config(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
 
     @property
     def store_path(self) -> str:

@@ -33,13 +33,13 @@ import numpy as np
 import pandas as pd
 
 from ctplatform.config import Config, IngestConfig
-from ctplatform.ingest.dicom import series_files
-from ctplatform.ingest.discover import discover
-from ctplatform.ingest.preprocess import to_store
-from ctplatform.ingest.pseudonym import PSEUDONYMISED_SOURCE, load_key, scrub
-from ctplatform.ingest.readers import ctrate_metadata_row, detect_format, read_scan
-from ctplatform.ingest.scan import ScanError
-from ctplatform.ingest.sizing import ReadLimits
+from ctplatform.scans.dicom import series_files
+from ctplatform.scans.discover import discover
+from ctplatform.scans.preprocess import to_store
+from ctplatform.scans.pseudonym import PSEUDONYMISED_SOURCE, load_key, scrub
+from ctplatform.scans.readers import ctrate_metadata_row, detect_format, read_scan
+from ctplatform.scans.scan import ScanError
+from ctplatform.scans.sizing import ReadLimits
 from ctplatform.ingest.truth import prepare_truth, store_truth, truth_source
 from ctplatform.runtime import TaskResources, init_ray, map_volumes
 from ctplatform.store import MANIFEST_COLUMNS, IncompleteItemError, LeaseHeldError, LeaseLostError, Store, manifest_row

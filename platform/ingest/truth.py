@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.ingest.orient import to_store_orientation, voxel_spacing
-from ctplatform.ingest.resample import resample, resampled_affine
-from ctplatform.ingest.scan import ScanError
+from ctplatform.scans.orient import to_store_orientation, voxel_spacing
+from ctplatform.scans.resample import resample, resampled_affine
+from ctplatform.scans.scan import ScanError
 from ctplatform.labels import label_by_name
 from ctplatform.store import CONFOUNDER
 
@@ -130,8 +130,8 @@ def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A NIfTI label mask as non-negative integers, and its affine."""
     import nibabel as nib
 
-    from ctplatform.ingest.readers import size_nifti
-    from ctplatform.ingest.sizing import MASK_MAX_COMPRESSION_RATIO, ReadLimits
+    from ctplatform.scans.readers import size_nifti
+    from ctplatform.scans.sizing import MASK_MAX_COMPRESSION_RATIO, ReadLimits
 
     try:
         img = nib.load(str(path))

@@ -43,6 +43,7 @@ from ctplatform.model.device_input import DeviceBatches
 from ctplatform.train.accel import Accumulator, autocast, configure_model, no_sync
 from ctplatform.model.allowed_regions import allowed_regions
 from ctplatform.model.losses import class_loss, mask_loss, total_loss
+from ctplatform.model.operating_points import choose_operating_points
 from ctplatform.model.metrics import auroc_per_label, auroc_summary, organ_iou
 from ctplatform.model.axialnet import AxialNet, build_model, unwrap
 from ctplatform.train.state import (
@@ -168,8 +169,12 @@ def _means(sums: torch.Tensor) -> tuple[float, float, float]:
 
 
 @torch.no_grad()
-def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards."""
+def validate(
+    model: AxialNet, loader: Any, cfg: Config, device: torch.device, keep: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Validation loss terms, median AUROC and mean OrganIoU (fixed threshold) over all ranks' shards.
+
+    `keep` (optional) receives the gathered targets `y` and `logits` (for the operating points)."""
     t = cfg.train
     model.eval()
     labels = None if t.labels == "all" else scored_labels(load_split(Store(cfg.store_path), t.splits["train"]), t.labels)
@@ -202,6 +207,8 @@ def validate(model: AxialNet, loader: Any, cfg: Config, device: torch.device) ->
     y_all = np.concatenate([p[3] for p in parts])
     s_all = np.concatenate([p[4] for p in parts])
     iou_all = np.concatenate([p[5] for p in parts])
+    if keep is not None:
+        keep.update(y=y_all, logits=s_all)
     auroc = auroc_summary(auroc_per_label(y_all, s_all))
     return {
         "val_loss": val_cls + t.lambda_mask * val_mask,
@@ -262,8 +269,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if result.diverged:
             _stop_diverged(config, worker, epoch, result.diverged)
             return
-        val = validate(unwrap(model), data.valid, cfg, worker.device)
-        best_state = _advance(state, epoch, val, model, best_state, t)
+        val_arrays: dict[str, np.ndarray] = {}
+        val = validate(unwrap(model), data.valid, cfg, worker.device, keep=val_arrays)
+        best_state = _advance(state, epoch, val, model, best_state, t, val_arrays, cfg.predict.default_threshold)
         metrics = {
             "epoch": epoch,
             "steps": result.steps,
@@ -377,13 +385,18 @@ def _stop_diverged(config: dict[str, Any], worker: _Worker, epoch: int, reason: 
 
 def _advance(
     state: TrainState, epoch: int, val: dict[str, float], model: torch.nn.Module,
-    best_state: dict[str, Any] | None, t: Any,
+    best_state: dict[str, Any] | None, t: Any, val_arrays: dict[str, np.ndarray] | None = None,
+    default_threshold: float = 0.5,
 ) -> dict[str, Any] | None:
-    """Record an epoch's validation in `state` (best epoch, patience, status); returns the best weights."""
+    """Record an epoch's validation in `state` (best epoch, patience, status, the best weights'
+    operating points from `val_arrays`); returns the best weights."""
     # the same criterion for every lambda (val_loss holds lambda * L_mask: not comparable across models)
     if val[t.selection_metric] < state.best_val_loss:
         state.best_val_loss, state.best_epoch, state.bad_epochs = val[t.selection_metric], epoch, 0
         best_state = cpu_state(model)
+        if val_arrays:  # the operating points predict uses: chosen on validation with the kept weights
+            th, sources = choose_operating_points(val_arrays["y"], val_arrays["logits"], default_threshold)
+            state.best_thresholds, state.best_threshold_sources = [float(x) for x in th], sources
     else:
         state.bad_epochs += 1
     state.next_epoch = epoch + 1
@@ -423,6 +436,9 @@ def _finish(
 ) -> None:
     """Log the best model (rank 0's tracker) and write the attempt's outcome for the driver."""
     if tracker is not None and best_state is not None:
-        tracker.log_best(copy.deepcopy(unwrap(model)), best_state, {tracking.STATUS: state.status})
+        tracker.log_best(
+            copy.deepcopy(unwrap(model)), best_state, {tracking.STATUS: state.status}, Config.model_validate(config["cfg"]),
+            state.best_thresholds, state.best_threshold_sources,
+        )
     if worker.rank == 0:
         write_outcome(config, state.status, state.last_metrics)

@@ -35,6 +35,8 @@ class TrainState:
     reference_loss: float | None = None
     status: str = STATUS_RUNNING
     last_metrics: dict[str, Any] = field(default_factory=dict)
+    best_thresholds: list[float] | None = None  # validation operating points of the best weights
+    best_threshold_sources: list[str] | None = None
 
     def to_json(self) -> str:
         d = asdict(self)

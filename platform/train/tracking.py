@@ -133,28 +133,39 @@ class RankZeroTracker:
         ]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def log_best(self, model: "torch.nn.Module", best_state: dict[str, "torch.Tensor"], tags: dict[str, str]) -> None:
-        """Log the best weights as checkpoint/model_state.pt and the model via mlflow.pytorch.log_model."""
+    def log_best(
+        self,
+        model: "torch.nn.Module",
+        best_state: dict[str, "torch.Tensor"],
+        tags: dict[str, str],
+        cfg: "Config | None" = None,
+        thresholds: list[float] | None = None,
+        threshold_sources: list[str] | None = None,
+    ) -> None:
+        """Log the best weights as checkpoint/model_state.pt and the model as an MLflow pyfunc model that
+        loads in a fresh environment (model/packaged.py: state_dict, config, thresholds, the package),
+        registered under cfg.mlflow.registered_model when set."""
         import tempfile
 
         import mlflow
+        import numpy as np
         import torch
 
-        model.load_state_dict(best_state)
-        model.eval()
+        from ctplatform.model.operating_points import SOURCE_FALLBACK
+        from ctplatform.model.packaged import log_axialnet_model
+
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model_state.pt"
             torch.save(best_state, path)
             self.client.log_artifact(self.run_id, str(path), artifact_path=str(Path(MODEL_STATE_ARTIFACT).parent))
+        if cfg is not None:
+            n = model.fc.out_features if hasattr(model, "fc") else 80
+            th = np.asarray(thresholds if thresholds is not None else [cfg.predict.default_threshold] * n, dtype=np.float64)
+            sources = list(threshold_sources or [SOURCE_FALLBACK] * n)
+            info = log_axialnet_model(best_state, cfg, th, sources, self.run_id, cfg.mlflow.registered_model)
+            version = getattr(info, "registered_model_version", None)
+            if version is not None:
+                self.client.set_tag(self.run_id, "ctplatform.registered_model", f"{cfg.mlflow.registered_model}/{version}")
         with mlflow.start_run(run_id=self.run_id):
-            # Pickle, not the default 'pt2' export: that needs an input example (286 MB at the paper's
-            # geometry) and fixes its shape. Explicit requirements: inferring them runs the model in a
-            # subprocess. Loading needs ctplatform installed (AxialNet's class); or use load_from_run.
-            mlflow.pytorch.log_model(
-                model.cpu(),
-                name="model",
-                serialization_format="pickle",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "ctplatform"],
-            )
             mlflow.set_tags(tags)
         self.client.update_run(self.run_id, status="RUNNING")  # the driver sets the final status

@@ -220,3 +220,41 @@ def test_a_failing_stage_fails_the_job(ray_head, tmp_path):
     job = submit(client, f"ctplatform ingest --input {tmp_path / 'missing'} --store {tmp_path / 'store'}",
                  load_runtime_env(RUNTIME_ENV))
     assert wait_for_job(client, job, timeout_s=300, echo=False) == "FAILED"
+
+
+def test_predict_job_on_a_ray_head(ray_head, cohort, tmp_path):
+    """`ctplatform predict` under `ray job submit`: a model logged by run id, two real scans, maps out."""
+    _require_commands("predict")
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from ctplatform.config import load_config
+    from ctplatform.model.axialnet import AxialNet
+    from ctplatform.model.packaged import log_axialnet_model
+    from ctplatform.runtime import setup_mlflow
+
+    listing, _ = cohort
+    work = tmp_path / "work"
+    cfg = load_config(None, [f"workdir={work}", "model.input_shape=[24,64,64]", "model.custom_conv_padding=1",
+                             "ingest.spacing_mm=[4,4,4]"])
+    setup_mlflow(cfg)
+    torch.manual_seed(0)
+    with mlflow.start_run() as run:
+        pass
+    log_axialnet_model(AxialNet(cfg.model.geometry).state_dict(), cfg, np.full(80, 0.5), ["fallback"] * 80,
+                       run.info.run_id)
+    out = tmp_path / "out"
+    cli = subprocess.run(
+        ["ray", "job", "submit", "--address", ray_head.address, "--runtime-env", str(RUNTIME_ENV.relative_to(REPO)),
+         "--", "ctplatform", "predict", "--model", run.info.run_id, "--input", str(listing), "--out", str(out),
+         "--workdir", str(work), "--set", "predict.min_maps=1", "--set", "predict.png=false"],
+        cwd=REPO, env=ray_head.env, capture_output=True, text=True, timeout=600,
+    )
+    assert cli.returncode == 0, (cli.stdout + cli.stderr)[-4000:]
+    assert "2 scan(s) predicted, 0 failed" in cli.stdout
+    table = pd.read_parquet(out / "predictions.parquet")
+    assert sorted(table["volume_id"]) == sorted(SCANS) and (table["status"] == "ok").all()
+    for vid in SCANS:
+        assert list((out / "scans" / vid / "maps").glob("*.nii.gz"))

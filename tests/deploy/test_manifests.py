@@ -78,7 +78,7 @@ def test_the_expected_manifests_exist():
     names = {_rel(p) for p in MANIFESTS}
     for required in ("namespace.yaml", "storage.yaml", "raycluster.yaml", "mlflow.yaml", "kustomization.yaml",
                      "redis.yaml", "networkpolicy.yaml", "images/kustomization.yaml",
-                     *(f"jobs/{s}/{f}" for s in ("ingest", "partition", "train", "tune")
+                     *(f"jobs/{s}/{f}" for s in ("ingest", "partition", "train", "tune", "predict")
                        for f in ("rayjob.yaml", "kustomization.yaml"))):
         assert required in names
 
@@ -249,7 +249,7 @@ def test_every_ray_cluster_shares_image_storage_auth_and_mlflow():
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every pod mounts it at once
     ray_version = importlib.metadata.version("ray")
     specs = _ray_cluster_specs()
-    assert len(specs) == 5  # the RayCluster and four RayJobs
+    assert len(specs) == 6  # the RayCluster and five RayJobs
     for where, spec in specs:
         assert spec["rayVersion"] == ray_version, where
         assert spec["authOptions"] == {"mode": "token"}, where
@@ -270,11 +270,11 @@ def test_every_ray_cluster_shares_image_storage_auth_and_mlflow():
 
 
 def test_rayjobs_run_their_stage_on_the_shared_volume_and_clean_up():
-    for stage in ("ingest", "partition", "train", "tune"):
+    for stage in ("ingest", "partition", "train", "tune", "predict"):
         job = _one("RayJob", f"ctplatform-{stage}")["spec"]
         argv = job["entrypoint"].split()
         assert argv[:2] == ["ctplatform", stage]
-        for flag in ("--store", "--input", "--workdir"):
+        for flag in ("--store", "--input", "--workdir", "--out"):
             if flag in argv:
                 assert argv[argv.index(flag) + 1].startswith(SHARED_MOUNT + "/"), (stage, flag)
         assert argv[argv.index("--config") + 1] == "/opt/ctplatform/configs/radchestct.yaml"
@@ -282,7 +282,7 @@ def test_rayjobs_run_their_stage_on_the_shared_volume_and_clean_up():
         env = yaml.safe_load(job["runtimeEnvYAML"])
         assert env["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http://mlflow.ctplatform.svc")
         gpu_groups = [g for _, g in _groups(job["rayClusterSpec"]) if "nvidia.com/gpu" in _container(g)["resources"]["limits"]]
-        assert bool(gpu_groups) == (stage in ("train", "tune")), stage
+        assert bool(gpu_groups) == (stage in ("train", "tune", "predict")), stage
 
 
 def test_rayjob_entrypoints_parse_with_the_ctplatform_command():
@@ -291,7 +291,7 @@ def test_rayjob_entrypoints_parse_with_the_ctplatform_command():
     registered = {name for name, _ in COMMANDS}
     parser = build_parser()
     checked = 0
-    for stage in ("ingest", "partition", "train", "tune"):
+    for stage in ("ingest", "partition", "train", "tune", "predict"):
         if stage not in registered:
             continue  # that stage's command is not on main yet
         argv = _one("RayJob", f"ctplatform-{stage}")["spec"]["entrypoint"].split()[1:]
