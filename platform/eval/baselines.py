@@ -19,19 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from ctplatform.eval.localization import attention_share, flat_maps
 from ctplatform.model.metrics import as_numpy
-
-
-def _flat(x: Any, dtype: Any = None) -> np.ndarray:
-    a = as_numpy(x)
-    if dtype is not None:
-        a = a.astype(dtype)
-    return a.reshape(a.shape[0], -1)
 
 
 def cell_fraction(region: Any) -> np.ndarray:
     """Fraction of cells in `region`, per map: what a uniform map scores (allowed, lesion, confounder)."""
-    return _flat(region, bool).mean(axis=1)
+    return flat_maps(region, bool).mean(axis=1)
 
 
 def attention_in_region(attention: Any, region: Any) -> np.ndarray:
@@ -40,13 +34,7 @@ def attention_in_region(attention: Any, region: Any) -> np.ndarray:
     With region = the allowed region this is the threshold-free OrganIoU: allowed / (allowed +
     forbidden) of the paper's definition over the continuous map, no binarisation threshold.
     """
-    a = np.maximum(_flat(attention, np.float64), 0.0)
-    g = _flat(region, bool)
-    total = a.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = (a * g).sum(axis=1) / total
-    share[total <= 0] = np.nan
-    return share
+    return attention_share(attention, region)
 
 
 def signed_forbidden_evidence(attention: Any, forbidden: Any) -> np.ndarray:
@@ -56,8 +44,8 @@ def signed_forbidden_evidence(attention: Any, forbidden: Any) -> np.ndarray:
     cell as evidence *against* a label (negative values). HiResCAM's cells sum to the score minus
     the bias, so this is the forbidden cells' signed share of the score's evidence, in [-1, 1].
     """
-    a = _flat(attention, np.float64)
-    g = _flat(forbidden, bool)
+    a = flat_maps(attention, np.float64)
+    g = flat_maps(forbidden, bool)
     total = np.abs(a).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = (a * g).sum(axis=1) / total

@@ -23,7 +23,8 @@ import numpy as np
 from ctplatform.model.metrics import ORGAN_IOU_THRESHOLDS, as_numpy, binarized_counts, normalize_attention
 
 
-def _flat(x: Any, dtype: Any = None) -> np.ndarray:
+def flat_maps(x: Any, dtype: Any = None) -> np.ndarray:
+    """Maps [M, ...] as [M, cells] (optionally cast), refusing a single map without its leading axis."""
     a = as_numpy(x)
     if dtype is not None:
         a = a.astype(dtype)
@@ -61,8 +62,8 @@ def pointing_game(attention: Any, lesion: Any) -> np.ndarray:
     The raw map's arg-max equals the normalised map's whenever the latter is not all zero; ties go to
     the first cell in [H, D1, D2] order.
     """
-    a = _flat(attention, np.float64)
-    g = _flat(lesion, bool)
+    a = flat_maps(attention, np.float64)
+    g = flat_maps(lesion, bool)
     hit = g[np.arange(a.shape[0]), np.argmax(a, axis=1)].astype(np.float64)
     hit[~g.any(axis=1)] = np.nan
     return hit
@@ -73,8 +74,8 @@ def average_precision(scores: Any, truth: Any) -> np.ndarray:
 
     AP = (1 / P) * sum over true cells of the precision at the lowest score tied with that cell.
     """
-    s = _flat(scores, np.float64)
-    t = _flat(truth, bool)
+    s = flat_maps(scores, np.float64)
+    t = flat_maps(truth, bool)
     order = np.argsort(-s, axis=1, kind="stable")
     s_sorted = np.take_along_axis(s, order, axis=1)
     t_sorted = np.take_along_axis(t, order, axis=1)
@@ -101,8 +102,8 @@ def localization_utility(attention: Any, lesion: Any) -> np.ndarray:
 
 def attention_share(attention: Any, region: Any) -> np.ndarray:
     """Fraction of positive attention (ReLU'd map) inside `region`, per map; NaN for a map with none."""
-    a = np.maximum(_flat(attention, np.float64), 0.0)
-    g = _flat(region, bool)
+    a = np.maximum(flat_maps(attention, np.float64), 0.0)
+    g = flat_maps(region, bool)
     total = a.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         share = (a * g).sum(axis=1) / total
@@ -117,8 +118,8 @@ def map_rank_correlation(maps_a: Any, maps_b: Any) -> np.ndarray:
     """
     from scipy.stats import rankdata
 
-    a = rankdata(_flat(maps_a, np.float64), axis=1)
-    b = rankdata(_flat(maps_b, np.float64), axis=1)
+    a = rankdata(flat_maps(maps_a, np.float64), axis=1)
+    b = rankdata(flat_maps(maps_b, np.float64), axis=1)
     if a.shape != b.shape:
         raise ValueError(f"paired maps differ in shape: {a.shape} vs {b.shape}")
     a -= a.mean(axis=1, keepdims=True)
