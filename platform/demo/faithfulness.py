@@ -195,7 +195,7 @@ def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str
     model, run_cfg, source = load_model(run_id, cfg)
     truth = phantom_truth(cohort_path, cfg.store_path, run_cfg.model.geometry, list(conf))
     # image-blind prior: mean allowed region of each label's positive training scans (grid masks only)
-    train_set = StoreDataset.from_config(run_cfg, train_index, augment=False)
+    train_set = StoreDataset.from_config(run_cfg, train_index, augment=False, preprocess="loader")
     allowed = np.stack([
         allowed_regions(torch.from_numpy(train_index.region_bits[i][None]),
                         torch.from_numpy(train_set.read_grid(vid)[None]))[0].numpy()
@@ -208,13 +208,13 @@ def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str
         t0 = time.monotonic()
         index = load_split(store, split)
         ks = () if split == "valid" else DELETION_KS  # validation only chooses thresholds
-        maps[split] = collect_split(model, StoreDataset.from_config(run_cfg, index, augment=False), labels, truth, ks)
+        maps[split] = collect_split(model, StoreDataset.from_config(run_cfg, index, augment=False, preprocess="loader"), labels, truth, ks)
         print(f"  {title}: {split} ({len(index)} scans) analysed in {time.monotonic() - t0:.0f} s", flush=True)
     thr = choose_validation_thresholds(maps["valid"], prior, labels)
     res["figures"] = {s: pair_figures(maps[s], prior, thr, labels, targets) for s in ("test", "shifted")}
     res["scores"] = {s: (maps[s].y, maps[s].logits, maps[s].ids) for s in ("test", "shifted")}
     res["lesion_thresholds"] = thr.lesion
-    first = StoreDataset.from_config(run_cfg, load_split(store, "test"), augment=False)[0]["x"][None].float()
+    first = StoreDataset.from_config(run_cfg, load_split(store, "test"), augment=False, preprocess="loader")[0]["x"][None].float()
     rf = own_block_gradient_mass(model, first)
     res["receptive_field"] = {"own_block_mass_mean": rf.mean, "uniform": rf.uniform}
     res["present"] = {

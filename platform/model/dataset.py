@@ -245,7 +245,11 @@ class StoreDataset(Dataset):
         self._items = 0  # items this process has written into slots (round robin)
 
     @classmethod
-    def from_config(cls, cfg: "Config", index: SplitIndex, augment: bool) -> "StoreDataset":
+    def from_config(
+        cls, cfg: "Config", index: SplitIndex, augment: bool, preprocess: str | None = None
+    ) -> "StoreDataset":
+        """The configured dataset of `index`. A dataset indexed directly (not through make_loader's
+        device slots) must ask for preprocess='loader': the device path needs the loader's slots."""
         return cls(
             cfg.store_path,
             index,
@@ -255,7 +259,7 @@ class StoreDataset(Dataset):
             center=cfg.train.center,
             augment=augment and cfg.train.augment,
             seed=cfg.train.seed,
-            preprocess=cfg.train.preprocess,
+            preprocess=preprocess or cfg.train.preprocess,
         )
 
     def __getstate__(self) -> dict[str, Any]:

@@ -335,7 +335,7 @@ def log_receptive_field(cfg: Config, mlflow_run_id: str) -> None:
         index = load_split(Store(cfg.store_path), cfg.train.splits["valid"])
         if not len(index):
             return
-        x = StoreDataset.from_config(run_cfg, index, augment=False)[0]["x"][None].float()
+        x = StoreDataset.from_config(run_cfg, index, augment=False, preprocess="loader")[0]["x"][None].float()
         report = own_block_gradient_mass(model, x)
         client = mlflow.MlflowClient(cfg.tracking_uri)
         for k, v in report.as_metrics().items():
