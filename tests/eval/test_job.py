@@ -66,7 +66,9 @@ def setup(ct_dir, ray_local, tmp_path_factory):
         for name in SCANS:
             vid = f"scan{n:02d}"
             split = "test" if n % 3 else "valid"
-            row = ingest_one({"volume_id": vid, "path": str(ct_dir / name), "format": "nifti"}, cfg.store_path,
+            # the split travels with the row: ingest records the manifest row itself (store records)
+            row = ingest_one({"volume_id": vid, "path": str(ct_dir / name), "format": "nifti", "split": split},
+                             cfg.store_path,
                              cfg.ingest.model_dump(mode="json"))
             assert row["status"] == "ok", row
             hu = store.read_volume(vid)
