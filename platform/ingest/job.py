@@ -128,6 +128,12 @@ def ingest_one(row: dict, store_root: str, ingest_cfg_dict: dict, overwrite: boo
         return _status(row, error=str(e), seconds=time.perf_counter() - start)
     except ValueError as e:  # an invalid id (discovery marks those; a direct call may not)
         return _status(row, error=str(e), seconds=time.perf_counter() - start)
+    except OSError as e:  # the lease could not be taken: the store is not a writable folder
+        return _status(row, error=_os_error(e), seconds=time.perf_counter() - start)
+
+
+def _os_error(e: OSError) -> str:
+    return f"cannot read or write {e.filename or 'a file'}: {e.strerror or type(e).__name__}"
 
 
 def _ingest_one(row: dict, store: Store, ingest_cfg_dict: dict, overwrite: bool) -> dict:
@@ -198,7 +204,7 @@ def _ingest_one(row: dict, store: Store, ingest_cfg_dict: dict, overwrite: bool)
     except PermissionError as e:
         error = f"permission denied: {e.filename or row['path']}; fix its permissions and re-run"
     except OSError as e:  # the store or the source is not where or what it should be
-        error = f"cannot read or write {e.filename or 'a file'}: {e.strerror or type(e).__name__}"
+        error = _os_error(e)
     except Exception as e:  # a bug or an unforeseen file problem: the job must go on
         # DICOM library messages may quote header values: only the exception type leaves the task.
         detail = type(e).__name__ if fmt == "dicom" else f"{type(e).__name__}: {str(e)[:300]}"
