@@ -23,6 +23,7 @@ PACKAGE = "ctplatform"
 
 FLOOR = frozenset({
     "config", "labels", "geometry", "runtime", "tracking", "model",
+    "scans",  # reading, orienting and resampling one scan: ingest and predict share it
     "store", "lease", "store_pack", "store_migrate", "store_command",  # the store contract and its upkeep
 })
 STAGES = frozenset({"ingest", "partition", "train", "eval", "phantom", "predict"})
