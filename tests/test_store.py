@@ -214,7 +214,9 @@ def test_concurrent_writers_never_corrupt(tmp_path, case) -> None:
     assert a.returncode == 0 and b.returncode == 0, [o[1][-2000:] for o in outs]
     lines = [ln.split(" ", 2) for o in outs for ln in o[0].splitlines()]
     refused = [ln for ln in lines if ln[0] == "refused"]
-    assert refused, "the writers never collided: the test proves nothing"
+    # Writers that start on the same item must collide; overlapping ones, running towards each other,
+    # may legitimately cross without meeting (each finds the other's item finished and skips it).
+    assert refused or case == "overlapping ids", "the writers never collided: the test proves nothing"
     assert all("by another job (" in ln[2] for ln in refused), refused  # the holder is named
     store = Store(str(root))
     owner = _check_store(store, {"A", "B"})
