@@ -6,7 +6,9 @@ one volume is written by that layout's own Store code, and its files (byte for b
 are replicated under every id, so both stores hold what the code would have written. Then:
   1. objects per volume: Zarr arrays and files;
   2. resume planning: what `ctplatform partition` does before its first task (finished volumes,
-     organ maps and every grid variant; layout 2 also verifies each array's chunk objects);
+     organ maps and every grid variant; layout 2 also verifies each array's chunk objects), with the
+     page cache dropped first (cold, when run as root) and again right after (warm); layout 2 is
+     measured with chunk keys as written before (c/0/0/0: one folder per axis) and now (c.0.0.0);
   3. a full manifest scan: read_table("manifest"), also with every row still a pending record
      (a driver killed before its first fold);
   4. one epoch's grid-mask reads in batches (shuffled): layout 1 one read per volume; layout 2
@@ -38,6 +40,7 @@ import pandas as pd  # noqa: E402
 import zarr.storage  # noqa: E402
 from machine_info import machine  # noqa: E402
 
+from ctplatform import store as store_module  # noqa: E402
 from ctplatform.store import Store  # noqa: E402
 from ctplatform.store_pack import pack_grids  # noqa: E402
 from tests import store_layout1  # noqa: E402
@@ -46,6 +49,7 @@ GEOMETRY, GRID = "135x6x6", (3, 135, 6, 6)
 VARIANTS = ["nearest", "trilinear", "area", "nearest-dilated", "trilinear-dilated", "area-dilated"]
 TEMPLATE_ID = "tmpl0"
 
+FLAT_KEYS = store_module.CHUNK_KEYS
 _requests = {"n": 0}
 _get = zarr.storage.LocalStore.get
 
@@ -72,9 +76,11 @@ def _counting_sizes(self, base):  # type: ignore[no-untyped-def]
 Store._cat, Store._sizes = _counting_cat, _counting_sizes
 
 
-def _template(store_cls: type, root: Path, new_layout: bool) -> None:
+def _template(store_cls: type, root: Path, new_layout: bool, nested_keys: bool = False) -> None:
     rng = np.random.default_rng(0)
     s = store_cls(str(root))
+    if nested_keys:  # layout 2 as written before flat chunk keys: c/0/0/0 (one folder per axis)
+        store_module.CHUNK_KEYS = {"name": "default", "separator": "/"}
     s.write_volume(TEMPLATE_ID, rng.integers(-1000, 1000, (6, 4, 4), dtype=np.int16), {"spacing_mm": [1, 1, 1]})
     s.write_organs(TEMPLATE_ID, np.ones((6, 4, 4), np.uint8), {"method": "improved"})
     masks = {v: rng.random(GRID) > 0.5 for v in VARIANTS}
@@ -83,12 +89,13 @@ def _template(store_cls: type, root: Path, new_layout: bool) -> None:
     else:
         for v, m in masks.items():
             s.write_grid(GEOMETRY, v, TEMPLATE_ID, m, {"variant": v, "fallback": False})
+    store_module.CHUNK_KEYS = FLAT_KEYS
 
 
-def build(store_cls: type, root: Path, ids: list[str], new_layout: bool) -> float:
+def build(store_cls: type, root: Path, ids: list[str], new_layout: bool, nested_keys: bool = False) -> float:
     """The template volume's files replicated under every id; returns seconds."""
     t0 = time.perf_counter()
-    _template(store_cls, root, new_layout)
+    _template(store_cls, root, new_layout, nested_keys)
     per_item = [p for p in root.rglob("*") if p.is_file() and TEMPLATE_ID in p.parts]
     blobs = [(p.relative_to(root).parts, p.read_bytes()) for p in per_item]
     for vid in ids:
@@ -117,6 +124,16 @@ def objects_per_volume(root: Path, n: int) -> dict[str, float]:
         if p.name == "zarr.json" and json.loads(p.read_bytes()).get("node_type") == "array":
             arrays += 1
     return {"arrays": arrays / n, "files": files / n}
+
+
+def drop_page_cache() -> bool:
+    """Empty the kernel's page, dentry and inode caches (root only): a 'cold' planning run."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def plan_old(root: Path) -> int:
@@ -181,17 +198,19 @@ def main() -> None:
     random.Random(0).shuffle(order)
     res: dict[str, dict] = {"old": {}, "new": {}}
     print(machine(), flush=True)
-    old_root, new_root = work / "layout1", work / "layout2"
+    old_root, nested_root, new_root = work / "layout1", work / "layout2-nested", work / "layout2"
+    res["nested"] = {}
     if not a.reuse:
-        for root in (old_root, new_root):
+        for root in (old_root, nested_root, new_root):
             shutil.rmtree(root, ignore_errors=True)
         res["old"]["build_s"] = build(store_layout1.Store, old_root, ids, new_layout=False)
+        res["nested"]["build_s"] = build(Store, nested_root, ids, new_layout=True, nested_keys=True)
         res["new"]["build_s"] = build(Store, new_root, ids, new_layout=True)
-        print(f"built {a.volumes} volumes: layout 1 {res['old']['build_s']:.0f} s, layout 2 "
-              f"{res['new']['build_s']:.0f} s", flush=True)
+        print(f"built {a.volumes} volumes: layout 1 {res['old']['build_s']:.0f} s, layout 2 nested keys "
+              f"{res['nested']['build_s']:.0f} s, flat keys {res['new']['build_s']:.0f} s", flush=True)
     if "objects" in phases:
-        res["old"].update(objects_per_volume(old_root, a.volumes))
-        res["new"].update(objects_per_volume(new_root, a.volumes))
+        for key, root in (("old", old_root), ("nested", nested_root), ("new", new_root)):
+            res[key].update(objects_per_volume(root, a.volumes))
     if "pack" in phases:
         t0 = time.perf_counter()
         res["new"]["pack_s"] = (pack_grids(Store(str(new_root)), GEOMETRY), time.perf_counter() - t0)[1]
@@ -201,14 +220,19 @@ def main() -> None:
     if "plan" not in phases:
         _finish(a, res, phases)
         return
-    for key, fn, root in (("new", plan_new, new_root), ("old", plan_old, old_root)):
-        _requests["n"] = 0
-        t0 = time.perf_counter()
-        done = fn(root)
-        res[key]["resume_planning_s"] = time.perf_counter() - t0
-        res[key]["resume_planning_requests"] = _requests["n"]
-        assert done == a.volumes, (key, done)
-        print(f"resume planning {key}: {res[key]['resume_planning_s']:.1f} s", flush=True)
+    for key, fn, root in (("new", plan_new, new_root), ("nested", plan_new, nested_root), ("old", plan_old, old_root)):
+        for cache in ("cold", "warm"):
+            if cache == "cold" and not drop_page_cache():
+                continue
+            _requests["n"] = 0
+            t0 = time.perf_counter()
+            done = fn(root)
+            sec = time.perf_counter() - t0
+            res[key][f"resume_planning_{cache}_s"] = sec
+            res[key]["resume_planning_requests"] = _requests["n"]
+            assert done == a.volumes, (key, done)
+            print(f"resume planning {key} ({cache} page cache): {sec:.1f} s", flush=True)
+        res[key]["resume_planning_s"] = res[key].get("resume_planning_cold_s", res[key]["resume_planning_warm_s"])
 
     if "manifest" not in phases:
         _finish(a, res, phases)
@@ -243,25 +267,32 @@ def _finish(a: argparse.Namespace, res: dict, phases: set[str], work: Path | Non
         (out / f"store_scale-{'-'.join(sorted(phases))}.json").write_text(
             json.dumps({"machine": machine(), "volumes": a.volumes, "phases": sorted(phases), **res}, indent=1))
         return
-    o, n = res["old"], res["new"]
+    o, k, n = res["old"], res["nested"], res["new"]
+
+    def plan(r: dict, cache: str) -> str:
+        sec = r.get(f"resume_planning_{cache}_s")
+        return "-" if sec is None else f"{sec:.1f}"
+
     rows = [
-        ("arrays per volume", f"{o['arrays']:.2f}", f"{n['arrays']:.2f}", "<= 3"),
-        ("files per volume", f"{o['files']:.2f}", f"{n['files']:.2f}", ""),
-        ("resume planning (s)", f"{o['resume_planning_s']:.1f}", f"{n['resume_planning_s']:.1f}", "<= 30"),
-        ("  store requests", f"{o['resume_planning_requests']:,}", f"{n['resume_planning_requests']:,}",
-         "object reads + listings (layout 1's listings not counted)"),
-        ("manifest scan (s)", f"{o['manifest_scan_s']:.2f}", f"{n['manifest_scan_s']:.2f}", ""),
-        ("  every row a pending record (s)", "-", f"{n['manifest_scan_all_pending_s']:.2f}", "worst case, killed driver"),
-        ("  folding them into the table (s)", "-", f"{n['fold_all_pending_s']:.2f}", ""),
-        ("grid-mask epoch (s)", f"{o['epoch_s']:.1f}", f"{n['epoch_s']:.1f}", f"batch {a.batch}"),
-        ("  store requests per batch", f"{o['epoch_requests'] / o['epoch_batches']:.1f}",
+        ("arrays per volume", f"{o['arrays']:.2f}", f"{k['arrays']:.2f}", f"{n['arrays']:.2f}", "<= 3"),
+        ("files per volume", f"{o['files']:.2f}", f"{k['files']:.2f}", f"{n['files']:.2f}", ""),
+        ("resume planning, cold cache (s)", plan(o, "cold"), plan(k, "cold"), plan(n, "cold"),
+         "<= 30; page cache dropped first ('-': not root)"),
+        ("resume planning, warm cache (s)", plan(o, "warm"), plan(k, "warm"), plan(n, "warm"), "<= 30"),
+        ("  store requests", f"{o['resume_planning_requests']:,}", f"{k['resume_planning_requests']:,}",
+         f"{n['resume_planning_requests']:,}", "object reads + listings (layout 1's listings not counted)"),
+        ("manifest scan (s)", f"{o['manifest_scan_s']:.2f}", "", f"{n['manifest_scan_s']:.2f}", ""),
+        ("  every row a pending record (s)", "-", "", f"{n['manifest_scan_all_pending_s']:.2f}", "worst case, killed driver"),
+        ("  folding them into the table (s)", "-", "", f"{n['fold_all_pending_s']:.2f}", ""),
+        ("grid-mask epoch (s)", f"{o['epoch_s']:.1f}", "", f"{n['epoch_s']:.1f}", f"batch {a.batch}"),
+        ("  store requests per batch", f"{o['epoch_requests'] / o['epoch_batches']:.1f}", "",
          f"{n['epoch_requests'] / n['epoch_batches']:.1f}", "one call per batch in layout 2"),
-        ("  pack build / unchanged re-pack (s)", "-", f"{n['pack_s']:.0f} / {n['repack_unchanged_s']:.1f}", ""),
+        ("  pack build / unchanged re-pack (s)", "-", "", f"{n['pack_s']:.0f} / {n['repack_unchanged_s']:.1f}", ""),
     ]
     w = max(len(r[0]) for r in rows)
     lines = [f"store at scale: {a.volumes:,} volumes, grid {GEOMETRY} x {len(VARIANTS)} variants", "",
-             f"{'figure':<{w}}  {'layout 1 (before)':>18}  {'layout 2 (now)':>14}  target/note"]
-    lines += [f"{r[0]:<{w}}  {r[1]:>18}  {r[2]:>14}  {r[3]}" for r in rows]
+             f"{'figure':<{w}}  {'layout 1':>10}  {'layout 2, c/0/0 keys':>20}  {'layout 2, c.0.0 keys (now)':>26}  target/note"]
+    lines += [f"{r[0]:<{w}}  {r[1]:>10}  {r[2]:>20}  {r[3]:>26}  {r[4]}" for r in rows]
     text = "\n".join(lines)
     print(text)
     out = REPO / "benchmarks" / "results"

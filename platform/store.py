@@ -108,6 +108,9 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 #: Blosc codecs a volume may be written with: zstd (the default: smallest) or lz4 (decodes ~3x
 #: faster for ~13% more bytes: the GPU training input path, see benchmarks/loader.py).
 VOLUME_CODECS: tuple[str, ...] = ("zstd", "lz4")
+#: How arrays written now name their chunk objects: `c.<i>.<j>...` in the array's own folder.
+#: Arrays written before (`c/<i>/<j>/...`) keep their encoding in their metadata and read as before.
+CHUNK_KEYS: dict[str, str] = {"name": "default", "separator": "."}
 
 
 def _compressor(dtype: np.dtype, codec: str = "zstd") -> BloscCodec:
@@ -297,6 +300,9 @@ class Store:
                 compressors=_compressor(data.dtype, codec),
                 fill_value=0,
                 overwrite=True,
+                # Flat chunk keys (c.0.0.0 beside zarr.json, not c/0/0/0): one directory per array
+                # instead of one per axis, so resume planning lists one folder per item (issue 18).
+                chunk_key_encoding=CHUNK_KEYS,
                 # Every chunk is stored, even all-zero ones, so the chunk count can be checked.
                 config={"write_empty_chunks": True},
                 attributes={**_jsonable({k: v for k, v in attrs.items() if k not in _PUBLISH_KEYS}),
@@ -653,14 +659,7 @@ class Store:
         if not paths:
             return {}
         if isinstance(self.fs, LocalFileSystem):  # plain reads: fsspec's expansion costs more here
-            out = {}
-            for p in paths:
-                try:
-                    with open(p, "rb") as f:
-                        out[p] = f.read()
-                except FileNotFoundError:
-                    pass
-            return out
+            return _local_cat(paths)
         return self.fs.cat(list(paths), on_error="omit")
 
     def _put_atomic(self, path: str, body: bytes) -> None:
@@ -670,6 +669,19 @@ class Store:
         with self.fs.open(tmp, "wb") as f:
             f.write(body)
         self.fs.mv(tmp, path)
+
+
+def _read_or_none(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _local_cat(paths: list[str]) -> dict[str, bytes]:
+    found = ((p, _read_or_none(p)) for p in paths)
+    return {p: b for p, b in found if b is not None}
 
 
 def _local_sizes(base: str) -> dict[str, int]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ctplatform.store import GRIDS, _compressor, checksum, expected_chunks
+from ctplatform.store import CHUNK_KEYS, GRIDS, _compressor, checksum, expected_chunks
 
 if TYPE_CHECKING:
     from ctplatform.store import Store
@@ -90,7 +90,7 @@ def pack_grids(store: "Store", geometry: str, rows_per_chunk: int = PACK_ROWS) -
         arrays = {
             v: group.create_array(
                 v, shape=(len(ids), *row_shape), dtype=bool, chunks=(rows_per_chunk, *row_shape),
-                compressors=_compressor(np.dtype(bool)), fill_value=False,
+                compressors=_compressor(np.dtype(bool)), fill_value=False, chunk_key_encoding=CHUNK_KEYS,
                 config={"write_empty_chunks": True},
             )
             for v in variants

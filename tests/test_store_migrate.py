@@ -68,7 +68,7 @@ def test_audit_names_damage_and_disagreeing_rows(tmp_path, capsys) -> None:
     store.write_volume("b", np.ones((6, 4, 4), np.int16), {"source_sha256": "y"}, chunk_slices=3)
     store.write_record("manifest", {"volume_id": "a", "status": "ok", "sha256": "x", "shape": [6, 4, 4]})
     store.write_record("manifest", {"volume_id": "b", "status": "ok", "sha256": "other", "shape": [6, 4, 4]})
-    (root / "data.zarr" / "volumes" / "a" / "c" / "1" / "0" / "0").unlink()
+    (root / "data.zarr" / "volumes" / "a" / "c.1.0.0").unlink()  # store.CHUNK_KEYS: flat chunk keys
     problems = audit(store)
     assert any("volumes/a" in p and "chunk objects" in p for p in problems)
     assert any("manifest row b disagrees" in p for p in problems)

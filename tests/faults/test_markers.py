@@ -68,7 +68,7 @@ def _scan_tree(root: Path, markers: dict[str, str], skip_chunks: bool = False) -
             continue
         if p.suffix == ".parquet":
             text = pd.read_parquet(p).to_csv()
-        elif skip_chunks and "/c/" in f"/{where}":
+        elif skip_chunks and ("/c/" in f"/{where}" or p.name.startswith("c.")):  # c/0/0 or c.0.0 chunk keys
             continue
         else:
             text = p.read_bytes().decode("utf-8", "replace")
