@@ -40,12 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, metavar="N", help="scans in the phantom cohort (default demo.n)")
     parser.add_argument("--size", choices=("tiny", "demo"), help="phantom size (default demo.size)")
     parser.add_argument("--epochs", type=int, metavar="E", help="training epochs of each model (default train.epochs)")
+    parser.add_argument("--seed", type=int, metavar="S",
+                        help="cohort and training seed (default demo.seed / train.seed): another seed, another cohort")
     parser.add_argument("--fresh", action="store_true", help="delete this setting's files and MLflow runs first")
 
 
 def apply_flags(args: argparse.Namespace, cfg: "Config") -> "Config":
-    """The demo's own flags (--n, --size, --epochs) over the loaded configuration."""
-    for flag, section, key in (("n", "demo", "n"), ("size", "demo", "size"), ("epochs", "train", "epochs")):
+    """The demo's own flags (--n, --size, --epochs, --seed) over the loaded configuration."""
+    flags = (("n", "demo", "n"), ("size", "demo", "size"), ("epochs", "train", "epochs"),
+             ("seed", "demo", "seed"), ("seed", "train", "seed"))  # one seed sets the cohort and both models
+    for flag, section, key in flags:
         value = getattr(args, flag, None)
         if value is not None:
             setattr(getattr(cfg, section), key, value)  # validated on assignment

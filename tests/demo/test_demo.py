@@ -46,6 +46,21 @@ def _demo_config(workdir):
     return apply_flags(args, config_from_args(args, DEFAULT_CONFIG))
 
 
+def test_seed_flag_sets_the_cohort_and_training_seed(tmp_path):
+    from ctplatform.cli import build_parser, config_from_args
+    from ctplatform.demo.command import DEFAULT_CONFIG, apply_flags
+    from ctplatform.demo.pipeline import demo_key
+
+    def cfg(*extra: str):
+        args = build_parser().parse_args(["demo", "--workdir", str(tmp_path), *TINY, *extra])
+        return apply_flags(args, config_from_args(args, DEFAULT_CONFIG))
+
+    default, seven = cfg(), cfg("--seed", "7")
+    assert (seven.demo.seed, seven.train.seed) == (7, 7)
+    assert default.demo.seed != 7
+    assert demo_key(seven) != demo_key(default)  # its own cohort folder: nothing reused across seeds
+
+
 def test_confounder_reliance():
     rng = np.random.default_rng(0)
     label = np.repeat([0, 1], 40)
