@@ -37,6 +37,10 @@ POPI = Path(os.environ.get("CTPLATFORM_SHARED", REPO.parent / "shared")) / "data
 PAPER = (405, 420, 420)
 #: Sustained H100 bf16 training throughput assumed by issue 18 (~40% of dense peak): ~75 volumes/s.
 H100_VOLUMES_PER_S = 75.0
+#: Volume codecs compared (store.VOLUME_CODECS): zstd is the store's default, the baseline.
+CODECS = ("zstd", "lz4", "lz4hc")
+#: CPU seconds to write one volume (encode + verify), per (volume, codec): filled by build_stores.
+WRITE_CPU_S: dict[tuple[str, str], float] = {}
 
 
 def popi_volumes() -> dict[str, np.ndarray]:
@@ -57,6 +61,10 @@ def selected(vols: dict[str, np.ndarray], as_stored: bool) -> dict[str, np.ndarr
     return vols if as_stored else dict(list(vols.items())[:1])
 
 
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def build_stores(root: Path, vols: dict[str, np.ndarray], copies: int) -> dict[tuple[str, str], tuple[str, list[str]]]:
     """(volume, codec) -> (store root, ids); each store also gets the grid masks and labels the Dataset needs."""
     from ctplatform.geometry import ModelGeometry
@@ -65,13 +73,15 @@ def build_stores(root: Path, vols: dict[str, np.ndarray], copies: int) -> dict[t
     geom = ModelGeometry(PAPER)
     out = {}
     for v, (name, hu) in enumerate(vols.items()):
-        for codec in ("zstd", "lz4"):
+        for codec in CODECS:
             store = Store(str(root / f"v{v}-{codec}"))
             ids = [f"ct{k}" for k in range(copies)]
             for vid in ids:
                 if store.has_volume(vid) and store.volume(vid).shape == hu.shape:
                     continue  # a kept --workdir: built by an earlier run
+                t0 = time.process_time()
                 store.write_volume(vid, hu, {}, chunk_slices=24, codec=codec)
+                WRITE_CPU_S[(name, codec)] = time.process_time() - t0
                 store.write_grid(geom.name, "nearest", vid, np.ones((3, *geom.grid), bool), {})
             out[(name, codec)] = (store.root, ids)
     return out
@@ -216,17 +226,29 @@ def main() -> None:
         t0 = time.perf_counter()
         vols = selected(popi_volumes(), args.as_stored)
         stores = build_stores(work, vols, copies=2)
-        out(f"(stores built in {time.perf_counter() - t0:.0f} s: real CT {list(vols)}, zstd and lz4, 2 ids each)")
+        out(f"(stores built in {time.perf_counter() - t0:.0f} s: real CT {list(vols)}, {', '.join(CODECS)}, 2 ids each)")
         out()
         for name in vols:
             r: dict = {}
             out(f"## {name}")
             out()
+            out("### 0. What each codec costs to keep and to write (ingest pays the write once)")
+            out()
+            out("| codec | MB on disk per volume | ratio | write CPU s per volume (encode + verify) |")
+            out("|---|---:|---:|---:|")
+            for codec in CODECS:
+                root, ids = stores[(name, codec)]
+                mb = dir_bytes(Path(root) / "data.zarr" / "volumes" / ids[0]) / 1e6
+                ratio = vols[name].nbytes / 1e6 / mb
+                cpu = WRITE_CPU_S.get((name, codec), float("nan"))
+                r[f"disk_{codec}"] = {"mb_per_volume": mb, "ratio": ratio, "write_cpu_s": cpu}
+                out(f"| {codec} | {mb:.1f} | {ratio:.2f} | {cpu:.2f} |")
+            out()
             out("### 1. Where a volume's CPU time goes (one process, mean over items and augmentation draws)")
             out()
             out("| path | codec | CPU seconds per stage |")
             out("|---|---|---|")
-            for codec in ("zstd", "lz4"):
+            for codec in CODECS:
                 root, ids = stores[(name, codec)]
                 b = stage_breakdown(root, ids, args.items)
                 r[f"stages_{codec}"] = b
@@ -242,7 +264,7 @@ def main() -> None:
                 "| wall s / volume | training-process CPU s / volume (device work, on this CPU) | loader cores per H100 at 75 vol/s |"
             )
             out("|---|---|---|---|---|---|---|")
-            for preprocess, codec in (("loader", "zstd"), ("loader", "lz4"), ("device", "zstd"), ("device", "lz4")):
+            for preprocess, codec in [("loader", "zstd"), ("loader", "lz4")] + [("device", c) for c in CODECS]:
                 root, ids = stores[(name, codec)]
                 w = worker_cpu_per_volume(root, ids, args.items, preprocess)
                 w["in_process_cpu_s"] = in_process_cpu_per_volume(root, ids, args.items, preprocess)

@@ -37,7 +37,7 @@ def _dataset(store: Store, preprocess: str, augment: bool = True, split: str = "
     return StoreDataset(store.root, load_split(store, split), GEOM, "nearest", augment=augment, seed=5, preprocess=preprocess)
 
 
-@pytest.mark.parametrize("codec", ["zstd", "lz4"])
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "lz4hc"])
 def test_window_reader_matches_zarr_for_every_chunk_layout(tmp_path, codec) -> None:
     rng = np.random.default_rng(0)
     data = rng.integers(-1024, 3000, size=(50, 37, 41), dtype=np.int16)
@@ -76,13 +76,17 @@ def test_store_writes_lz4_volumes_that_read_the_same(tmp_path) -> None:
     hu = np.random.default_rng(1).integers(-1024, 2000, size=(27, 64, 70), dtype=np.int16)
     store.write_volume("a", hu, {}, chunk_slices=9, codec="lz4")
     store.write_volume("b", hu, {}, chunk_slices=9)
+    store.write_volume("c", hu, {}, chunk_slices=9, codec="lz4hc")
     assert store.volume("a").metadata.codecs[1].cname.value == "lz4"
     assert store.volume("b").metadata.codecs[1].cname.value == "zstd"
+    assert store.volume("c").metadata.codecs[1].cname.value == "lz4hc"
     out = np.zeros(GEOM.input_shape, np.int16)
     read_crop_into(WindowReader(), store.volume("a"), out)
     np.testing.assert_array_equal(out, read_crop(store.volume("b"), GEOM.input_shape))
+    read_crop_into(WindowReader(), store.volume("c"), out)
+    np.testing.assert_array_equal(out, read_crop(store.volume("b"), GEOM.input_shape))
     with pytest.raises(ValueError, match="unknown volume codec"):
-        store.write_volume("c", hu, {}, codec="gzip")
+        store.write_volume("d", hu, {}, codec="gzip")
 
 
 @pytest.mark.parametrize("flip,k", [(f, k) for f in (None, 0, 1, 2) for k in range(4)])
