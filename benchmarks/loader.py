@@ -65,6 +65,17 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def codec_costs(stores: dict, name: str, raw_bytes: int) -> dict[str, dict[str, float]]:
+    """Per codec: MB on disk of one volume, compression ratio, CPU seconds to write it."""
+    out = {}
+    for codec in CODECS:
+        root, ids = stores[(name, codec)]
+        mb = dir_bytes(Path(root) / "data.zarr" / "volumes" / ids[0]) / 1e6
+        out[codec] = {"mb_per_volume": mb, "ratio": raw_bytes / 1e6 / mb,
+                      "write_cpu_s": WRITE_CPU_S.get((name, codec), float("nan"))}
+    return out
+
+
 def build_stores(root: Path, vols: dict[str, np.ndarray], copies: int) -> dict[tuple[str, str], tuple[str, list[str]]]:
     """(volume, codec) -> (store root, ids); each store also gets the grid masks and labels the Dataset needs."""
     from ctplatform.geometry import ModelGeometry
@@ -236,13 +247,9 @@ def main() -> None:
             out()
             out("| codec | MB on disk per volume | ratio | write CPU s per volume (encode + verify) |")
             out("|---|---:|---:|---:|")
-            for codec in CODECS:
-                root, ids = stores[(name, codec)]
-                mb = dir_bytes(Path(root) / "data.zarr" / "volumes" / ids[0]) / 1e6
-                ratio = vols[name].nbytes / 1e6 / mb
-                cpu = WRITE_CPU_S.get((name, codec), float("nan"))
-                r[f"disk_{codec}"] = {"mb_per_volume": mb, "ratio": ratio, "write_cpu_s": cpu}
-                out(f"| {codec} | {mb:.1f} | {ratio:.2f} | {cpu:.2f} |")
+            for codec, d in codec_costs(stores, name, vols[name].nbytes).items():
+                r[f"disk_{codec}"] = d
+                out(f"| {codec} | {d['mb_per_volume']:.1f} | {d['ratio']:.2f} | {d['write_cpu_s']:.2f} |")
             out()
             out("### 1. Where a volume's CPU time goes (one process, mean over items and augmentation draws)")
             out()

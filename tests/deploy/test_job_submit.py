@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import pytest
 
 from deploy.jobs.submit import connect, load_runtime_env, submit, wait_for_job
 from tests.conftest import REPO
+from tests.deploy.raynodes import free_ports
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -41,16 +41,6 @@ SETTINGS = ["--set", "ingest.spacing_mm=[1.5,1.5,1.5]"]
 PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
               "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
               "node-manager-port", "object-manager-port")
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -88,7 +78,7 @@ def _stop(proc: subprocess.Popen, temp_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def ray_head():
     temp_dir = Path(tempfile.mkdtemp(prefix="ctpd", dir="/tmp"))  # short: Ray's unix sockets live under it
-    ports = dict(zip(PORT_FLAGS, _free_ports(len(PORT_FLAGS))))
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
