@@ -131,6 +131,17 @@ def choose_slice_group(scores: np.ndarray, anatomy: np.ndarray, allowed: np.ndar
     return top, "no slice shows anatomy"
 
 
+def _spans(values: np.ndarray) -> str:
+    """Sorted integers as runs: [2, 3, 4, 8] -> "2-4, 8"."""
+    runs: list[list[int]] = []
+    for v in map(int, values):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
 def explanation_rows(
     outputs: dict[str, np.ndarray],
     hu_crop: np.ndarray,
@@ -156,7 +167,7 @@ def explanation_rows(
             lesion = lesions[j][s]
             if not lesion.any():  # say where it is rather than leave the reader looking for it
                 groups = np.nonzero(lesions[j].reshape(n_groups, -1).any(axis=1))[0]
-                lesion_note = f"true lesion in slice group(s) {', '.join(map(str, groups))}, not on this slice"
+                lesion_note = f"true lesion in slice group(s) {_spans(groups)}, not on this slice"
         note = f", {notes[r]}" if notes else ""
         group = f"slice group {h}" + (f" ({how})" if how else "")
         rows.append(

@@ -87,7 +87,12 @@ def test_true_lesion_is_cropped_like_the_ct_and_outlined(tmp_path):
     assert rows[1].lesion is None  # cardiomegaly has no lesion voxels
     scores[j] = [0, 0, 5, 1, 1, 0]  # drawn on another slice: the row says where the lesion is
     rows = explanation_rows(_outputs(scores), hu_crop.astype(np.float32), g_true, [j], lesions=lesions)
-    assert rows[0].lesion is not None and not rows[0].lesion.any() and "slice group(s) 3" in rows[0].lesion_note
+    assert rows[0].lesion is not None and not rows[0].lesion.any() and "slice group(s) 3," in rows[0].lesion_note
+    bits[8:14, 9:12, 10:13] = 1  # a lesion over crop slices 10-15 (groups 3-5), drawn on group 2
+    store.write_truth("v1", bits, {"truth_labels": ["lung_nodule", "confounder"]})
+    longer = lesion_voxels(store, "v1", shape, crop, [j])
+    rows = explanation_rows(_outputs(scores), hu_crop.astype(np.float32), g_true, [j], lesions=longer)
+    assert "slice group(s) 3-5, not on this slice" in rows[0].lesion_note
 
     scores[j] = [0, 0, 1, 5, 1, 0]
     png = render_scan(_outputs(scores), hu_crop.astype(np.float32), g_true, [j], tmp_path / "with.png",
