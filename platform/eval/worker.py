@@ -179,7 +179,6 @@ def render_volume(
     notes: each label's confidence note (figures.FigurePick); title: the model and split. The scan's
     true lesions are outlined when the store holds voxel truth for it.
     """
-
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
     item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]
