@@ -74,3 +74,23 @@ def pointing_chance(lesion: Any) -> np.ndarray:
     f = cell_fraction(lesion)
     f[f == 0] = np.nan
     return f
+
+
+# Logged names (without the split prefix) of the chance levels `ctplatform evaluate` writes
+# (scoring.py per pair, summary.py as pair means), and what each one is.
+ALLOWED_CELL_FRACTION = ("uniform map = allowed-cell fraction", "allowed_cell_fraction")
+LESION_CELL_FRACTION = ("uniform map = lesion-cell fraction", "pointing_chance")
+CONFOUNDER_CELL_FRACTION = ("uniform map = confounder-cell fraction", "confounder_cell_fraction")
+
+#: Each localization figure an evaluation run logs -> the logged chance levels it is read against
+#: ((what, metric) pairs). A uniform map's threshold-free OrganIoU, and its best binarised one over
+#: every cell, are the allowed-cell fraction; a random cell's pointing hit rate, the lesion IoU of
+#: every cell and the AUPRC (Localization Utility) of a constant map are the lesion-cell fraction.
+#: The image-blind prior map is scored by the faithfulness analysis (benchmarks/, the demo), not here.
+CHANCE_LEVELS: dict[str, tuple[tuple[str, str], ...]] = {
+    **{f"organ_iou_{m}_overall": (ALLOWED_CELL_FRACTION,) for m in ("hirescam", "gradcam")},
+    **{f"attention_in_allowed_{m}": (ALLOWED_CELL_FRACTION,) for m in ("hirescam", "gradcam")},
+    **{f"{fig}_{m}": (LESION_CELL_FRACTION,) for fig in ("pointing_hit_rate", "lesion_iou", "loc_utility")
+       for m in ("hirescam", "gradcam")},
+    **{f"confounder_share_{m}{t}": (CONFOUNDER_CELL_FRACTION,) for m in ("hirescam", "gradcam") for t in ("", "_target")},
+}

@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 import ray
+from mlflow import MlflowClient
 
 from ctplatform.config import Config, EvalConfig
 from ctplatform.eval.cache import ScoreCache
-from ctplatform.eval.figures import choose_figure_scans, curves_from_sums
+from ctplatform.eval.figures import FigurePick, choose_figure_scans, curves_from_sums
 from ctplatform.eval.plots import choose_curve_labels, plot_slice_scores
 from ctplatform.eval.report import predictions_frame, scan_key, scan_key_salt, write_summary
 from ctplatform.eval.scoring import ScanScores, SliceSums
@@ -127,6 +128,7 @@ class _Inputs:
     valid_split: str
     test_index: SplitIndex
     valid_index: SplitIndex | None
+    run_name: str = ""  # the training run's MLflow name (e.g. mask-loss-<hash>): what figures call the model
 
     @property
     def geometry(self) -> ModelGeometry:
@@ -155,7 +157,8 @@ def _open_inputs(cfg: Config, run_id: str, split: str) -> _Inputs:
     check_grid_masks(store, geometry, run_cfg.train.grid_variant, test_index.ids)
     if valid_index is not None and len(valid_index):
         check_grid_masks(store, geometry, run_cfg.train.grid_variant, valid_index.ids)
-    return _Inputs(model, run_cfg, store, split, valid_split, test_index, valid_index)
+    run_name = MlflowClient().get_run(run_id).info.run_name or f"run {run_id}"
+    return _Inputs(model, run_cfg, store, split, valid_split, test_index, valid_index, run_name)
 
 
 def _truth(inputs: _Inputs, method: str) -> TruthSurvey:
@@ -256,7 +259,7 @@ def _render_figures(
     inputs: _Inputs,
     shared: _SharedModel,
     test_scans: list[ScanScores],
-    picks: list[tuple[int, Any]],
+    picks: list[FigurePick],
     fig_dir: Path,
     out_dir: Path,
     nifti: bool,
@@ -268,16 +271,17 @@ def _render_figures(
     render = ray.remote(render_volume).options(**shared.resources)
     index = inputs.test_index
     pos_of = {vid: i for i, vid in enumerate(index.ids)}
+    title = f"{inputs.run_name} on {inputs.split}"  # the model and split, never patient information
     refs = []
-    for n, (i, labs) in enumerate(picks):
-        vid = test_scans[i].volume_id
+    for n, pick in enumerate(picks):
+        vid = test_scans[pick.scan].volume_id
         j = pos_of[vid]
         key = scan_key(vid, salt)
         refs.append(
             render.remote(
-                shared.state_ref, shared.cfg_json, inputs.store.root, vid, index.y[j], index.region_bits[j], labs,
-                str(fig_dir / f"explanations_{n + 1}_{key}.png"),
-                str(out_dir / "heatmaps") if nifti else None, key, shared.opts,
+                shared.state_ref, shared.cfg_json, inputs.store.root, vid, index.y[j], index.region_bits[j],
+                pick.labels, str(fig_dir / f"explanations_{n + 1}_{key}.png"),
+                str(out_dir / "heatmaps") if nifti else None, key, shared.opts, pick.notes, title,
             )
         )
     return [Path(p) for paths in _gather(refs, "figures") for p in paths]

@@ -18,6 +18,8 @@ from ctplatform.labels import all_labels
 #: CT display windows (HU low, high): lung (W 1500, L -600) and mediastinal (W 400, L 40).
 WINDOWS: dict[str, tuple[float, float]] = {"lung": (-1350.0, 150.0), "mediastinum": (-160.0, 240.0)}
 PRESENT_COLOR, ABSENT_COLOR = "tab:orange", "tab:blue"
+#: Outline of the true lesion on the CT panel: apart from the white allowed region and the jet maps.
+LESION_COLOR = "lime"
 
 
 def _pyplot():
@@ -129,10 +131,13 @@ class ExplanationSlice:
     allowed: np.ndarray  # [Y, X] bool
     title: str  # label, slice and score; never patient information
     window: str = "lung"
+    lesion: np.ndarray | None = None  # [Y, X] bool: the true lesion on this slice, where the store holds truth
+    lesion_note: str = ""  # e.g. where the true lesion is when it is not on this slice
 
 
-def plot_explanations(rows: list[ExplanationSlice], path: str | Path, alpha: float = 0.5) -> Path:
-    """CT | HiResCAM over CT | Grad-CAM over CT per row, the allowed region outlined in white."""
+def plot_explanations(rows: list[ExplanationSlice], path: str | Path, alpha: float = 0.5, title: str = "") -> Path:
+    """CT | HiResCAM over CT | Grad-CAM over CT per row, the allowed region outlined in white, the true
+    lesion (where known) outlined in LESION_COLOR on the CT; `title` (e.g. model and split) heads the figure."""
     plt = _pyplot()
     n = max(1, len(rows))
     fig, axes = plt.subplots(n, 3, figsize=(11.5, 3.9 * n), squeeze=False)
@@ -152,6 +157,10 @@ def plot_explanations(rows: list[ExplanationSlice], path: str | Path, alpha: flo
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(name if c else f"{row.title}", fontsize=10, loc="left" if not c else "center")
+            if c == 0 and row.lesion is not None and row.lesion.any():
+                _outline(ax, row.lesion, LESION_COLOR)
+            if c == 0 and row.lesion_note:
+                ax.text(0.5, 0.04, row.lesion_note, color=LESION_COLOR, fontsize=7, ha="center", transform=ax.transAxes)
             if c == 0:
                 ax.text(0.02, 0.5, "R", color="yellow", transform=ax.transAxes, fontsize=10, va="center")
                 ax.text(0.95, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=10, va="center")
@@ -162,8 +171,13 @@ def plot_explanations(rows: list[ExplanationSlice], path: str | Path, alpha: flo
         image = ScalarMappable(norm=Normalize(0, 1), cmap="jet")
         cbar = fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), shrink=0.8, pad=0.02)
         cbar.set_label("normalised attention (ReLU, min-max over the volume)")
-    fig.suptitle("HiResCAM vs Grad-CAM on the top slice (white outline: allowed region; hatched: forbidden)", fontsize=12)
-    return _save(fig, path)
+    what = "HiResCAM vs Grad-CAM on each label's top slice with anatomy"
+    key = "white outline: allowed region; hatched: forbidden"
+    if any(row.lesion is not None or row.lesion_note for row in rows):
+        key += f"; {LESION_COLOR} outline: true lesion"
+    heading = f"{title}: {what}" if title else what
+    fig.suptitle(f"{heading}\n({key})", fontsize=12)
+    return _save(fig, path, heading)
 
 
 def _draw_allowed(ax, allowed: np.ndarray) -> None:
@@ -176,18 +190,27 @@ def _draw_allowed(ax, allowed: np.ndarray) -> None:
         with plt.rc_context({"hatch.color": "white", "hatch.linewidth": 0.6}):
             ax.contourf(xs, ys, (~allowed).astype(float), levels=[0.5, 1.5], colors="none", hatches=["///"])
     if allowed.any():
-        # pad with "not allowed" so a region touching the image edge is still closed
-        padded = np.pad(allowed.astype(float), 1)
-        ax.contour(np.arange(-1, nx + 1), np.arange(-1, ny + 1), padded, levels=[0.5], colors="white", linewidths=1.6)
+        _outline(ax, allowed, "white")
     ax.set_xlim(-0.5, nx - 0.5)
     ax.set_ylim(ny - 0.5, -0.5)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _outline(ax, region: np.ndarray, color: str) -> None:
+    """Outline a boolean region, keeping the axes on the image."""
+    ny, nx = region.shape
+    # pad with "outside" so a region touching the image edge is still closed
+    padded = np.pad(region.astype(float), 1)
+    ax.contour(np.arange(-1, nx + 1), np.arange(-1, ny + 1), padded, levels=[0.5], colors=color, linewidths=1.6)
+    ax.set_xlim(-0.5, nx - 0.5)
+    ax.set_ylim(ny - 0.5, -0.5)
+
+
+def _save(fig, path: str | Path, title: str = "") -> Path:
+    """Write the figure; `title` also goes into the PNG's Title field (readable without looking)."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Title": title} if title else None)
     plt.close(fig)
     return path

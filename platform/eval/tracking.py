@@ -16,6 +16,7 @@ from pathlib import Path
 from ctplatform import tracking
 from ctplatform.config import Config
 from ctplatform.eval.summary import Evaluation
+from ctplatform.model.checkpoint import check_run_exists
 from ctplatform.runtime import setup_mlflow
 
 log = logging.getLogger("ctplatform.eval")
@@ -112,10 +113,8 @@ def find_evaluation_run(cfg: Config, run_id: str, split: str) -> str:
 
     setup_mlflow(cfg)
     client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise FileNotFoundError(f"MLflow run {run_id} not found at {cfg.tracking_uri}") from None
+    check_run_exists(run_id)  # one message for an id that does not exist (a RunNotFoundError)
+    run = client.get_run(run_id)
     if run.data.tags.get(tracking.STAGE) == "evaluate":
         return run_id
     found = tracking.find_run(run.info.experiment_id, {tracking.EVALUATED_RUN: run_id, tracking.SPLIT: split})

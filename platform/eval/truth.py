@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.geometry import ModelGeometry
-from ctplatform.labels import N_LABELS, label_by_name
+from ctplatform.geometry import ModelGeometry, center_crop_or_pad, crop_or_pad_slices
+from ctplatform.labels import N_LABELS, all_labels, label_by_name
 from ctplatform.store import CONFOUNDER, IncompleteItemError, Store
 
 log = logging.getLogger("ctplatform.eval")
@@ -122,3 +122,32 @@ class TruthReader:
 def read_grid_truth(store_root: str, volume_id: str, geometry: ModelGeometry, method: str = "area") -> Any:
     """One scan's GridTruth, or None when the store holds none usable."""
     return TruthReader(store_root, geometry, method).grid_truth(volume_id)
+
+
+def label_mask(bits: np.ndarray, names: list[str], label: int) -> np.ndarray:
+    """bool mask (the shape of `bits`) of one label's true lesion in a truth bitfield named by `names`."""
+    name = all_labels()[label].name
+    mask = sum(1 << b for b, n in enumerate(names) if n == name)
+    return (bits & bits.dtype.type(mask)) != 0 if mask else np.zeros(bits.shape, dtype=bool)
+
+
+def lesion_voxels(
+    store: Store, volume_id: str, volume_shape: tuple[int, ...], input_shape: tuple[int, int, int], labels: list[int]
+) -> dict[int, np.ndarray] | None:
+    """Each label's true lesion voxels in the model's input crop, or None without voxel truth (real data).
+
+    The truth (`truth/<id>`, on the stored volume's voxels) is cut exactly as model.dataset.read_crop
+    cuts the volume (the same centre crop/pad), padding with "no lesion". A truth whose shape is not
+    the volume's is not drawn (it would be misplaced).
+    """
+    try:
+        arr = store.truth(volume_id)
+    except IncompleteItemError:
+        return None
+    if tuple(arr.shape) != tuple(volume_shape):
+        log.warning("lesion truth of a figure scan has shape %s, its volume %s: not drawn", arr.shape, volume_shape)
+        return None
+    src = tuple(slice(a, b) for a, b, _, _ in crop_or_pad_slices(tuple(arr.shape), tuple(input_shape)))
+    bits = center_crop_or_pad(np.asarray(arr[src]), tuple(input_shape), fill=0)
+    names = [str(n) for n in arr.attrs["truth_labels"]]
+    return {j: label_mask(bits, names, j) for j in labels}

@@ -15,6 +15,7 @@ import numpy as np
 from ctplatform.config import Config
 from ctplatform.eval.figures import render_scan
 from ctplatform.eval.scoring import ScanScores, SliceSums, explain, score_outputs
+from ctplatform.eval.truth import lesion_voxels
 from ctplatform.model.allowed_regions import allowed_regions
 from ctplatform.model.axialnet import AxialNet
 from ctplatform.model.dataset import SplitIndex, StoreDataset, read_crop
@@ -170,15 +171,23 @@ def render_volume(
     heatmap_dir: str | None,
     key: str,
     opts: dict[str, Any],
+    notes: list[str] | None = None,
+    title: str = "",
 ) -> list[str]:
-    """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written."""
+    """Draw one scan (Figure 4 panel) and write its NIfTI heatmaps; returns the paths written.
+
+    notes: each label's confidence note (figures.FigurePick); title: the model and split. The scan's
+    true lesions are outlined when the store holds voxel truth for it.
+    """
     model, run_cfg = _build(state, cfg_json, opts["threads"])
     geometry = run_cfg.model.geometry
     item = _dataset(run_cfg, store_root, [volume_id], y[None], bits[None])[0]
     out = explain(model, item["x"][None], opts.get("slice_chunk"))
     g_true = allowed_regions(item["region_bits"][None], item["grid"][None])[0].numpy()
-    vol = Store(store_root).volume(volume_id)
+    store = Store(store_root)
+    vol = store.volume(volume_id)
     hu = read_crop(vol, geometry.input_shape)
+    lesions = lesion_voxels(store, volume_id, tuple(vol.shape), geometry.input_shape, labels)
     affine = vol.attrs.get("affine")
     paths = render_scan(
         out,
@@ -190,5 +199,8 @@ def render_volume(
         key=key,
         stored_shape=tuple(vol.shape),
         affine=affine,
+        notes=notes,
+        lesions=lesions,
+        title=title,
     )
     return [str(p) for p in paths]

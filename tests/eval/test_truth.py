@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from ctplatform.cli import main
 from ctplatform.config import load_config
@@ -219,6 +220,10 @@ def test_evaluate_reports_localization_against_truth(cohort):
     assert 0 <= metrics["train_pointing_hit_rate_hirescam"] <= 1
     assert 0 < metrics["train_loc_utility_hirescam"] <= 1
     assert 0 <= metrics["train_confounder_share_hirescam"] <= 1
+    # the panel names the model and the split; its row says how confident the case is
+    panels = sorted((root / "eval" / run.info.run_id / "train" / "figures").glob("explanations_*.png"))
+    name = mlflow.MlflowClient().get_run(run.info.run_id).info.run_name
+    assert panels and Image.open(panels[0]).text["Title"].startswith(f"{name} on train: ")
     nodule_pos = (listing["split"] == "train") & listing["positive_labels"].fillna("").str.contains("lung_nodule")
     if nodule_pos.any():
         assert np.isfinite(per.loc["lung_nodule", "lesion_dice_hirescam"])
@@ -256,3 +261,36 @@ def test_heatmap_nifti_lands_on_the_lesion_in_the_source_scan(cohort, tmp_path):
             assert (heat > 0.5).mean() < 0.6
             checked += 1
     assert checked > 0
+
+
+def test_figure_outlines_the_phantom_lesion_where_the_crop_puts_it(cohort, tmp_path):
+    """The lesion drawn on a panel is the store's voxel truth cut like the CT crop: pooled onto the
+    feature grid it gives exactly the grid truth evaluation scores against; the panel is drawn with it."""
+    from ctplatform.eval.truth import lesion_voxels
+    from ctplatform.eval.worker import render_volume
+
+    cfg, _, listing, _ = cohort
+    geom = cfg.model.geometry
+    store = Store(cfg.store_path)
+    z, y, x = geom.input_shape
+    h, d1, d2 = geom.grid
+    j = label_by_name("lung_nodule").index
+    checked = 0
+    for vid in listing["volume_id"]:
+        vol = store.volume(vid)
+        lesions = lesion_voxels(store, vid, tuple(vol.shape), geom.input_shape, [j])
+        grid = read_grid_truth(cfg.store_path, vid, geom).lesions[j]
+        cells = {(a * h // z, b * d1 // y, c * d2 // x) for a, b, c in np.argwhere(lesions[j])}
+        assert cells == {tuple(int(v) for v in c) for c in np.argwhere(grid)}, vid
+        checked += bool(cells)
+    assert checked > 0
+    vid = next(v for v in listing["volume_id"] if read_grid_truth(cfg.store_path, v, geom).lesions[j].any())
+    index = next(load_split(store, s) for s in ("train", "valid", "test", "shifted") if vid in load_split(store, s).ids)
+    k = index.ids.index(vid)
+    state = AxialNet(geom, pretrained_weights=None).state_dict()
+    png = render_volume(state, cfg.model_dump(mode="json"), cfg.store_path, vid, index.y[k], index.region_bits[k],
+                        [j], str(tmp_path / "panel.png"), None, "key", {**worker_options(cfg.eval), "threads": 1},
+                        ["most confident of 2 positives"], "mask-loss-0a1b on train")[0]
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert ((img[..., 1] > 200) & (img[..., 0] < 80) & (img[..., 2] < 80)).sum() > 20  # the lime outline or note
+    assert Image.open(png).text["Title"].startswith("mask-loss-0a1b on train")

@@ -3,7 +3,9 @@
 Per label: both AUROCs with their bootstrap CIs, the DeLong p-value on the paired predictions and
 its Benjamini-Hochberg q-value over the labels tested; both runs' OrganIoU (HiResCAM, Grad-CAM) and
 lesion localization where measured. Headline: median AUROC, OrganIoU overall and by group, and the
-localization metrics, with the relative change B vs A.
+localization metrics, with the relative change B vs A; each localization figure is followed by the
+chance levels it is read against (rows `baseline: ...`, eval/baselines.CHANCE_LEVELS), measured by
+each evaluation on its own scans.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ctplatform.eval.baselines import CHANCE_LEVELS
 from ctplatform.eval.delong import benjamini_hochberg, delong_test
 from ctplatform.eval.report import predictions_arrays
 
@@ -35,6 +38,13 @@ PER_LABEL_COLUMNS = (
     "pointing_hit_rate_hirescam",
     "loc_utility_hirescam",
     "confounder_share_hirescam",
+)
+BASELINE_ROW = "  baseline: "  # how a chance-level row beneath its figure starts
+BASELINE_NOTE = (
+    "Each localization figure is followed by its chance levels (rows `baseline: ...`): what a map that "
+    "ignores the image scores on the same pairs, measured by each evaluation (eval/baselines.py). A figure "
+    "near its baseline says nothing about where the model looks. The image-blind prior map is scored by "
+    "the faithfulness analysis (`benchmarks/faithfulness.py`, `ctplatform demo`), not by `ctplatform evaluate`."
 )
 
 
@@ -94,16 +104,30 @@ def compare_runs(
     per["_o"] = [order.get(n, len(order)) for n in per["label"]]
     per = per.sort_values(["_o", "pos_pct"], ascending=[True, False], kind="stable").drop(columns="_o")
 
-    keys = [k for k in metrics_a.keys() | metrics_b.keys() if not k.endswith("_n") and "_ci_" not in k]
+    baselines = {metric for levels in CHANCE_LEVELS.values() for _, metric in levels}
+    keys = [k for k in metrics_a.keys() | metrics_b.keys()
+            if not k.endswith("_n") and "_ci_" not in k and k not in baselines]
     keys = sorted(keys, key=_metric_order)
     rows = []
+    shown: set[str] = set()
     for k in keys:
-        va, vb = metrics_a.get(k, np.nan), metrics_b.get(k, np.nan)
-        rel = (vb - va) / abs(va) if np.isfinite(va) and va != 0 and np.isfinite(vb) else np.nan
-        rows.append((k, va, vb, vb - va, rel))
+        rows.append(_row(k, metrics_a.get(k, np.nan), metrics_b.get(k, np.nan)))
+        for what, metric in CHANCE_LEVELS.get(k, ()):
+            if metric in metrics_a or metric in metrics_b:  # each run's level on its own scans (B - A ~ 0 when paired)
+                rows.append(_row(f"{BASELINE_ROW}{what} ({metric})", metrics_a.get(metric, np.nan),
+                                 metrics_b.get(metric, np.nan), relative=False))
+                shown.add(metric)
+    for metric in sorted((metrics_a.keys() | metrics_b.keys()) & (baselines - shown)):  # a level without its figure
+        rows.append(_row(metric, metrics_a.get(metric, np.nan), metrics_b.get(metric, np.nan), relative=False))
     rows.append(("labels with DeLong q < 0.05", np.nan, int(np.sum(q < 0.05)), np.nan, np.nan))
     headline = pd.DataFrame(rows, columns=["metric", "A", "B", "B - A", "relative"])
     return Comparison(headline, per.reset_index(drop=True), int(y.shape[0]))
+
+
+def _row(name: str, va: float, vb: float, relative: bool = True) -> tuple[str, float, float, float, float]:
+    """(metric, A, B, B - A, relative change); a baseline's relative change means nothing and is left out."""
+    ok = relative and np.isfinite(va) and va != 0 and np.isfinite(vb)
+    return (name, va, vb, vb - va, (vb - va) / abs(va) if ok else np.nan)
 
 
 def _ci(df: pd.DataFrame) -> list[str]:
@@ -116,7 +140,7 @@ def _ci(df: pd.DataFrame) -> list[str]:
 
 
 def _metric_order(k: str) -> tuple[int, str]:
-    for i, prefix in enumerate(("auroc", "organ_iou_hirescam", "organ_iou_gradcam", "lesion", "pointing", "loc", "confounder", "sanity")):
+    for i, prefix in enumerate(("auroc", "organ_iou_hirescam", "organ_iou_gradcam", "attention_in_allowed", "lesion", "pointing", "loc", "confounder", "sanity")):
         if k.startswith(prefix):
             return (i, k)
     return (99, k)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import tempfile
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pandas as pd
 
 from ctplatform import tracking
 from ctplatform.config import Config
-from ctplatform.eval.compare.comparison import Comparison, compare_runs
+from ctplatform.eval.compare.comparison import BASELINE_NOTE, Comparison, compare_runs
 from ctplatform.eval.report import html_table, markdown_table
 from ctplatform.eval.tracking import find_evaluation_run
 from ctplatform.runtime import setup_mlflow
@@ -42,13 +43,15 @@ def _evaluation(cfg: Config, run_id: str, split: str, tmp: str) -> tuple[str, pd
 
 def write_comparison(result: Comparison, out_dir: Path, title: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = f"# {title}\n\n{result.n_scans} paired scans.\n\n## Headline\n\n{markdown_table(result.headline)}\n\n" \
+    md = f"# {title}\n\n{result.n_scans} paired scans.\n\n## Headline\n\n{BASELINE_NOTE}\n\n" \
+         f"{markdown_table(result.headline)}\n\n" \
          f"## Per label (DeLong test, Benjamini-Hochberg q)\n\n{markdown_table(result.per_label)}\n"
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><style>body{font-family:sans-serif;margin:2em}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #bbb;padding:3px 7px}"
         f"th{{background:#eee}}</style><title>{title}</title></head><body><h1>{title}</h1>"
-        f"<p>{result.n_scans} paired scans.</p><h2>Headline</h2>{html_table(result.headline)}"
+        f"<p>{result.n_scans} paired scans.</p><h2>Headline</h2><p>{html.escape(BASELINE_NOTE)}</p>"
+        f"{html_table(result.headline)}"
         f"<h2>Per label (DeLong test, Benjamini-Hochberg q)</h2>{html_table(result.per_label)}</body></html>"
     )
     paths = [out_dir / "compare.md", out_dir / "compare.html", out_dir / "compare.csv"]
