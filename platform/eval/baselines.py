@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ctplatform.eval.localization import attention_share, flat_maps
+from ctplatform.labels import GROUPS
 from ctplatform.model.metrics import as_numpy
 
 
@@ -59,12 +60,23 @@ def image_blind_prior(allowed: Any, positive: Any) -> np.ndarray:
     allowed bool [N, L, H, D1, D2] and positive bool [N, L] of the TRAINING split. A label without a
     positive training scan gets a uniform map (the prior knows nothing about it).
     """
+    return prior_from_sums(*prior_sums(allowed, positive))
+
+
+def prior_sums(allowed: Any, positive: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of allowed regions over positive scans [L, H, D1, D2], positive count [L]) of one batch.
+
+    Sums of batches add up, so a large training split is read in batches (`prior_from_sums` ends it).
+    """
     g = as_numpy(allowed).astype(np.float64)
     pos = as_numpy(positive).astype(bool)
-    n = pos.sum(axis=0)  # [L]
-    prior = np.einsum("nl,nl...->l...", pos.astype(np.float64), g)
+    return np.einsum("nl,nl...->l...", pos.astype(np.float64), g), pos.sum(axis=0)
+
+
+def prior_from_sums(total: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """The image-blind prior from `prior_sums` (added over batches); uniform for a label never positive."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        prior = prior / n.reshape(-1, *([1] * (g.ndim - 2)))
+        prior = total / n.reshape(-1, *([1] * (total.ndim - 1)))
     prior[n == 0] = 1.0
     return prior
 
@@ -82,15 +94,37 @@ ALLOWED_CELL_FRACTION = ("uniform map = allowed-cell fraction", "allowed_cell_fr
 LESION_CELL_FRACTION = ("uniform map = lesion-cell fraction", "pointing_chance")
 CONFOUNDER_CELL_FRACTION = ("uniform map = confounder-cell fraction", "confounder_cell_fraction")
 
+#: The image-blind prior map is scored like a model's map under this method name: each of its figures
+#: is the model's figure with `prior` in place of the method (organ_iou_prior_overall,
+#: attention_in_allowed_prior, pointing_hit_rate_prior, ...), thresholds chosen on validation alike.
+PRIOR = "prior"
+PRIOR_MAP = "image-blind prior map"
+
+
+def _prior(figure: str, method: str) -> tuple[str, str]:
+    """(what, metric) of the prior's level of a model figure: the same name with `prior` for the method."""
+    return (PRIOR_MAP, figure.replace(f"_{method}", f"_{PRIOR}", 1))
+
+
+def _levels(figure: str, method: str, *uniform: tuple[str, str]) -> tuple[tuple[str, str], ...]:
+    return (*uniform, _prior(figure, method))
+
+
+_MAPS = ("hirescam", "gradcam")
+
 #: Each localization figure an evaluation run logs -> the logged chance levels it is read against
 #: ((what, metric) pairs). A uniform map's threshold-free OrganIoU, and its best binarised one over
 #: every cell, are the allowed-cell fraction; a random cell's pointing hit rate, the lesion IoU of
 #: every cell and the AUPRC (Localization Utility) of a constant map are the lesion-cell fraction.
-#: The image-blind prior map is scored by the faithfulness analysis (benchmarks/, the demo), not here.
+#: Every figure is also read against the image-blind prior map (logged when the run's store has a
+#: training split with grid masks).
 CHANCE_LEVELS: dict[str, tuple[tuple[str, str], ...]] = {
-    **{f"organ_iou_{m}_overall": (ALLOWED_CELL_FRACTION,) for m in ("hirescam", "gradcam")},
-    **{f"attention_in_allowed_{m}": (ALLOWED_CELL_FRACTION,) for m in ("hirescam", "gradcam")},
-    **{f"{fig}_{m}": (LESION_CELL_FRACTION,) for fig in ("pointing_hit_rate", "lesion_iou", "loc_utility")
-       for m in ("hirescam", "gradcam")},
-    **{f"confounder_share_{m}{t}": (CONFOUNDER_CELL_FRACTION,) for m in ("hirescam", "gradcam") for t in ("", "_target")},
+    **{f: _levels(f, m, ALLOWED_CELL_FRACTION) for m in _MAPS for f in (f"organ_iou_{m}_overall",)},
+    **{f: _levels(f, m) for m in _MAPS for f in (f"organ_iou_{m}_{g}" for g in GROUPS)},
+    **{f: _levels(f, m, ALLOWED_CELL_FRACTION) for m in _MAPS for f in (f"attention_in_allowed_{m}",)},
+    **{f: _levels(f, m, LESION_CELL_FRACTION) for m in _MAPS
+       for f in (f"{fig}_{m}" for fig in ("pointing_hit_rate", "lesion_iou", "loc_utility"))},
+    **{f: _levels(f, m) for m in _MAPS for f in (f"lesion_dice_{m}",)},
+    **{f: _levels(f, m, CONFOUNDER_CELL_FRACTION) for m in _MAPS
+       for f in (f"confounder_share_{m}{t}" for t in ("", "_target"))},
 }

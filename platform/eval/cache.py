@@ -85,14 +85,15 @@ class ScoreCache:
     """Task results kept on the driver's disk so a killed evaluation resumes where it stopped.
 
     A file's name hashes everything its scores depend on: the run, the weights, the split, the scans
-    and their labels, the sanity flags, the fingerprints of the stored truth and the scoring options that change numbers.
+    and their labels, the sanity flags, the fingerprints of the stored truth, the image-blind prior map
+    and the scoring options that change numbers.
     Files are written atomically (temporary name, then rename) and hold volume ids: they stay local
     (never logged to MLflow; the folder starts with a dot).
     """
 
-    VERSION = 3  # bump when scoring changes what a cached result means (3: baselines per scan)
+    VERSION = 4  # bump when scoring changes what a cached result means (3: baselines per scan; 4: prior map)
 
-    def __init__(self, root: Path, run_id: str, state: dict, opts: dict[str, Any]) -> None:
+    def __init__(self, root: Path, run_id: str, state: dict, opts: dict[str, Any], prior: np.ndarray | None = None) -> None:
         import hashlib
 
         self.root = root
@@ -100,7 +101,9 @@ class ScoreCache:
         for k in sorted(state):
             h.update(k.encode())
             h.update(state[k].numpy().tobytes())
-        self.base = [self.VERSION, run_id, h.hexdigest(), opts.get("seed"), opts.get("truth_method")]
+        # the image-blind prior map (from the store's training split) changes the `prior` figures
+        p = None if prior is None else hashlib.sha256(np.ascontiguousarray(prior, np.float32).tobytes()).hexdigest()
+        self.base = [self.VERSION, run_id, h.hexdigest(), opts.get("seed"), opts.get("truth_method"), p]
 
     def path(self, split: str, ids: list[str], y: np.ndarray, bits: np.ndarray, sanity: np.ndarray,
              truth: dict[str, str | None]) -> Path:

@@ -3,6 +3,8 @@
     driver (run_evaluation, one named step each):
       _open_inputs: load the run (MLflow) -> ids of the validation and evaluated splits
       _truth: which scans have true lesion masks (read from the store)
+      training_prior: the image-blind prior map from the run's training split of the store (grid
+         masks only; skipped with a note when the store has no such split or masks)
       _score_splits: one Ray task per `eval.scans_per_task` volumes (model weights shared once via ray.put; each
          task reads its volumes from the store and returns small per-scan scores; a scan that fails
          is reported and skipped, the job goes on)
@@ -33,6 +35,7 @@ from ctplatform.config import Config, EvalConfig
 from ctplatform.eval.cache import ScoreCache
 from ctplatform.eval.figures import FigurePick, choose_figure_scans, curves_from_sums
 from ctplatform.eval.plots import choose_curve_labels, plot_slice_scores
+from ctplatform.eval.prior import training_prior
 from ctplatform.eval.report import predictions_frame, scan_key, scan_key_salt, write_summary
 from ctplatform.eval.scoring import ScanScores, SliceSums
 from ctplatform.eval.summary import Evaluation, evaluate_scores
@@ -88,9 +91,11 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
     cohorts = truth.fingerprints
     out_dir = Path(e.output_dir or (cfg.workdir / "eval")) / run_id / inputs.split
     out_dir.mkdir(parents=True, exist_ok=True)
+    prior = training_prior(inputs.store, inputs.run_cfg.train.splits.get("train"), inputs.geometry,
+                           inputs.run_cfg.train.grid_variant)
     init_ray(cfg)
-    shared = _SharedModel.put(inputs, e)
-    cache = ScoreCache(out_dir / ".scores", run_id, shared.state, shared.opts)
+    shared = _SharedModel.put(inputs, e, prior.prior)
+    cache = ScoreCache(out_dir / ".scores", run_id, shared.state, shared.opts, prior.prior)
     results, reused = _score_splits(inputs, shared, cohorts, cache, e)
     collected = _collect(results, inputs)
     ev = evaluate_scores(
@@ -98,7 +103,7 @@ def run_evaluation(cfg: Config, run_id: str, split: str | None = None) -> EvalOu
         convention=e.organ_iou_convention,
         confounder_label=confounder_label(truth.confounder),
     )
-    ev.notes += truth.notes
+    ev.notes += truth.notes + prior.notes
     if collected.failed:
         ev.notes.append(f"{len(collected.failed)} scan(s) failed and were left out (see the job log)")
     salt = scan_key_salt(cfg.workdir)  # local disk only: keys in artifacts cannot be recomputed from ids
@@ -177,12 +182,14 @@ class _SharedModel:
     cfg_json: dict[str, Any]
     opts: dict[str, Any]
     resources: dict[str, Any]
+    prior_ref: Any = None  # the image-blind prior map [80, H, D1, D2] in the object store, or None
 
     @classmethod
-    def put(cls, inputs: _Inputs, e: EvalConfig) -> "_SharedModel":
+    def put(cls, inputs: _Inputs, e: EvalConfig, prior: np.ndarray | None = None) -> "_SharedModel":
         state = {k: v.cpu() for k, v in inputs.model.state_dict().items()}
         resources = {"num_cpus": e.cpus_per_task, "num_gpus": e.gpus_per_task, "memory": int(e.memory_per_task_gb * 2**30)}
-        return cls(state, ray.put(state), inputs.run_cfg.model_dump(mode="json"), worker_options(e), resources)
+        prior_ref = ray.put(prior) if prior is not None else None
+        return cls(state, ray.put(state), inputs.run_cfg.model_dump(mode="json"), worker_options(e), resources, prior_ref)
 
 
 def _score_splits(
@@ -202,7 +209,8 @@ def _score_splits(
             path = cache.path(*args)
             done = cache.load(path)
             if done is None:
-                done = score.remote(shared.state_ref, shared.cfg_json, inputs.store.root, *args, shared.opts)
+                done = score.remote(shared.state_ref, shared.cfg_json, inputs.store.root, *args, shared.opts,
+                                    shared.prior_ref)
             jobs.append((name, path, done))
     reused = sum(not isinstance(j[2], ray.ObjectRef) for j in jobs)
     if reused:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ctplatform.eval.baselines import CHANCE_LEVELS
 from ctplatform.eval.scoring import METHODS, ScanScores
 from ctplatform.eval.summary import Evaluation
 from ctplatform.labels import GROUPS, label_names
@@ -82,7 +83,11 @@ def html_table(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 def headline_table(m: dict[str, float]) -> pd.DataFrame:
-    """A run's main numbers in paper order: AUROC, OrganIoU per method and group, localization."""
+    """A run's main numbers in paper order: AUROC, OrganIoU per method and group, localization.
+
+    Each localization figure is followed by the levels it is read against (eval/baselines.CHANCE_LEVELS:
+    a uniform map, the image-blind prior map) where the evaluation logged them.
+    """
     rows: list[tuple[str, str, object, str]] = [
         ("AUROC", "median over labels", m.get("auroc_median"), _ci(m, "auroc_median")),
         ("AUROC", "mean over labels", m.get("auroc_mean"), _ci(m, "auroc_mean")),
@@ -95,7 +100,9 @@ def headline_table(m: dict[str, float]) -> pd.DataFrame:
                 rows.append(
                     (f"OrganIoU {METHOD_NAMES[meth]}", g.replace("_", " "), m[key], f"n = {m.get(key + '_n', 0)}")
                 )
+                rows += _levels(m, key)
     for name, title in [
+        ("attention_in_allowed", "attention in allowed cells (threshold-free OrganIoU)"),
         ("lesion_iou", "lesion IoU"),
         ("lesion_dice", "lesion Dice"),
         ("pointing_hit_rate", "pointing-game hit rate"),
@@ -106,6 +113,7 @@ def headline_table(m: dict[str, float]) -> pd.DataFrame:
             key = f"{name}_{meth}"
             if key in m:
                 rows.append((title, METHOD_NAMES[meth], m[key], ""))
+                rows += _levels(m, key)
     if "sanity_rank_corr_mean" in m:
         rows.append(
             (
@@ -116,6 +124,11 @@ def headline_table(m: dict[str, float]) -> pd.DataFrame:
             )
         )
     return pd.DataFrame(rows, columns=["metric", "detail", "value", "note"])
+
+
+def _levels(m: dict[str, float], key: str) -> list[tuple[str, str, object, str]]:
+    """Rows of the chance / prior levels of figure `key` that were logged, beneath it."""
+    return [("", f"baseline: {what}", m[metric], metric) for what, metric in CHANCE_LEVELS.get(key, ()) if metric in m]
 
 
 def _ci(m: dict, key: str) -> str:
@@ -172,7 +185,7 @@ def write_summary(ev: Evaluation, out_dir: Path, title: str, context: dict[str, 
     paths["summary.md"].write_text(md)
     paths["summary.html"].write_text(page)
     ev.per_label.to_csv(paths["per_label.csv"], index=False)
-    pd.DataFrame({"label": label_names(), **{m: ev.thresholds[m] for m in METHODS}}).to_csv(
+    pd.DataFrame({"label": label_names(), **ev.thresholds}).to_csv(
         paths["thresholds.csv"], index=False
     )
     return paths

@@ -10,7 +10,9 @@ For each scan the model gives probabilities, the per-slice score matrix C, and b
 - sums of C over scans with / without each label (per-slice curves aggregate additively);
 - when true lesion masks are given (phantoms): lesion IoU/Dice per threshold, pointing-game hit,
   Localization Utility, and the share of attention on a confounder region;
-- when a randomised model is given: the rank correlation of its HiResCAM maps with the trained one's.
+- when a randomised model is given: the rank correlation of its HiResCAM maps with the trained one's;
+- when the image-blind prior map is given (eval/baselines.py, one map per label for every scan): the
+  same figures of that map under the method name `prior`, the level each figure is read against.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ctplatform.eval.baselines import attention_in_region, cell_fraction, signed_forbidden_evidence
+from ctplatform.eval.baselines import PRIOR, attention_in_region, cell_fraction, signed_forbidden_evidence
 from ctplatform.eval.localization import (
     attention_share,
     lesion_overlap,
@@ -55,7 +57,7 @@ class ScanScores:
     prob: np.ndarray  # float32 [80]
     y: np.ndarray  # uint8 [80]
     positives: np.ndarray  # int16 [P] positive label indices
-    organ: dict[str, np.ndarray]  # method -> int16 [2, P, T]: cells above threshold inside / outside G_true
+    organ: dict[str, np.ndarray]  # method (and `prior`) -> int16 [2, P, T]: cells above threshold inside / outside G_true
     top_group: np.ndarray  # int16 [P] slice group with the highest C for each positive label
     sanity_rho: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # [P] or empty
     lesion: LesionScores | None = None
@@ -132,21 +134,27 @@ def score_outputs(
     random_hirescam: np.ndarray | None = None,
     lesions: list[np.ndarray | None] | None = None,
     confounders: list[np.ndarray | None] | None = None,
+    prior: np.ndarray | None = None,
 ) -> list[ScanScores]:
     """Per-scan scores from model outputs (see `explain`) of a batch.
 
     y [B, 80]; g_true bool [B, 80, H, D1, D2]; random_hirescam [B, 80, H, D1, D2] from a model with
     randomised weights (sanity check) or None; lesions[b] bool [80, H, D1, D2] (the true lesion cells
-    of each label on the feature grid) or None; confounders[b] bool [H, D1, D2] or None.
+    of each label on the feature grid) or None; confounders[b] bool [H, D1, D2] or None; prior float
+    [80, H, D1, D2] (the image-blind prior map, the same for every scan) or None.
     """
     y = as_numpy(y)
     g_true = as_numpy(g_true).astype(bool)
+    maps = METHODS
+    if prior is not None:  # scored exactly like a model's map, under its own name
+        maps = METHODS + (PRIOR,)
+        outputs = {**outputs, PRIOR: np.broadcast_to(np.asarray(prior, np.float32), (len(volume_ids), *np.shape(prior)))}
     out: list[ScanScores] = []
     for b, vid in enumerate(volume_ids):
         pos = np.nonzero(y[b] > 0.5)[0]
-        norm = {m: normalize_attention(outputs[m][b, pos]) for m in METHODS}
+        norm = {m: normalize_attention(outputs[m][b, pos]) for m in maps}
         organ = {}
-        for m in METHODS:
+        for m in maps:
             inside, outside = binarized_counts(norm[m], g_true[b, pos], thresholds)
             organ[m] = np.stack([inside, outside]).astype(np.int16)
         c = outputs["slice_scores"][b, pos]
@@ -160,47 +168,50 @@ def score_outputs(
             top_group=(np.argmax(c, axis=1) if pos.size else np.zeros(0)).astype(np.int16),
         )
         if pos.size:
-            scan.baselines = _baseline_figures(outputs, b, pos, g_true[b, pos])
+            scan.baselines = _baseline_figures(outputs, b, pos, g_true[b, pos], maps)
         if random_hirescam is not None and pos.size:
             scan.sanity_rho = map_rank_correlation(outputs["hirescam"][b, pos], random_hirescam[b, pos]).astype(
                 np.float32
             )
         if lesions is not None and lesions[b] is not None and pos.size:
-            scan.lesion = _lesion_scores(outputs, b, pos, lesions[b], thresholds)
+            scan.lesion = _lesion_scores(outputs, b, pos, lesions[b], thresholds, maps)
             if scan.lesion is not None:  # a uniformly random cell's pointing-game hit rate
                 les = np.asarray(lesions[b], dtype=bool)[scan.lesion.labels.astype(np.int64)]
                 scan.baselines["lesion_cell_fraction"] = cell_fraction(les).astype(np.float32)
         if confounders is not None and confounders[b] is not None and pos.size:
             region = np.broadcast_to(confounders[b], outputs["hirescam"][b, pos].shape)
             scan.confounder_share = {
-                m: attention_share(outputs[m][b, pos], region).astype(np.float32) for m in METHODS
+                m: attention_share(outputs[m][b, pos], region).astype(np.float32) for m in maps
             }
             scan.baselines["confounder_cell_fraction"] = cell_fraction(region).astype(np.float32)
         out.append(scan)
     return out
 
 
-def _baseline_figures(outputs: dict[str, np.ndarray], b: int, pos: np.ndarray, allowed: np.ndarray) -> dict[str, np.ndarray]:
+def _baseline_figures(
+    outputs: dict[str, np.ndarray], b: int, pos: np.ndarray, allowed: np.ndarray, maps: tuple[str, ...] = METHODS
+) -> dict[str, np.ndarray]:
     """Per positive label: the threshold-free OrganIoU of each map, and what a uniform map scores."""
-    out = {f"attention_in_allowed_{m}": attention_in_region(outputs[m][b, pos], allowed).astype(np.float32) for m in METHODS}
+    out = {f"attention_in_allowed_{m}": attention_in_region(outputs[m][b, pos], allowed).astype(np.float32) for m in maps}
     out["allowed_cell_fraction"] = cell_fraction(allowed).astype(np.float32)
     out["forbidden_evidence_signed_hirescam"] = signed_forbidden_evidence(outputs["hirescam"][b, pos], ~allowed).astype(np.float32)
     return out
 
 
 def _lesion_scores(
-    outputs: dict[str, np.ndarray], b: int, pos: np.ndarray, lesion: np.ndarray, thresholds: np.ndarray
+    outputs: dict[str, np.ndarray], b: int, pos: np.ndarray, lesion: np.ndarray, thresholds: np.ndarray,
+    maps: tuple[str, ...] = METHODS,
 ) -> LesionScores | None:
     lesion = np.asarray(lesion, dtype=bool)
     has = pos[lesion[pos].reshape(pos.size, -1).any(axis=1)]
     if not has.size:
         return None
     scores = LesionScores(labels=has.astype(np.int16), iou={}, dice={}, hit={}, utility={})
-    for m in METHODS:
-        maps = outputs[m][b, has]
-        iou, dice = lesion_overlap(maps, lesion[has], thresholds)
+    for m in maps:
+        a = outputs[m][b, has]
+        iou, dice = lesion_overlap(a, lesion[has], thresholds)
         scores.iou[m] = iou.astype(np.float32)
         scores.dice[m] = dice.astype(np.float32)
-        scores.hit[m] = pointing_game(maps, lesion[has]).astype(np.float32)
-        scores.utility[m] = localization_utility(maps, lesion[has]).astype(np.float32)
+        scores.hit[m] = pointing_game(a, lesion[has]).astype(np.float32)
+        scores.utility[m] = localization_utility(a, lesion[has]).astype(np.float32)
     return scores

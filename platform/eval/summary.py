@@ -5,7 +5,9 @@
   the positive scans of the validation split (published code), then applied to the evaluated split;
   reported overall and by location group, pooled over positive (scan, label) pairs;
 - lesion IoU, Dice (at the same thresholds), pointing-game hit rate and Localization Utility where
-  true masks exist; the share of attention on a confounder; the sanity-check rank correlation.
+  true masks exist; the share of attention on a confounder; the sanity-check rank correlation;
+- the same figures of the image-blind prior map (method `prior`, when the scans were scored with it),
+  with its thresholds chosen on validation like a model's: the level each figure is read against.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ctplatform.model.metrics import (
     iou_from_counts,
     quiet_nan_warnings,
 )
+from ctplatform.eval.baselines import PRIOR
 from ctplatform.eval.scoring import METHODS, ScanScores
 from ctplatform.labels import GROUPS, N_LABELS, all_labels
 
@@ -154,7 +157,7 @@ def evaluate_scores(
             "OrganIoU thresholds were chosen on the evaluated split itself (no validation scans): optimistic"
         )
     thresholds: dict[str, np.ndarray] = {}
-    for m in METHODS:
+    for m in scored_maps(test):
         chosen = choose_pair_thresholds(organ_pairs(valid if valid else test, m, convention))
         # a label never positive in validation falls back to the threshold chosen over all labels
         if (chosen < 0).any():
@@ -209,7 +212,8 @@ def _lesion_metrics(
         ok = np.isfinite(values)
         metrics[f"{name}_{method}"] = float(values[ok].mean()) if ok.any() else float("nan")
         table[f"{name}_{method}"] = mean_by_label(lab, values)[0]
-    metrics[f"lesion_pairs_{method}"] = int(lab.size)
+    if method != PRIOR:  # the same pairs as the model's
+        metrics[f"lesion_pairs_{method}"] = int(lab.size)
 
 
 def lesion_threshold_index(scans: list[ScanScores], method: str) -> np.ndarray:
@@ -248,3 +252,9 @@ def _confounder_metrics(
     table[f"confounder_share_{method}"] = per_label
     if target is not None:  # the label the confounder was made to track (the shortcut to watch)
         metrics[f"confounder_share_{method}_target"] = float(per_label[target])
+
+
+def scored_maps(scans: list[ScanScores]) -> tuple[str, ...]:
+    """The model's methods, and `prior` when every scan was scored with the image-blind prior map."""
+    with_prior = bool(scans) and all(PRIOR in s.organ for s in scans)
+    return METHODS + ((PRIOR,) if with_prior else ())

@@ -76,10 +76,12 @@ def score_volumes(
     sanity: np.ndarray,
     truth: dict[str, str | None] | None,
     opts: dict[str, Any],
+    prior: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Score a batch of volumes: {"scans": [ScanScores], "sums": SliceSums, "errors": [(id, msg)]}.
 
     truth: volume_id -> fingerprint of its grid truth in the store (eval.truth.survey), None without.
+    prior: the image-blind prior map float [80, H, D1, D2] (eval.prior), scored beside the model's maps.
 
     Pure with respect to Ray (called inside a task, or directly in tests); opts: worker_options().
     """
@@ -133,6 +135,7 @@ def score_volumes(
                 random_hirescam=rand,
                 lesions=lesions,
                 confounders=confounders,
+                prior=prior,
             )
         )
         sums.add(out["slice_scores"], yb.numpy())

@@ -33,8 +33,9 @@ def _evaluation(seed: int):
            "slice_scores": rng.normal(size=(n, 80, GRID[0])).astype(np.float32),
            "hirescam": rng.normal(size=(n, 80) + GRID).astype(np.float32),
            "gradcam": rng.normal(size=(n, 80) + GRID).astype(np.float32)}
+    prior = shared.random((80,) + GRID).astype(np.float32)  # the same map for every scan (and run)
     scans = score_outputs([f"s{i}" for i in range(n)], ["test"] * n, out, y, g,
-                          lesions=[lesion] * n, confounders=[conf] * n)
+                          lesions=[lesion] * n, confounders=[conf] * n, prior=prior)
     ev = evaluate_scores(scans, scans, n_boot=0, confounder_label=TARGET)
     return predictions_frame(scans, b"salt"), ev
 
@@ -66,7 +67,12 @@ def test_compare_md_shows_each_localization_figure_beside_its_baselines(tmp_path
     assert lines[at + 1].startswith("|   baseline: uniform map = allowed-cell fraction (allowed_cell_fraction) |")
     at = next(k for k, line in enumerate(lines) if line.startswith("| pointing_hit_rate_hirescam |"))
     assert "lesion-cell fraction (pointing_chance)" in lines[at + 1]
-    assert "image-blind prior map" in md
+    at = next(k for k, line in enumerate(lines) if line.startswith("| organ_iou_hirescam_overall |"))
+    assert lines[at + 1].startswith("|   baseline: uniform map = allowed-cell fraction (allowed_cell_fraction) |")
+    assert lines[at + 2].startswith("|   baseline: image-blind prior map (organ_iou_prior_overall) |")
+    at = next(k for k, line in enumerate(lines) if line.startswith("| pointing_hit_rate_hirescam |"))
+    assert lines[at + 2].startswith("|   baseline: image-blind prior map (pointing_hit_rate_prior) |")
+    assert not any(line.startswith("| organ_iou_prior") for line in lines)  # a level, never a figure of its own
 
     # an evaluation that logged no chance levels (an older run): its figures stand alone, nothing invented
     bare = {k: v for k, v in ea.metrics.items() if k not in {m for lv in CHANCE_LEVELS.values() for _, m in lv}}

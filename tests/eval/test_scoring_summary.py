@@ -106,6 +106,23 @@ def test_localization_and_confounder_and_sanity_fields():
     assert ev.metrics["pointing_chance"] == pytest.approx(1 / 36)  # one lesion cell of 36
     assert ev.metrics["confounder_cell_fraction"] == pytest.approx(9 / 36)
     assert ev.metrics["forbidden_evidence_signed_hirescam"] < 0  # forbidden cells hold -1: evidence against
+    assert not any("prior" in k for k in ev.metrics)  # no prior map given: no prior figures invented
+
+    # the image-blind prior map, scored like a model's map: here it peaks inside the allowed slice
+    # group but not on the lesion, and weighs the confounder's slice group a little
+    prior = np.full((80,) + GRID, 0.1, np.float32)
+    prior[7, 1] = 0.6
+    prior[7, 1, 0, 0] = 0.9
+    with_prior = score_outputs([f"s{i}" for i in range(n)], ["test"] * n, out, y, g,
+                               lesions=[lesion] * n, confounders=[conf] * n, prior=prior)
+    ev = evaluate_scores(with_prior, with_prior, n_boot=0)
+    assert ev.metrics["organ_iou_prior_overall"] == 1.0  # at its own validation threshold: only slice group 1
+    assert ev.metrics["attention_in_allowed_prior"] == pytest.approx((8 * 0.6 + 0.9) / (8 * 0.6 + 0.9 + 27 * 0.1))
+    assert ev.metrics["pointing_hit_rate_prior"] == 0.0  # its peak is not the lesion cell
+    assert ev.metrics["confounder_share_prior"] == pytest.approx(0.9 / (8 * 0.6 + 0.9 + 27 * 0.1))
+    assert "lesion_pairs_prior" not in ev.metrics  # the model's pairs, counted once
+    assert ev.metrics["organ_iou_hirescam_overall"] == 1.0  # the model's figures do not change
+    assert "organ_iou_prior" in ev.per_label.columns and np.isfinite(ev.thresholds["prior"][7])
 
 
 def test_slice_sums_give_means_of_present_and_absent():

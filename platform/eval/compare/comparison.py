@@ -43,8 +43,9 @@ BASELINE_ROW = "  baseline: "  # how a chance-level row beneath its figure start
 BASELINE_NOTE = (
     "Each localization figure is followed by its chance levels (rows `baseline: ...`): what a map that "
     "ignores the image scores on the same pairs, measured by each evaluation (eval/baselines.py). A figure "
-    "near its baseline says nothing about where the model looks. The image-blind prior map is scored by "
-    "the faithfulness analysis (`benchmarks/faithfulness.py`, `ctplatform demo`), not by `ctplatform evaluate`."
+    "near its baseline says nothing about where the model looks. The image-blind prior map (per label, the "
+    "mean allowed region of its positive training scans, the same for every scan) is scored when the run's "
+    "store has a training split with grid masks; an evaluation without it says so in its notes."
 )
 
 
