@@ -65,7 +65,8 @@ def setup(ct_dir, ray_local, tmp_path_factory):
     for rep in range(3):
         for name in SCANS:
             vid = f"scan{n:02d}"
-            split = "test" if n % 3 else "valid"
+            # two training scans: the image-blind prior map is their mean allowed region per label
+            split = "valid" if n % 3 == 0 else ("train" if n >= 7 else "test")
             # the split travels with the row: ingest records the manifest row itself (store records)
             row = ingest_one({"volume_id": vid, "path": str(ct_dir / name), "format": "nifti", "split": split},
                              cfg.store_path,
@@ -132,6 +133,10 @@ def test_evaluate_logs_metrics_pictures_and_tables(setup):
     ev = evals[0]
     assert ev.data.tags["mlflow.parentRunId"] == runs[0]
     assert "test_auroc_median" in ev.data.metrics and "test_organ_iou_hirescam_overall" in ev.data.metrics
+    # the image-blind prior map (from the store's training split) scored beside the model's maps
+    for name in ("organ_iou_prior_overall", "attention_in_allowed_prior", "allowed_cell_fraction"):
+        assert 0 <= ev.data.metrics[f"test_{name}"] <= 1, name
+    assert "baseline: image-blind prior map" in md and "organ_iou_prior_overall" in md
     assert -1 <= ev.data.metrics["test_sanity_rank_corr_mean"] <= 1
     assert ev.data.metrics["test_auroc/lung_nodule"] == pytest.approx(nodule["auroc"])
     arts = {a.path for a in client.list_artifacts(ev.info.run_id)} | {
@@ -159,6 +164,12 @@ def test_compare_two_runs(setup, capsys):
     assert "delong_p" in printed and "auroc_median" in printed
     out = root / "eval" / "compare" / f"{runs[0]}_vs_{runs[1]}" / "test"
     table = pd.read_csv(out / "compare.csv")
+    lines = (out / "compare.md").read_text().splitlines()
+    at = next(k for k, line in enumerate(lines) if line.startswith("| organ_iou_hirescam_overall |"))
+    assert [line.split("|")[1].strip() for line in lines[at + 1 : at + 3]] == [
+        "baseline: uniform map = allowed-cell fraction (allowed_cell_fraction)",
+        "baseline: image-blind prior map (organ_iou_prior_overall)",
+    ]
     assert len(table) == 80
     tested = table["delong_p"].notna()
     assert tested.any() and ((table.loc[tested, "fdr_q"] >= table.loc[tested, "delong_p"] - 1e-12)).all()
