@@ -112,6 +112,8 @@ VOLUME_CODECS: tuple[str, ...] = ("zstd", "lz4", "lz4hc")
 #: How arrays written now name their chunk objects: `c.<i>.<j>...` in the array's own folder.
 #: Arrays written before (`c/<i>/<j>/...`) keep their encoding in their metadata and read as before.
 CHUNK_KEYS: dict[str, str] = {"name": "default", "separator": "."}
+#: A Zarr v3 node's metadata object.
+METADATA = "zarr.json"
 
 
 def _compressor(dtype: np.dtype, codec: str = "zstd") -> BloscCodec:
@@ -269,7 +271,8 @@ class Store:
 
     # ------------------------------------------------------------------ arrays
     def _sizes(self, base: str) -> dict[str, int]:
-        """Every object below `base` (path relative to it -> bytes): one recursive listing."""
+        """Every object below `base` (path relative to it -> bytes; -1: a metadata object on local disk,
+        not measured): one recursive listing."""
         if isinstance(self.fs, LocalFileSystem):
             return _local_sizes(base)
         try:
@@ -691,7 +694,8 @@ def _local_cat(paths: list[str]) -> dict[str, bytes]:
 
 
 def _local_sizes(base: str) -> dict[str, int]:
-    """`Store._sizes` on local disk with os.scandir (several times faster than fsspec's find)."""
+    """`Store._sizes` on local disk with os.scandir (several times faster than fsspec's find);
+    Zarr metadata objects are listed with size -1 (not measured)."""
     out: dict[str, int] = {}
     stack = [("", base)]
     while stack:
@@ -704,6 +708,8 @@ def _local_sizes(base: str) -> dict[str, int]:
             key = f"{rel}{e.name}"
             if e.is_dir(follow_symlinks=False):
                 stack.append((key + "/", e.path))
+            elif e.name == METADATA:  # no caller needs its size: not stat'ing it spares an inode read a
+                out[key] = -1         # array on a cold cache (resume planning, benchmarks/store_scale.py)
             elif not e.name.endswith(".partial"):  # zarr's temporary files while it writes one
                 out[key] = e.stat(follow_symlinks=False).st_size
     return out
