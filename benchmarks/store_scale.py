@@ -116,14 +116,17 @@ def build(store_cls: type, root: Path, ids: list[str], new_layout: bool, nested_
 
 
 def objects_per_volume(root: Path, n: int) -> dict[str, float]:
-    arrays = files = 0
+    arrays = files = folders = 0
     for p in (root / "data.zarr").rglob("*"):
-        if not p.is_file() or any(x.startswith("pack-") for x in p.parts):
+        if any(x.startswith("pack-") for x in p.parts):
+            continue
+        if p.is_dir():
+            folders += 1  # what a listing on local disk or NFS descends into, one read each
             continue
         files += 1
         if p.name == "zarr.json" and json.loads(p.read_bytes()).get("node_type") == "array":
             arrays += 1
-    return {"arrays": arrays / n, "files": files / n}
+    return {"arrays": arrays / n, "files": files / n, "folders": folders / n}
 
 
 def drop_page_cache() -> bool:
@@ -188,6 +191,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="use the stores an earlier run left in --workdir")
+    ap.add_argument("--plan-layouts", default="new,nested,old",
+                    help="which stores resume planning times (new: flat chunk keys, nested: c/0/0 keys, old: layout 1)")
     ap.add_argument("--phases", default="objects,pack,plan,manifest,epoch",
                     help="comma-separated subset of objects,pack,plan,manifest,epoch")
     a = ap.parse_args()
@@ -221,6 +226,8 @@ def main() -> None:
         _finish(a, res, phases)
         return
     for key, fn, root in (("new", plan_new, new_root), ("nested", plan_new, nested_root), ("old", plan_old, old_root)):
+        if key not in a.plan_layouts.split(","):
+            continue
         for cache in ("cold", "warm"):
             if cache == "cold" and not drop_page_cache():
                 continue
@@ -276,6 +283,7 @@ def _finish(a: argparse.Namespace, res: dict, phases: set[str], work: Path | Non
     rows = [
         ("arrays per volume", f"{o['arrays']:.2f}", f"{k['arrays']:.2f}", f"{n['arrays']:.2f}", "<= 3"),
         ("files per volume", f"{o['files']:.2f}", f"{k['files']:.2f}", f"{n['files']:.2f}", ""),
+        ("folders per volume", f"{o['folders']:.2f}", f"{k['folders']:.2f}", f"{n['folders']:.2f}", "local disk / NFS"),
         ("resume planning, cold cache (s)", plan(o, "cold"), plan(k, "cold"), plan(n, "cold"),
          "<= 30; page cache dropped first ('-': not root)"),
         ("resume planning, warm cache (s)", plan(o, "warm"), plan(k, "warm"), plan(n, "warm"), "<= 30"),
