@@ -76,10 +76,19 @@ def start_mlflow_run(
     experiment_id = setup_mlflow(cfg)
     client = MlflowClient()
     all_tags = {tracking.STAGE: "train", tracking.RAY_RUN_NAME: run_name, **(tags or {})}
+    run_id = None
     if parent_run_id:
         all_tags[tracking.PARENT_RUN] = parent_run_id
-    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-    run_id = run.info.run_id
+        # A driver killed after creating this trial's run but before writing its run record left the
+        # run behind: adopt it (a trial's name is unique within its sweep) instead of a second child.
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{tracking.PARENT_RUN}` = '{parent_run_id}' and tags.`{tracking.RAY_RUN_NAME}` = '{run_name}'",
+            max_results=1,
+        )
+        run_id = found[0].info.run_id if found else None
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=all_tags).info.run_id
     with mlflow.start_run(run_id=run_id):
         mlflow.log_params(run_params(cfg, n_train, n_valid))
         mlflow.log_text(cfg.to_yaml(), "config.yaml")
