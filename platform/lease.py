@@ -1,10 +1,16 @@
 """One writer per item: a lease is a small JSON object created atomically beside the store.
 
-A lease file names its holder (job token, host, pid, the pid's start time) and when it expires. It is
-created only if absent, so of two writers exactly one wins and the other fails with
-`LeaseHeldError` naming the holder. A lease whose holder is gone is taken over: on the same host when
-its pid is dead (or now belongs to another process: the start time differs), anywhere once it has
-expired. Holders check that they still hold it before they publish.
+A lease file names its holder (job token, host, pid, the pid's start time, and inside a Ray task its
+Ray node and task ids) and when it expires. It is created only if absent, so of two writers exactly
+one wins and the other fails with `LeaseHeldError` naming the holder. A lease whose holder is gone is
+taken over:
+- on the same host when its pid is dead (or now belongs to another process: the start time differs);
+- by a retry of the same Ray task (Ray retries a task only once it holds the earlier attempt failed:
+  its worker or node died), so a lost node's volumes are redone at once on another node;
+- when the holder's Ray node is dead in this cluster (the GCS says so), from any host;
+- anywhere once it has expired.
+Holders check that they still hold it before they publish, so a holder taken over while it still ran
+(a node partitioned from the cluster, not dead) publishes nothing.
 
 What this assumes of the filesystem:
 - local disk and NFS (v3 and later): `link(2)` of a fully written temporary file onto the lease path
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -61,6 +68,31 @@ def _pid_alive(pid: int, start: str) -> bool:
     return not start or not _start_time(pid) or _start_time(pid) == start
 
 
+def _ray_ids() -> tuple[str, str]:
+    """(Ray node id, Ray task id) of this process's current task; '' for each outside one.
+
+    A task id stays the same across Ray's retries of that task (attempts are numbered apart).
+    """
+    ray = sys.modules.get("ray")  # only a process that runs Ray can be inside a Ray task
+    if ray is None or not ray.is_initialized():
+        return "", ""
+    ctx = ray.get_runtime_context()
+    in_worker = getattr(ctx.worker, "mode", None) == 1  # WORKER_MODE; a driver has no task (and Ray warns)
+    return ctx.get_node_id() or "", (ctx.get_task_id() or "") if in_worker else ""
+
+
+def _ray_node_dead(node_id: str) -> bool:
+    """True only when this process's Ray cluster lists `node_id` as dead (unknown nodes are not)."""
+    ray = sys.modules.get("ray")
+    if not node_id or ray is None or not ray.is_initialized():
+        return False
+    try:
+        nodes = ray.nodes()
+    except Exception:  # noqa: BLE001 - GCS unreachable: fall back to pid and expiry
+        return False
+    return any(n.get("NodeID") == node_id and not n.get("Alive", True) for n in nodes)
+
+
 @dataclass(frozen=True)
 class Holder:
     token: str
@@ -69,18 +101,25 @@ class Holder:
     pid_start: str
     since: float
     expires: float
+    ray_node: str = ""  # leases written before these fields parse with ''
+    ray_task: str = ""
 
     @classmethod
     def me(cls, seconds: float) -> "Holder":
         now = time.time()
         pid = os.getpid()
-        return cls(uuid.uuid4().hex, socket.gethostname(), pid, _start_time(pid), now, now + seconds)
+        node, task = _ray_ids()
+        return cls(uuid.uuid4().hex, socket.gethostname(), pid, _start_time(pid), now, now + seconds, node, task)
 
     def stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         if now > self.expires:
             return True
-        return self.host == socket.gethostname() and not _pid_alive(self.pid, self.pid_start)
+        if self.host == socket.gethostname() and not _pid_alive(self.pid, self.pid_start):
+            return True
+        if self.ray_task and self.ray_task == _ray_ids()[1]:
+            return True  # an earlier attempt of this very task, which Ray has given up on
+        return _ray_node_dead(self.ray_node)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.since))

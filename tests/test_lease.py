@@ -84,3 +84,101 @@ except LeaseHeldError:
                               cwd=REPO) for _ in range(8)]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(outs).count("won") == 1, outs
+
+
+def test_a_retry_of_the_same_ray_task_takes_over_its_dead_attempt(tmp_path, ray_local) -> None:
+    """Attempt 1 holds the lease and dies while its holder still looks alive (its pid rewritten to a
+    live one, as while a lost node's worker is still exiting); Ray's retry of the task takes over."""
+    import json
+
+    path, marker = str(tmp_path / "t.lease"), tmp_path / "attempt1"
+    live_pid = os.getpid()
+
+    @ray_local.remote(max_retries=1)
+    def write() -> str:
+        from ctplatform.lease import Lease as L
+
+        lease = L(fsspec.filesystem("file"), path, "t").acquire()
+        if not marker.exists():
+            marker.write_text("")
+            with open(path) as f:
+                holder = json.load(f)
+            holder.update(pid=live_pid, pid_start="")  # a live pid on this host: not stale by pid
+            with open(path, "w") as f:
+                json.dump(holder, f)
+            os._exit(1)  # the worker dies holding the lease
+        lease.check()
+        lease.release()
+        return "second attempt wrote"
+
+    assert ray_local.get(write.remote(), timeout=120) == "second attempt wrote"
+    assert marker.exists() and not os.path.exists(path)
+    # another task (another task id) must still respect a live holder
+    held = Lease(fsspec.filesystem("file"), path, "t").acquire()
+    try:
+        @ray_local.remote(max_retries=0)
+        def other() -> str:
+            from ctplatform.lease import Lease as L, LeaseHeldError as Held
+
+            try:
+                L(fsspec.filesystem("file"), path, "t").acquire()
+                return "took it"
+            except Held:
+                return "held"
+
+        assert ray_local.get(other.remote(), timeout=60) == "held"
+    finally:
+        held.release()
+
+
+DEAD_NODE = """
+import json, sys, time, fsspec, ray
+from ray.cluster_utils import Cluster
+from ctplatform.lease import Lease, LeaseHeldError
+
+path = sys.argv[1]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+node2 = cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address, log_to_driver=False)
+cluster.wait_for_nodes()
+node2_id = node2.node_id
+
+def lease_of(node_id):  # a holder on another host, far from expiry, on Ray node `node_id`
+    holder = dict(token="t" + node_id[:6], host="another-host", pid=1, pid_start="", since=time.time(),
+                  expires=time.time() + 3600, ray_node=node_id, ray_task="")
+    with open(path, "w") as f:
+        json.dump(holder, f)
+
+lease_of(node2_id)
+try:
+    Lease(fsspec.filesystem("file"), path, "x").acquire()
+    print("alive node: taken")
+except LeaseHeldError:
+    print("alive node: held")
+cluster.remove_node(node2, allow_graceful=False)
+deadline = time.time() + 60
+while any(n["NodeID"] == node2_id and n["Alive"] for n in ray.nodes()) and time.time() < deadline:
+    time.sleep(0.5)
+lease = Lease(fsspec.filesystem("file"), path, "x").acquire()
+print("dead node: taken")
+lease.release()
+lease_of("f" * 56)  # a node this cluster never had: not known dead
+try:
+    Lease(fsspec.filesystem("file"), path, "x").acquire()
+    print("unknown node: taken")
+except LeaseHeldError:
+    print("unknown node: held")
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_a_lease_held_on_a_dead_ray_node_is_taken_over_from_another_host(tmp_path) -> None:
+    """A lost node's holder would otherwise block its items until expiry (an hour): once the cluster
+    marks that node dead, any host takes the lease; a live or unknown node's holder is respected."""
+    path = str(tmp_path / "n.lease")
+    out = subprocess.run([sys.executable, "-c", DEAD_NODE, path], capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = [line for line in out.stdout.splitlines() if line.split(":")[0] in ("alive node", "dead node", "unknown node")]
+    assert said == ["alive node: held", "dead node: taken", "unknown node: held"], out.stdout[-3000:]

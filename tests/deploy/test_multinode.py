@@ -144,6 +144,17 @@ def _registered_epochs(run_dir: Path) -> list[dict]:
     return [r["metrics"] for r in snap["checkpoint_results"]]
 
 
+def _partition_errors(store_root: Path) -> str:
+    """The store's failed partition rows (phantom ids, no PHI): why a volume was not partitioned."""
+    from ctplatform.store import Store
+
+    table = Store(str(store_root)).read_table("partition")
+    if table is None:
+        return "no partition table"
+    bad = table[table["status"] != "ok"]
+    return "failed partition rows:\n" + "\n".join(f"{r.volume_id}: {r.error}" for r in bad.itertuples())
+
+
 def _check_store(store_root: Path, listing: Path) -> None:
     """Every scan ingested and verified against its source hash, every array readable to its last
     chunk, organs and grid masks for every volume, partition and label rows for every volume."""
@@ -197,7 +208,7 @@ def test_stages_run_across_two_nodes_and_survive_losing_one(cluster, cohort, tmp
     _wait_until(node2_busy_and_some_done, 600, "partition tasks running on node2 after the first finished")
     node2.kill_raylet()
     logs = jobs.wait("mn-partition")
-    assert f"partition: {N_SCANS} ok, 0 failed" in logs
+    assert f"partition: {N_SCANS} ok, 0 failed" in logs, _partition_errors(work / "store")
     tasks = jobs.tasks("mn-partition")
     on_node2 = [t for t in tasks if t.get("node_id") == node2.node_id and t.get("type") == "NORMAL_TASK"]
     assert on_node2, "no partition task ran on node2"
