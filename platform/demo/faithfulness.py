@@ -175,11 +175,10 @@ def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str
     import torch
 
     from ctplatform.demo.table import confounder_present
-    from ctplatform.eval.baselines import image_blind_prior
     from ctplatform.eval.deletion import DELETION_KS
     from ctplatform.eval.faithfulness import choose_validation_thresholds, collect_split, pair_figures
+    from ctplatform.eval.prior import training_prior
     from ctplatform.labels import label_by_name
-    from ctplatform.model.allowed_regions import allowed_regions
     from ctplatform.model.dataset import StoreDataset, load_split
     from ctplatform.model.receptive_field import own_block_gradient_mass
     from ctplatform.runtime import setup_mlflow
@@ -191,17 +190,13 @@ def analyse_model(cfg_json: dict[str, Any], title: str, run_id: str, cohort: str
     cohort_path = Path(cohort)
     store = Store(cfg.store_path)
     targets = {k: label_by_name(v).index for k, v in conf.items()}
-    train_index = load_split(store, cfg.train.splits["train"])
     model, run_cfg, source = load_model(run_id, cfg)
     truth = phantom_truth(cohort_path, cfg.store_path, run_cfg.model.geometry, list(conf))
-    # image-blind prior: mean allowed region of each label's positive training scans (grid masks only)
-    train_set = StoreDataset.from_config(run_cfg, train_index, augment=False, preprocess="loader")
-    allowed = np.stack([
-        allowed_regions(torch.from_numpy(train_index.region_bits[i][None]),
-                        torch.from_numpy(train_set.read_grid(vid)[None]))[0].numpy()
-        for i, vid in enumerate(train_index.ids)
-    ])
-    prior = image_blind_prior(allowed, train_index.y > 0.5)
+    # the image-blind prior of `ctplatform evaluate` (eval/prior.py): the same map, one owner
+    made = training_prior(store, cfg.train.splits["train"], run_cfg.model.geometry, run_cfg.train.grid_variant)
+    if made.prior is None:
+        raise ValueError(f"{title}: {'; '.join(made.notes)}")
+    prior = made.prior
     res: dict[str, Any] = {"run_id": run_id, "source": source}
     maps = {}
     for split in ("valid", "test", "shifted"):

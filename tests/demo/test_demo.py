@@ -4,6 +4,7 @@ and a second run that reuses every stage (no retraining)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -122,6 +123,10 @@ def test_demo_end_to_end_and_reuse(ray_local, tmp_path, capsys):
     evals = [r for r in runs if r.data.tags.get("ctplatform.stage") == "evaluate"]
     assert any("shifted_confounder_reliance_auroc" in r.data.metrics for r in evals)
 
+    # benchmarks/faithfulness.py's analysis of the same two models: every figure beside its prior,
+    # the prior being the one `ctplatform evaluate` scores (eval/prior.py), the same for both models
+    _faithfulness_table_of_the_two_models(cfg, train_runs)
+
     # A second run reuses every stage: nothing is retrained, re-evaluated or re-compared.
     code, out2 = _run(capsys, work)
     assert code == 0, out2
@@ -135,6 +140,24 @@ def test_demo_end_to_end_and_reuse(ray_local, tmp_path, capsys):
     table1 = [ln for ln in out.splitlines() if ln.startswith("| AUROC")]
     table2 = [ln for ln in out2.splitlines() if ln.startswith("| AUROC")]
     assert table1 == table2
+
+
+def _faithfulness_table_of_the_two_models(cfg, train_runs) -> None:
+    from ctplatform.demo import faithfulness as fx
+    from ctplatform.demo.pipeline import demo_config
+
+    dcfg = demo_config(cfg)
+    cohort = Path(dcfg.store_path).parent / "cohort"
+    by_lambda = {float(r.data.params["lambda_mask"]): r.info.run_id for r in train_runs}
+    runs = {fx.CLASS_ONLY: by_lambda[0.0], fx.MASK_LOSS: by_lambda[cfg.train.lambda_mask]}
+    analysis = fx.analyse_models(dcfg, runs, cohort, echo=lambda _: None)
+    values = fx.seed_values(analysis)
+    for key in ("test:organ_iou_prior", "test:attention_in_allowed_prior"):
+        a, b = values[fx.CLASS_ONLY][key], values[fx.MASK_LOSS][key]
+        assert 0.0 <= a <= 1.0 and a == b, (key, a, b)  # image-blind: the same for both models
+    assert math.isfinite(values[fx.MASK_LOSS]["test:organ_iou_hirescam"])
+    text = fx.format_table(fx.report({3: analysis}, n_boot=20))
+    assert "image-blind prior map" in text and f"| {fx.CLASS_ONLY} | {fx.MASK_LOSS} |" in text
 
 
 def test_demo_config_is_valid():
