@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine_info import machine
+from machine_info import Report, machine
 
 REPO = Path(__file__).resolve().parents[1]
 POPI = Path(os.environ.get("CTPLATFORM_SHARED", REPO.parent / "shared")) / "data" / "ct" / "popi_dicom"
@@ -220,12 +220,8 @@ def main() -> None:
     ap.add_argument("--workdir", help="scratch folder (default: a temporary one)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # one loader process is one core; the consumer's device work counted apart
-    lines: list[str] = []
+    out = Report()
     result: dict = {"machine": machine(f"torch {torch.__version__}"), "geometry": list(PAPER), "volumes": {}}
-
-    def out(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
 
     out("# loader benchmark: CPU seconds per paper-geometry volume, current path vs model-ready path")
     out()
@@ -293,7 +289,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     results = REPO / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "loader.md").write_text("\n".join(lines) + "\n")
+    (results / "loader.md").write_text(out.text())
     (results / "loader.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {results / 'loader.md'} and loader.json")
 

@@ -49,3 +49,17 @@ def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 def dir_bytes(path: Path) -> int:
     """Bytes of every file below `path`."""
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+class Report:
+    """Lines printed as they come (a long benchmark shows progress) and kept for its markdown file."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, s: str = "") -> None:
+        print(s, flush=True)
+        self.lines.append(s)
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"

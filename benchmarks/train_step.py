@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine_info import machine
+from machine_info import Report, machine
 
 REPO = Path(__file__).resolve().parents[1]
 POPI = Path(os.environ.get("CTPLATFORM_SHARED", REPO.parent / "shared")) / "data" / "ct" / "popi_dicom"
@@ -282,11 +282,7 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     os.environ["BENCH_THREADS"] = str(torch.get_num_threads())
 
-    lines: list[str] = []
-
-    def out(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
+    out = Report()
 
     out("# train_step benchmark")
     out()
@@ -390,7 +386,7 @@ def main() -> None:
 
     results = REPO / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / "train_step.md").write_text("\n".join(lines) + "\n")
+    (results / "train_step.md").write_text(out.text())
     print(f"wrote {results / 'train_step.md'}")
 
 
