@@ -48,14 +48,20 @@ class LeaseLostError(RuntimeError):
     """This job's lease was taken over (it expired) before the write could be published."""
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), '' where unknown."""
+def _stat_fields(pid: int) -> list[bytes]:
+    """/proc/<pid>/stat from field 3 (state) on (Linux); [] where unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            # Field 22; the command name (field 2) may contain spaces but ends at the last ')'.
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+            # The command name (field 2) may contain spaces but ends at the last ')'.
+            return f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
-        return ""
+        return []
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22), '' where unknown."""
+    fields = _stat_fields(pid)
+    return fields[19].decode() if len(fields) > 19 else ""
 
 
 def _pid_alive(pid: int, start: str) -> bool:
@@ -65,7 +71,12 @@ def _pid_alive(pid: int, start: str) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by another user
-    return not start or not _start_time(pid) or _start_time(pid) == start
+    fields = _stat_fields(pid)
+    if fields and fields[0] in (b"Z", b"X"):
+        # Exited but not reaped: a zombie whose parent died with it (a Ray worker when its raylet is
+        # killed) lingers wherever PID 1 does not reap orphans, as in many containers.
+        return False
+    return not start or not fields or _start_time(pid) == start
 
 
 def _ray_ids() -> tuple[str, str]:

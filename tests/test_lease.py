@@ -182,3 +182,21 @@ def test_a_lease_held_on_a_dead_ray_node_is_taken_over_from_another_host(tmp_pat
     assert out.returncode == 0, out.stderr[-3000:]
     said = [line for line in out.stdout.splitlines() if line.split(":")[0] in ("alive node", "dead node", "unknown node")]
     assert said == ["alive node: held", "dead node: taken", "unknown node: held"], out.stdout[-3000:]
+
+
+def test_a_holder_that_exited_but_was_not_reaped_is_taken_over(tmp_path) -> None:
+    """A zombie keeps its pid (kill(pid, 0) succeeds) until reaped; where PID 1 does not reap
+    orphans (many containers), a dead Ray worker's pid stays a zombie: its lease is taken over."""
+    path = str(tmp_path / "z.lease")
+    proc = _holder(path)
+    proc.stdout.close()
+    os.kill(proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10  # not waited for: it stays a zombie, our child
+    while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        lease = Lease(fsspec.filesystem("file"), path, "z").acquire()
+        lease.release()
+    finally:
+        proc.wait()
