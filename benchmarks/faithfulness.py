@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.n is not None:
         overrides.append(f"demo.n={args.n}")
     base = load_config(args.config, overrides)
-    full_epochs = EPOCHS
     t_start = time.monotonic()
     analyses, timings = {}, {}
     for seed in seeds:
@@ -121,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     meta = {
         "settings": FAITHFULNESS_SETTINGS + args.set, "config": str(args.config), "epochs": base.train.epochs,
-        "reduced": base.train.epochs < full_epochs, "n": base.demo.n, "lambda_mask": base.train.lambda_mask,
+        "reduced": base.train.epochs < EPOCHS, "n": base.demo.n, "lambda_mask": base.train.lambda_mask,
         "timings_s": {str(s): [(n, round(t, 1), o) for n, t, o in ts] for s, ts in timings.items()},
         "wall_s": round(time.monotonic() - t_start, 1),
     }
     rep = fx.report(analyses, n_boot=args.bootstrap, meta=meta)
     fx.to_json(rep, args.json)
-    reduced = f" (REDUCED: {base.train.epochs} of {full_epochs} epochs)" if meta["reduced"] else ""
+    reduced = f" (REDUCED: {base.train.epochs} of {EPOCHS} epochs)" if meta["reduced"] else ""
     print(f"\nseeds {seeds}{reduced}, {meta['wall_s']:.0f} s; JSON: {args.json}\n")
     print(fx.format_table(rep))
     print("\n" + fx.diagnostics(rep))

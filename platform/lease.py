@@ -58,9 +58,8 @@ def _stat_fields(pid: int) -> list[bytes]:
         return []
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22), '' where unknown."""
-    fields = _stat_fields(pid)
+def _start_time(fields: list[bytes]) -> str:
+    """The start time in clock ticks since boot (field 22) of `_stat_fields`' result, '' where unknown."""
     return fields[19].decode() if len(fields) > 19 else ""
 
 
@@ -76,7 +75,7 @@ def _pid_alive(pid: int, start: str) -> bool:
         # Exited but not reaped: a zombie whose parent died with it (a Ray worker when its raylet is
         # killed) lingers wherever PID 1 does not reap orphans, as in many containers.
         return False
-    return not start or not fields or _start_time(pid) == start
+    return not start or not fields or _start_time(fields) == start
 
 
 def _ray_ids() -> tuple[str, str]:
@@ -120,7 +119,8 @@ class Holder:
         now = time.time()
         pid = os.getpid()
         node, task = _ray_ids()
-        return cls(uuid.uuid4().hex, socket.gethostname(), pid, _start_time(pid), now, now + seconds, node, task)
+        start = _start_time(_stat_fields(pid))
+        return cls(uuid.uuid4().hex, socket.gethostname(), pid, start, now, now + seconds, node, task)
 
     def stale(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
