@@ -10,8 +10,10 @@ registered model by alias in a fresh virtual environment and reproduces the prob
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +53,31 @@ def _body(hu: np.ndarray) -> np.ndarray:
         return np.zeros(hu.shape, bool)
     big = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
     return np.stack([ndimage.binary_fill_holes(s) for s in big])
+
+
+def _link_torch_stack(site: Path) -> bool:
+    """Hard-link this environment's installed torch, torchvision and their CUDA wheels (triton,
+    nvidia-*, cuda-*: ~5.5 GB of files pip would unpack from the same wheels) into `site`, so a fresh
+    venv costs no disk for them. pip then installs everything else the model's requirements name, and
+    checks the linked versions against their pins. False (nothing linked) across filesystems."""
+    heavy = ("torch", "torchvision", "triton")
+    links: list[tuple[Path, Path]] = []
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"].lower()
+        if name in heavy or name.startswith(("nvidia-", "cuda-")):
+            for f in dist.files or []:
+                if ".." not in f.parts:  # console scripts live outside site-packages
+                    links.append((Path(dist.locate_file(f)), site / f))
+    try:
+        for src, dst in links:
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, dst)
+    except OSError:  # another filesystem: pip installs the wheels in full instead
+        for _, dst in links:
+            dst.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _body_grid(crop: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
@@ -213,9 +240,21 @@ def test_a_fresh_environment_loads_the_model_by_alias_and_reproduces_predict(pre
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    # pip's cache (and this machine's local torch wheels) keep this to minutes
+    try:
+        _fresh_venv_predicts(cfg, out, ct_dir, tmp_path, reqs, py)
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)  # ~0.5 GB, or ~6 GB where torch could not be hard-linked
+
+
+def _fresh_venv_predicts(cfg, out: Path, ct_dir: Path, tmp_path: Path, reqs: Path, py: Path) -> None:
+    uri = f"models:/{NAME}@champion"
+    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    linked = _link_torch_stack(site)
     pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(reqs)], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-3000:]
+    if linked:  # pip kept the linked torch: the requirement's pin matched what is installed
+        assert (site / "torch" / "__init__.py").stat().st_nlink > 1, "pip replaced the linked torch"
     code = (
         "import json, sys, mlflow, pandas as pd\n"
         "mlflow.set_tracking_uri(sys.argv[1])\n"
