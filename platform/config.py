@@ -415,7 +415,7 @@ class Config(Section):
         """MLflow tracking URI: config, then MLFLOW_TRACKING_URI, then a local SQLite file."""
         if self.mlflow.tracking_uri:
             return self.mlflow.tracking_uri
-        env = os.environ.get("MLFLOW_TRACKING_URI")
+        env = os.environ.get("MLFLOW_TRACKING_URI")  # the user's (tracking.set_tracking_uri never writes it)
         if env:
             return env
         return f"sqlite:///{(self.workdir / 'mlflow.db').resolve()}"

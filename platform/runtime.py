@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ctplatform.config import Config
+from ctplatform.tracking import set_tracking_uri
 
 log = logging.getLogger("ctplatform")
 
@@ -111,7 +112,7 @@ def setup_mlflow(cfg: Config) -> str:
     uri = cfg.tracking_uri
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
+    set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
     if exp is not None:
         mlflow.set_experiment(cfg.mlflow.experiment)

@@ -7,7 +7,29 @@ ids, split names, settings and statuses only: no patient data.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+
+#: The user's choice of tracking server (Config.tracking_uri reads it after the config's own).
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+def set_tracking_uri(uri: str) -> None:
+    """Point this process's MLflow at `uri`, leaving MLFLOW_TRACKING_URI as the user set it.
+
+    mlflow.set_tracking_uri also copies the URI into MLFLOW_TRACKING_URI (for subprocesses). Read
+    back as the user's choice, that copy made every later config in the process (another workdir)
+    log to the first one's store, and to a deleted one once that workdir was removed.
+    """
+    import mlflow  # here: the CLI's parser imports this module and stays light
+
+    before = os.environ.get(TRACKING_URI_ENV)
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop(TRACKING_URI_ENV, None)
+    else:
+        os.environ[TRACKING_URI_ENV] = before
+
 
 # MLflow's own
 PARENT_RUN = "mlflow.parentRunId"

@@ -80,3 +80,28 @@ def test_mlflow_experiment_opens_on_training_runs(tmp_path) -> None:
     mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, "genai_development")
     assert setup_mlflow(cfg) == exp_id  # an existing experiment is put right too
     assert mlflow.get_experiment(exp_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_a_second_workdir_in_one_process_logs_to_its_own_store(tmp_path, monkeypatch) -> None:
+    """mlflow.set_tracking_uri copies the URI into MLFLOW_TRACKING_URI; read back as the user's
+    choice, it sent a second workdir's runs to the first one's store (removed or not)."""
+    import mlflow
+
+    from ctplatform.config import load_config
+    from ctplatform.runtime import setup_mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    a, b = (load_config(overrides=[f"workdir={tmp_path / n}"]) for n in ("a", "b"))
+    setup_mlflow(a)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert b.tracking_uri != a.tracking_uri and str(tmp_path / "b") in b.tracking_uri
+    setup_mlflow(b)
+    with mlflow.start_run() as run:
+        pass
+    assert mlflow.MlflowClient(b.tracking_uri).get_run(run.info.run_id)
+    assert (tmp_path / "b" / "mlflow.db").is_file()
+    # the user's own choice stays: a config without a tracking_uri follows it
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'user.db'}")
+    setup_mlflow(a)
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'user.db'}"
+    assert b.tracking_uri == os.environ["MLFLOW_TRACKING_URI"]

@@ -11,6 +11,7 @@ import yaml
 
 from ctplatform.config import Config
 from ctplatform.model.axialnet import AxialNet
+from ctplatform.tracking import set_tracking_uri
 
 
 class RunNotFoundError(FileNotFoundError):
@@ -39,7 +40,7 @@ def load_from_run(run_id: str, tracking_uri: str | None = None) -> tuple[AxialNe
     the run can be loaded on a machine that does not have that file. The model is in eval mode.
     """
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+        set_tracking_uri(tracking_uri)
     check_run_exists(run_id)
     with tempfile.TemporaryDirectory() as tmp:
         try:

@@ -38,6 +38,7 @@ from ctplatform.config import Config
 from ctplatform.labels import label_names
 from ctplatform.model.axialnet import AxialNet
 from ctplatform.model.operating_points import SOURCE_FALLBACK
+from ctplatform.tracking import set_tracking_uri
 
 #: Name of the model inside a run (runs:/<id>/model) and version of the model card's layout.
 MODEL_NAME = "model"
@@ -266,7 +267,7 @@ def download_model(ref: str, dst: str | Path, tracking_uri: str | None = None) -
     if Path(uri).is_dir():
         return Path(uri)
     if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+        set_tracking_uri(tracking_uri)
     Path(dst).mkdir(parents=True, exist_ok=True)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))

@@ -123,10 +123,9 @@ class RankZeroTracker:
     """Rank 0's view of the run: per-epoch metrics, the best weights and the model at the end."""
 
     def __init__(self, tracking_uri: str, run_id: str) -> None:
-        import mlflow
         from mlflow import MlflowClient
 
-        mlflow.set_tracking_uri(tracking_uri)
+        tracking.set_tracking_uri(tracking_uri)
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri)
         self.client.update_run(run_id, status="RUNNING")  # also after a resume
