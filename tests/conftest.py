@@ -35,3 +35,20 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
+_MLFLOW_ENV_AT_START = {k: os.environ.get(k) for k in _MLFLOW_ENV}
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_env_restored():
+    """After each test, MLflow's environment variables are as the session found them: a direct
+    mlflow.set_tracking_uri (in a test) exports the URI, and every later config in the session would
+    then log to that test's database, which is removed with its tmp_path once the test passes."""
+    yield
+    for k, v in _MLFLOW_ENV_AT_START.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
