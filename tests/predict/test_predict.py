@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -250,6 +251,10 @@ def _fresh_venv_predicts(cfg, out: Path, ct_dir: Path, tmp_path: Path, reqs: Pat
     uri = f"models:/{NAME}@champion"
     site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
+    # the linked wheels satisfy imports whatever the file says: it must name them itself
+    lines = reqs.read_text().splitlines()
+    named = {re.split(r"[<>=!~ ;\[]", line.strip(), maxsplit=1)[0].lower() for line in lines}
+    assert {"torch", "torchvision"} <= named, sorted(named)
     linked = _link_torch_stack(site)
     pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(reqs)], capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr[-3000:]
